@@ -1,0 +1,3 @@
+"""weightgen: generate neural network weights with diffusion models."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,171 @@
+"""Experiment configs: YAML in, pydantic-validated models out, errors that say what to fix.
+
+An unknown key is named together with the keys allowed at that place; a wrong type
+or value names the field by its dotted path. Task and net options are checked against
+the registered factory's signature at load time, not when a build is half done.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from weightgen.registry import RegistryError, check_kwargs, did_you_mean
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used, with every problem listed by dotted path."""
+
+
+class StrictModel(BaseModel):
+    """A config section that rejects unknown keys and names the allowed ones."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unknown_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            allowed = list(cls.model_fields)
+            for key in data:
+                if key not in allowed:
+                    raise ValueError(
+                        f"unknown key '{key}'{did_you_mean(str(key), allowed)}; allowed keys: {', '.join(allowed)}"
+                    )
+        return data
+
+
+class FactorySpec(BaseModel):
+    """``name`` plus the factory's keyword arguments, given beside it in the YAML."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class TaskSpec(FactorySpec):
+    name: str = "digits"
+    code: str | None = None  # a class-subset code makes the task binary
+
+    @model_validator(mode="after")
+    def _check(self) -> "TaskSpec":
+        from weightgen.tasks import TASKS, parse_code
+
+        try:
+            check_kwargs(TASKS.get(self.name), self.kwargs, f"task '{self.name}'")
+            if self.code is not None:
+                parse_code(self.code, 10)
+        except (RegistryError, ValueError) as e:
+            raise ValueError(str(e)) from None
+        return self
+
+
+class NetSpec(FactorySpec):
+    name: str = "mlp"
+
+    @model_validator(mode="after")
+    def _check(self) -> "NetSpec":
+        from weightgen.nets import NETS, TIMM_PREFIX
+
+        if not self.name.startswith(TIMM_PREFIX):
+            try:
+                check_kwargs(NETS.get(self.name), self.kwargs, f"net '{self.name}'", skip=("input_shape", "num_classes"))
+            except RegistryError as e:
+                raise ValueError(str(e)) from None
+        return self
+
+
+class TrainSpec(StrictModel):
+    optimizer: Literal["sgd", "adam", "adamw"] = "adam"
+    lr: float = Field(1e-2, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    batch_size: int = Field(64, ge=1)
+    epochs: int = Field(30, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class ZooSpec(StrictModel):
+    """How checkpoints are collected.
+
+    - ``seeds``: ``runs`` independent runs; the last ``checkpoints`` states of each, ``every`` steps apart.
+    - ``trajectory``: ``runs`` runs; ``checkpoints`` states evenly spaced along training, from the init.
+    - ``tail``: train, then keep training only the parameters matching ``tail`` and save
+      ``checkpoints`` states ``every`` steps apart (p-diff).
+    - ``tasks``: runs for class-subset ``codes`` of the task, the code stored as the condition.
+    ``heldout``: runs (or, in ``tasks`` mode, codes) trained and stored but marked held out,
+    so that generators never see them and evaluation can compare against them.
+    """
+
+    mode: Literal["seeds", "trajectory", "tail", "tasks"] = "seeds"
+    runs: int = Field(1, ge=1)
+    checkpoints: int = Field(1, ge=1)
+    every: int = Field(1, ge=1)
+    tail: list[str] = Field(default_factory=list)
+    codes: Literal["all"] | int | list[str] = "all"
+    heldout: int | list[str] = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> "ZooSpec":
+        if self.mode == "tail" and not self.tail:
+            raise ValueError("mode 'tail' needs 'tail': glob patterns of the parameters that keep training")
+        if self.mode != "tail" and self.tail:
+            raise ValueError(f"'tail' patterns only apply to mode 'tail', not '{self.mode}'")
+        return self
+
+
+class TokenizerSpec(StrictModel):
+    include: list[str] = Field(default_factory=lambda: ["*"])
+    exclude: list[str] = Field(default_factory=list)
+    token_size: int | Literal["flat"] = 64
+    buffers: bool = False  # also generate buffers (BatchNorm running stats)
+
+
+class ExperimentConfig(StrictModel):
+    name: str = "experiment"
+    seed: int = 0
+    task: TaskSpec = Field(default_factory=TaskSpec)
+    net: NetSpec = Field(default_factory=NetSpec)
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    zoo: ZooSpec = Field(default_factory=ZooSpec)
+    tokenizer: TokenizerSpec = Field(default_factory=TokenizerSpec)
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid config"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-after"))
+        msg = e["msg"].removeprefix("Value error, ")
+        got = e.get("input")
+        suffix = f" (got {got!r})" if e["type"] not in ("value_error", "missing") and not isinstance(got, dict) else ""
+        lines.append(f"  {loc or '<top>'}: {msg}{suffix}")
+    return "\n".join(lines)
+
+
+def parse_config(data: dict, source: str = "<config>") -> ExperimentConfig:
+    try:
+        return ExperimentConfig.model_validate(data or {})
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, source)) from None
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config is a mapping of sections, got {type(data).__name__}")
+    return parse_config(data, str(path))
+
+
+def dump_config(cfg: ExperimentConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,5 @@
+from torch import nn
+
+from weightgen.registry import Registry
+
+NETS: Registry[nn.Module] = Registry("net")

@@ -1,0 +1,34 @@
+"""MNIST-1D, generated procedurally with ``mnist1d.data.make_dataset`` (never downloaded)."""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import torch
+from mnist1d.data import get_dataset_args, make_dataset
+
+from .base import Task
+from .registry import TASKS
+
+
+@lru_cache(maxsize=4)
+def _mnist1d_arrays(num_samples: int, seed: int) -> tuple[np.ndarray, ...]:
+    args = get_dataset_args()
+    args.num_samples = num_samples
+    args.seed = seed
+    # make_dataset seeds numpy's global RNG; keep the caller's RNG untouched.
+    state = np.random.get_state()
+    try:
+        d = make_dataset(args)
+    finally:
+        np.random.set_state(state)
+    x, y = d["x"].astype(np.float32), d["y"].astype(np.int64)
+    n_val = len(y) // 5
+    return x[n_val:], y[n_val:], x[:n_val], y[:n_val], d["x_test"].astype(np.float32), d["y_test"].astype(np.int64)
+
+
+@TASKS.register("mnist1d")
+def mnist1d(num_samples: int = 5000, seed: int = 42) -> Task:
+    """MNIST-1D: 40-sample 1D signals, 10 classes; 80/20 of ``train_split`` into train/val."""
+    arrays = [torch.from_numpy(np.ascontiguousarray(a)) for a in _mnist1d_arrays(num_samples, seed)]
+    return Task("mnist1d", *arrays, num_classes=10)

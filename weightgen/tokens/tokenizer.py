@@ -1,0 +1,238 @@
+"""Parameters <-> tokens: one tokenizer for every generator.
+
+As RPG does it: choose the tensors to generate with glob patterns, normalize each
+tensor with a mean and std fitted on the zoo, and cut each tensor into tokens of a
+fixed size that never span two tensors; the last token of a tensor is zero-padded and
+the padding is masked. Each token knows its 2D position (tensor index, index within
+the tensor). p-diff's flat vector is the same tokenizer with ``token_size="flat"``:
+one token holding every selected value, no padding.
+
+The inverse rebuilds a complete state_dict: generated tensors come from the tokens,
+everything else (BatchNorm buffers, frozen layers) from a reference checkpoint.
+"""
+from __future__ import annotations
+
+import fnmatch
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import torch
+from safetensors.torch import load_file, save_file
+
+FLAT = "flat"
+
+
+class TokenizerError(ValueError):
+    """A selection, layout or state_dict that the tokenizer cannot work with."""
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Where one tensor lives in the token grid: tokens [first, first + count)."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    first: int
+    count: int
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+def select_names(state: dict[str, torch.Tensor], include: list[str], exclude: list[str],
+                 parameter_names: list[str] | None = None) -> list[str]:
+    """Floating-point entries matching ``include`` and not ``exclude``, in state_dict order.
+
+    With ``parameter_names`` given, buffers (BatchNorm running stats) are left out.
+    """
+    names = []
+    for name, t in state.items():
+        if not t.is_floating_point():
+            continue
+        if parameter_names is not None and name not in parameter_names:
+            continue
+        if any(fnmatch.fnmatchcase(name, p) for p in include) and not any(fnmatch.fnmatchcase(name, p) for p in exclude):
+            names.append(name)
+    if not names:
+        sample = ", ".join(list(state)[:8])
+        raise TokenizerError(f"include {include} / exclude {exclude} select no tensor; names look like: {sample}, ...")
+    return names
+
+
+class Tokenizer:
+    def __init__(self, segments: list[Segment], token_size: int | str, mean: torch.Tensor, std: torch.Tensor):
+        self.segments = segments
+        self.token_size = token_size
+        self.mean = mean.double()  # one scalar per tensor
+        self.std = std.double()
+        self.flat = token_size == FLAT
+        self.width = sum(s.numel for s in segments) if self.flat else int(token_size)
+        self.num_tokens = 1 if self.flat else sum(s.count for s in segments)
+
+    # -- construction -----------------------------------------------------------------
+    @classmethod
+    def layout(cls, shapes: dict[str, tuple[int, ...]], dtypes: dict[str, str], token_size: int | str) -> list[Segment]:
+        if token_size != FLAT:
+            if not isinstance(token_size, int) or token_size < 1:
+                raise TokenizerError(f"token_size must be a positive integer or '{FLAT}', got {token_size!r}")
+            largest = max(math.prod(s) for s in shapes.values())
+            if token_size > largest:
+                raise TokenizerError(
+                    f"token_size {token_size} is larger than every selected layer (the largest has {largest} values); "
+                    f"use at most {largest}, or '{FLAT}' for one token per network"
+                )
+        segments, first = [], 0
+        for name, shape in shapes.items():
+            n = math.prod(shape)
+            count = 1 if token_size == FLAT else -(-n // token_size)
+            segments.append(Segment(name, tuple(shape), dtypes[name], first, count))
+            first += count
+        return segments
+
+    @classmethod
+    def fit(cls, states: Iterable[dict[str, torch.Tensor]], include: list[str] | None = None,
+            exclude: list[str] | None = None, token_size: int | str = 64,
+            parameter_names: list[str] | None = None) -> "Tokenizer":
+        """Fit per-tensor mean/std over ``states`` (streamed: one state in memory at a time)."""
+        include, exclude = include or ["*"], exclude or []
+        names, sums, sq, count = None, None, None, 0
+        shapes, dtypes = {}, {}
+        for state in states:
+            if names is None:
+                names = select_names(state, include, exclude, parameter_names)
+                shapes = {n: tuple(state[n].shape) for n in names}
+                dtypes = {n: str(state[n].dtype).removeprefix("torch.") for n in names}
+                sums, sq = torch.zeros(len(names), dtype=torch.float64), torch.zeros(len(names), dtype=torch.float64)
+            for i, n in enumerate(names):
+                t = state[n].double()
+                if tuple(t.shape) != shapes[n]:
+                    raise TokenizerError(f"layer '{n}': checkpoints disagree in shape: {shapes[n]} vs {tuple(t.shape)}")
+                sums[i] += t.sum()
+                sq[i] += (t * t).sum()
+            count += 1
+        if names is None:
+            raise TokenizerError("cannot fit a tokenizer on zero checkpoints")
+        numel = torch.tensor([math.prod(shapes[n]) for n in names], dtype=torch.float64) * count
+        mean = sums / numel
+        std = (sq / numel - mean**2).clamp_min(0).sqrt()
+        # A tensor that is constant across the zoo (e.g. an untouched bias) keeps scale 1.
+        std = torch.where(std > 1e-8, std, torch.ones_like(std))
+        return cls(cls.layout(shapes, dtypes, token_size), token_size, mean, std)
+
+    @classmethod
+    def fit_zoo(cls, zoo, include=None, exclude=None, token_size: int | str = 64, buffers: bool = False,
+                split: str = "train") -> "Tokenizer":
+        members = zoo.members(split)
+        if not members:
+            raise TokenizerError(f"{zoo.root}: no finished '{split}' checkpoints to fit a tokenizer on")
+        params = None if buffers else zoo.parameter_names
+        first = zoo.load(members[0])
+        names = select_names(first, include or ["*"], exclude or [], params)
+        return cls.fit((zoo.load(m, names) for m in members), names, [], token_size)
+
+    # -- geometry ---------------------------------------------------------------------
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in self.segments]
+
+    @property
+    def num_params(self) -> int:
+        return sum(s.numel for s in self.segments)
+
+    @property
+    def positions(self) -> torch.Tensor:
+        """``(num_tokens, 2)``: (tensor index, token index within the tensor)."""
+        if self.flat:
+            return torch.zeros(1, 2, dtype=torch.long)
+        return torch.cat([torch.stack([torch.full((s.count,), i), torch.arange(s.count)], 1)
+                          for i, s in enumerate(self.segments)])
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """``(num_tokens, width)`` bool: True where a value is real, False on padding."""
+        if self.flat:
+            return torch.ones(1, self.width, dtype=torch.bool)
+        rows = []
+        for s in self.segments:
+            m = torch.zeros(s.count * self.width, dtype=torch.bool)
+            m[: s.numel] = True
+            rows.append(m.view(s.count, self.width))
+        return torch.cat(rows)
+
+    # -- checks -----------------------------------------------------------------------
+    def check(self, state: dict[str, torch.Tensor], what: str = "state_dict") -> None:
+        """Raise naming the first layer that is missing or has another shape."""
+        for s in self.segments:
+            if s.name not in state:
+                raise TokenizerError(f"{what} has no layer '{s.name}' that the tokenizer generates")
+            if tuple(state[s.name].shape) != s.shape:
+                raise TokenizerError(
+                    f"layer '{s.name}': the tokenizer/generator has shape {s.shape}, the {what} has {tuple(state[s.name].shape)}"
+                )
+
+    # -- forward and inverse ----------------------------------------------------------
+    def tokenize(self, state: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``(num_tokens, width)`` float32 tokens of one state_dict."""
+        self.check(state)
+        pieces = []
+        for i, s in enumerate(self.segments):
+            v = ((state[s.name].detach().double().flatten() - self.mean[i]) / self.std[i]).float()
+            if not self.flat:
+                v = torch.nn.functional.pad(v, (0, s.count * self.width - s.numel))
+            pieces.append(v)
+        return torch.cat(pieces).view(self.num_tokens, self.width)
+
+    def tokenize_batch(self, states: Iterable[dict[str, torch.Tensor]]) -> torch.Tensor:
+        return torch.stack([self.tokenize(s) for s in states])
+
+    def tensors(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Generated tensors from tokens ``(..., num_tokens, width)``; leading dims are kept."""
+        lead = tokens.shape[:-2]
+        if tuple(tokens.shape[-2:]) != (self.num_tokens, self.width):
+            raise TokenizerError(f"tokens have shape {tuple(tokens.shape[-2:])}, expected ({self.num_tokens}, {self.width})")
+        flat = tokens.reshape(*lead, -1)
+        out, offset = {}, 0
+        for i, s in enumerate(self.segments):
+            span = s.numel if self.flat else s.count * self.width
+            v = flat[..., offset: offset + s.numel].double() * self.std[i] + self.mean[i]
+            out[s.name] = v.to(getattr(torch, s.dtype)).reshape(*lead, *s.shape)
+            offset += span
+        return out
+
+    def detokenize(self, tokens: torch.Tensor, reference: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A complete state_dict: generated tensors from ``tokens``, the rest from ``reference``."""
+        self.check(reference, "reference checkpoint")
+        generated = self.tensors(tokens)
+        return {k: generated.get(k, v) for k, v in reference.items()}
+
+    # -- persistence (JSON + safetensors; nothing pickled) ------------------------------
+    def save(self, directory: str | Path) -> None:
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        meta = {"token_size": self.token_size,
+                "segments": [{"name": s.name, "shape": list(s.shape), "dtype": s.dtype} for s in self.segments]}
+        (d / "tokenizer.json").write_text(json.dumps(meta, indent=1))
+        save_file({"mean": self.mean, "std": self.std}, str(d / "tokenizer.safetensors"))
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "Tokenizer":
+        d = Path(directory)
+        try:
+            meta = json.loads((d / "tokenizer.json").read_text())
+            stats = load_file(str(d / "tokenizer.safetensors"))
+        except FileNotFoundError as e:
+            raise TokenizerError(f"{e.filename}: missing tokenizer file") from None
+        except Exception as e:  # json or safetensors parse errors
+            raise TokenizerError(f"{d}: unreadable tokenizer ({e})") from None
+        shapes = {s["name"]: tuple(s["shape"]) for s in meta["segments"]}
+        dtypes = {s["name"]: s["dtype"] for s in meta["segments"]}
+        return cls(cls.layout(shapes, dtypes, meta["token_size"]), meta["token_size"], stats["mean"], stats["std"])
+
+    def __repr__(self) -> str:
+        return (f"Tokenizer({len(self.segments)} tensors, {self.num_params} values, "
+                f"{self.num_tokens} tokens x {self.width})")

@@ -1,0 +1,163 @@
+"""Build a zoo from a config: plan the runs, train the ones not done yet, store checkpoints.
+
+Resuming is the default: runs already marked ``done`` are skipped, an interrupted run is
+redone from its start. Under ``torchrun`` every rank takes every ``world``-th run; rank 0
+alone tidies orphans before the others start.
+"""
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch.distributed as dist
+
+from weightgen.config import ExperimentConfig, dump_config
+from weightgen.nets import build_net, parameter_names
+from weightgen.progress import progress_bar
+from weightgen.tasks import all_codes, get_task, parse_code
+
+from .store import ZooError, ZooWriter
+from .train import Schedule, match_any, steps_per_epoch, train_member
+
+log = logging.getLogger(__name__)
+
+# The sections of a config that decide what a zoo contains: changing any of them
+# on an existing zoo would mix two zoos in one manifest.
+ZOO_SECTIONS = ("seed", "task", "net", "train", "zoo")
+
+
+@dataclass
+class RunPlan:
+    run: int
+    seed: int
+    code: str | None = None
+    split: str = "train"
+    condition: dict = field(default_factory=dict)
+
+
+def task_codes(cfg: ExperimentConfig) -> tuple[list[str], list[str]]:
+    """(training codes, held-out codes) for ``tasks`` mode, drawn with the config's seed."""
+    z = cfg.zoo
+    rng = random.Random(cfg.seed)
+    if isinstance(z.heldout, list):
+        heldout = [parse_code(c, 10) for c in z.heldout]
+    else:
+        heldout = sorted(rng.sample(all_codes(10), z.heldout)) if z.heldout else []
+    pool = [c for c in all_codes(10) if c not in set(heldout)]
+    if z.codes == "all":
+        train = pool
+    elif isinstance(z.codes, int):
+        if z.codes > len(pool):
+            raise ZooError(f"zoo.codes asks for {z.codes} codes; only {len(pool)} are left after the held-out ones")
+        train = sorted(rng.sample(pool, z.codes))
+    else:
+        train = [parse_code(c, 10) for c in z.codes]
+        overlap = set(train) & set(heldout)
+        if overlap:
+            raise ZooError(f"codes {sorted(overlap)} are both in zoo.codes and zoo.heldout")
+    return train, heldout
+
+
+def plan_runs(cfg: ExperimentConfig) -> list[RunPlan]:
+    z = cfg.zoo
+    if z.mode == "tasks":
+        train, heldout = task_codes(cfg)
+        plans = []
+        for split, codes in (("train", train), ("heldout", heldout)):
+            for code in codes:
+                for _ in range(z.runs):
+                    i = len(plans)
+                    plans.append(RunPlan(i, cfg.seed + i, code, split, {"code": code}))
+        return plans
+    if isinstance(z.heldout, list):
+        raise ZooError("zoo.heldout is a list of codes, which only mode 'tasks' uses; give a number of runs")
+    if z.heldout >= z.runs:
+        raise ZooError(f"zoo.heldout ({z.heldout}) must be smaller than zoo.runs ({z.runs})")
+    # The last `heldout` runs are held out, so adding runs later never changes earlier ones' role.
+    return [RunPlan(i, cfg.seed + i, None, "heldout" if i >= z.runs - z.heldout else "train") for i in range(z.runs)]
+
+
+def make_schedule(cfg: ExperimentConfig, spe: int) -> Schedule:
+    z, main = cfg.zoo, cfg.train.epochs * spe
+    if z.mode == "trajectory":
+        if z.checkpoints == 1:
+            return Schedule(main, [main])
+        keep = sorted({round(i * main / (z.checkpoints - 1)) for i in range(z.checkpoints)})
+        if len(keep) < z.checkpoints:
+            raise ZooError(f"zoo.checkpoints ({z.checkpoints}) exceeds the {main + 1} states of a {main}-step run")
+        return Schedule(main, keep)
+    if z.mode == "tail":
+        return Schedule(main, [main + z.every * (i + 1) for i in range(z.checkpoints)],
+                        tail_steps=z.every * z.checkpoints, tail=tuple(z.tail))
+    first = main - z.every * (z.checkpoints - 1)
+    if first < 0:
+        raise ZooError(
+            f"zoo keeps {z.checkpoints} checkpoints {z.every} steps apart, but a run has only {main} steps "
+            f"({cfg.train.epochs} epochs x {spe}); raise train.epochs or lower zoo.checkpoints/zoo.every"
+        )
+    return Schedule(main, [first + z.every * i for i in range(z.checkpoints)])
+
+
+def _check_same_config(writer: ZooWriter, cfg: ExperimentConfig, path: Path) -> None:
+    stored = writer.get_meta("config")
+    if stored is None:
+        return
+    new = cfg.model_dump(mode="json")
+    for key in ZOO_SECTIONS:
+        if stored.get(key) != new.get(key):
+            raise ZooError(
+                f"{path} was built with a different '{key}' section ({stored.get(key)!r}, now {new.get(key)!r}); "
+                "use another zoo path or the original config"
+            )
+
+
+def _dist_info() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def build_zoo(cfg: ExperimentConfig, path: str | Path, show_progress: bool = True) -> dict:
+    """Train every run of ``cfg`` not yet in the zoo at ``path``; returns a small summary."""
+    path = Path(path)
+    rank, world = _dist_info()
+    writer = ZooWriter(path)
+    plans = plan_runs(cfg)
+    base_task = get_task(cfg.task.name, cfg.task.code, **cfg.task.kwargs)
+    if rank == 0:
+        _check_same_config(writer, cfg, path)
+        removed = writer.remove_orphans()
+        if removed:
+            log.info("removed %d orphaned shard file(s) left by an interrupted build", removed)
+        net = build_net(cfg.net.name, base_task.input_shape, 2 if cfg.zoo.mode == "tasks" else base_task.num_classes,
+                        seed=cfg.seed, **cfg.net.kwargs)
+        tail = list(cfg.zoo.tail)
+        if tail and not any(match_any(n, tail) for n in parameter_names(net)):
+            raise ZooError(f"zoo.tail patterns {tail} match no parameter of net '{cfg.net.name}'")
+        writer.set_meta("config", cfg.model_dump(mode="json"))
+        writer.set_meta("config_yaml", dump_config(cfg))
+        writer.set_meta("parameter_names", parameter_names(net))
+        writer.set_meta("net_build", {"name": cfg.net.name, "kwargs": cfg.net.kwargs,
+                                      "input_shape": list(base_task.input_shape),
+                                      "num_classes": 2 if cfg.zoo.mode == "tasks" else base_task.num_classes})
+    if world > 1:
+        dist.barrier()
+    done = writer.done_runs()
+    todo = [p for p in plans if p.run % world == rank and p.run not in done]
+    schedule = make_schedule(cfg, steps_per_epoch(base_task, cfg.train.batch_size))
+    with progress_bar(enabled=show_progress and rank == 0) as bar:
+        job = bar.add_task(f"zoo {path.name}", total=len(todo))
+        for plan in todo:
+            task = get_task(cfg.task.name, plan.code, **cfg.task.kwargs) if plan.code else base_task
+            model = build_net(cfg.net.name, task.input_shape, task.num_classes, seed=plan.seed, **cfg.net.kwargs)
+            writer.begin_run(plan.run, plan.seed, task.name, plan.condition, plan.split)
+            for i, (step, state, metrics) in enumerate(train_member(model, task, cfg.train, schedule, plan.seed)):
+                writer.add_checkpoint(plan.run, i, step, state, metrics)
+            writer.finish_run(plan.run)
+            bar.advance(job)
+    if world > 1:
+        dist.barrier()
+    writer.close()
+    return {"runs": len(plans), "trained": len(todo), "skipped": len([p for p in plans if p.run in done])}

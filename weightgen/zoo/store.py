@@ -1,0 +1,272 @@
+"""The zoo on disk: a SQLite manifest (WAL) and one safetensors shard per checkpoint.
+
+Layout of a zoo directory::
+
+    manifest.sqlite      meta (config, net), runs (status per training run), checkpoints
+    shards/r00003_c0007.safetensors
+
+Crash safety comes from the order of writes: a shard is written to a temporary name,
+fsynced, renamed into place, and only then is its row inserted (with its sha256). A
+row therefore never points at a missing or half-written file; a file without a row
+(killed between rename and insert) is an orphan that the next writer deletes. Runs
+are marked ``done`` in the same transaction as nothing else: a run that was
+interrupted is still ``running`` and is redone from scratch on resume, while
+readers only ever see checkpoints of ``done`` runs.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+MANIFEST = "manifest.sqlite"
+SHARDS = "shards"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    run INTEGER PRIMARY KEY, seed INTEGER NOT NULL, task TEXT NOT NULL, condition TEXT NOT NULL,
+    split TEXT NOT NULL, status TEXT NOT NULL, started REAL, finished REAL
+);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, run INTEGER NOT NULL, seed INTEGER NOT NULL, step INTEGER NOT NULL,
+    task TEXT NOT NULL, condition TEXT NOT NULL, split TEXT NOT NULL, metrics TEXT NOT NULL,
+    shard TEXT NOT NULL UNIQUE, sha256 TEXT NOT NULL, tensors TEXT NOT NULL, created REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS checkpoints_run ON checkpoints(run);
+"""
+
+
+class ZooError(RuntimeError):
+    """A zoo that cannot be read or written as asked."""
+
+
+class ZooCorruptError(ZooError):
+    """A shard whose bytes do not match its manifest row."""
+
+
+@dataclass(frozen=True)
+class Member:
+    """One checkpoint's manifest row (metadata only: tensors load on demand)."""
+
+    id: int
+    run: int
+    seed: int
+    step: int
+    task: str
+    condition: dict
+    split: str
+    metrics: dict
+    shard: str
+    sha256: str
+    tensors: dict  # name -> [shape, dtype]
+
+
+def _connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
+    uri = f"file:{path}?mode=ro" if readonly else f"file:{path}"
+    con = sqlite3.connect(uri, uri=True, timeout=60.0, isolation_level=None)
+    con.execute("PRAGMA busy_timeout = 60000")
+    if not readonly:
+        con.execute("PRAGMA journal_mode = WAL")
+        con.execute("PRAGMA synchronous = FULL")
+    return con
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _dtype_name(t: torch.Tensor) -> str:
+    return str(t.dtype).removeprefix("torch.")
+
+
+class Zoo:
+    """Read a zoo lazily: the manifest is small; tensors are read one shard at a time."""
+
+    def __init__(self, root: Path, con: sqlite3.Connection):
+        self.root = root
+        self._con = con
+
+    @classmethod
+    def open(cls, path: str | Path) -> "Zoo":
+        root = Path(path)
+        manifest = root / MANIFEST
+        if not manifest.is_file():
+            raise ZooError(f"{root}: not a zoo (no {MANIFEST}); build one with `weightgen zoo build CONFIG`")
+        try:
+            con = _connect(manifest, readonly=True)
+            con.execute("SELECT count(*) FROM checkpoints").fetchone()
+        except sqlite3.DatabaseError as e:
+            raise ZooCorruptError(f"{manifest}: unreadable manifest ({e})") from None
+        return cls(root, con)
+
+    # -- metadata -------------------------------------------------------------------
+    def meta(self, key: str, default=None):
+        row = self._con.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else default
+
+    @property
+    def config(self):
+        from weightgen.config import parse_config
+
+        return parse_config(self.meta("config"), f"{self.root}/{MANIFEST}")
+
+    @property
+    def parameter_names(self) -> list[str]:
+        return self.meta("parameter_names", [])
+
+    def build_net(self, seed: int = 0, num_classes: int | None = None) -> torch.nn.Module:
+        """An untrained instance of the zoo's architecture (weights come from a member)."""
+        from weightgen.nets import build_net
+
+        net = self.meta("net_build")
+        return build_net(net["name"], net["input_shape"], num_classes or net["num_classes"], seed=seed, **net["kwargs"])
+
+    def members(self, split: str | None = "train") -> list[Member]:
+        """Checkpoints of finished runs, in (run, step) order; ``split=None`` for all."""
+        sql = (
+            "SELECT c.id, c.run, c.seed, c.step, c.task, c.condition, c.split, c.metrics, c.shard, c.sha256, c.tensors"
+            " FROM checkpoints c JOIN runs r ON r.run = c.run WHERE r.status = 'done'"
+        )
+        args: tuple = ()
+        if split is not None:
+            sql += " AND c.split = ?"
+            args = (split,)
+        rows = self._con.execute(sql + " ORDER BY c.run, c.step", args).fetchall()
+        return [
+            Member(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6], json.loads(r[7]), r[8], r[9], json.loads(r[10]))
+            for r in rows
+        ]
+
+    def runs(self) -> list[dict]:
+        rows = self._con.execute("SELECT run, seed, task, condition, split, status FROM runs ORDER BY run").fetchall()
+        return [dict(run=r[0], seed=r[1], task=r[2], condition=json.loads(r[3]), split=r[4], status=r[5]) for r in rows]
+
+    # -- tensors --------------------------------------------------------------------
+    def shard_path(self, member: Member) -> Path:
+        return self.root / SHARDS / member.shard
+
+    def load(self, member: Member, names: list[str] | None = None, verify: bool = True) -> dict[str, torch.Tensor]:
+        """The member's tensors (all, or ``names``), checked against the manifest's sha256."""
+        path = self.shard_path(member)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise ZooCorruptError(f"{path}: shard listed in the manifest is missing") from None
+        if verify and hashlib.sha256(data).hexdigest() != member.sha256:
+            raise ZooCorruptError(f"{path}: sha256 does not match the manifest (file corrupt or changed)")
+        try:
+            tensors = st_load(data)
+        except (SafetensorError, ValueError, RuntimeError) as e:
+            raise ZooCorruptError(f"{path}: not a readable safetensors file ({e})") from None
+        if names is None:
+            return tensors
+        missing = [n for n in names if n not in tensors]
+        if missing:
+            raise ZooError(f"{path}: has no tensor named {missing[0]!r}")
+        return {n: tensors[n] for n in names}
+
+    def iter_state_dicts(self, split: str | None = "train", names: list[str] | None = None) -> Iterator[tuple[Member, dict]]:
+        for m in self.members(split):
+            yield m, self.load(m, names)
+
+    def verify(self) -> list[str]:
+        """Check every shard; return the problems found (empty when the zoo is sound)."""
+        problems = []
+        for m in self.members(split=None):
+            try:
+                self.load(m)
+            except ZooError as e:
+                problems.append(str(e))
+        return problems
+
+    def close(self) -> None:
+        self._con.close()
+
+
+class ZooWriter:
+    """Appends runs and checkpoints to a zoo, safely under SIGKILL and from several processes."""
+
+    def __init__(self, path: str | Path):
+        self.root = Path(path)
+        (self.root / SHARDS).mkdir(parents=True, exist_ok=True)
+        self._con = _connect(self.root / MANIFEST)
+        self._con.executescript(SCHEMA)
+
+    def set_meta(self, key: str, value) -> None:
+        self._con.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, json.dumps(value)))
+
+    def get_meta(self, key: str, default=None):
+        row = self._con.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else default
+
+    def done_runs(self) -> set[int]:
+        return {r[0] for r in self._con.execute("SELECT run FROM runs WHERE status = 'done'")}
+
+    def remove_orphans(self) -> int:
+        """Delete shard files that no row points at (and temporary files). Single-writer only."""
+        known = {r[0] for r in self._con.execute("SELECT shard FROM checkpoints")}
+        removed = 0
+        for f in (self.root / SHARDS).iterdir():
+            if f.name not in known:
+                f.unlink()
+                removed += 1
+        return removed
+
+    def begin_run(self, run: int, seed: int, task: str, condition: dict, split: str) -> None:
+        """Start (or restart) a run: anything an interrupted attempt left is removed first."""
+        stale = [r[0] for r in self._con.execute("SELECT shard FROM checkpoints WHERE run = ?", (run,))]
+        self._con.execute("BEGIN IMMEDIATE")
+        self._con.execute("DELETE FROM checkpoints WHERE run = ?", (run,))
+        self._con.execute(
+            "INSERT OR REPLACE INTO runs(run, seed, task, condition, split, status, started) VALUES (?,?,?,?,?,?,?)",
+            (run, seed, task, json.dumps(condition), split, "running", time.time()),
+        )
+        self._con.execute("COMMIT")
+        for name in stale:
+            (self.root / SHARDS / name).unlink(missing_ok=True)
+
+    def add_checkpoint(self, run: int, ckpt: int, step: int, state: dict[str, torch.Tensor], metrics: dict) -> str:
+        """Write one checkpoint's tensors, then its row. Returns the shard's file name."""
+        info = self._con.execute("SELECT seed, task, condition, split FROM runs WHERE run = ?", (run,)).fetchone()
+        if info is None:
+            raise ZooError(f"run {run} was not begun")
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+        data = st_save(tensors)
+        name = f"r{run:05d}_c{ckpt:04d}.safetensors"
+        final = self.root / SHARDS / name
+        tmp = final.with_name(f".tmp-{os.getpid()}-{name}")
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+        _fsync_dir(final.parent)
+        spec = {k: [list(v.shape), _dtype_name(v)] for k, v in tensors.items()}
+        self._con.execute(
+            "INSERT INTO checkpoints(run, seed, step, task, condition, split, metrics, shard, sha256, tensors, created)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (run, info[0], step, info[1], info[2], info[3], json.dumps(metrics), name,
+             hashlib.sha256(data).hexdigest(), json.dumps(spec), time.time()),
+        )
+        return name
+
+    def finish_run(self, run: int) -> None:
+        self._con.execute("UPDATE runs SET status = 'done', finished = ? WHERE run = ?", (time.time(), run))
+
+    def close(self) -> None:
+        self._con.close()

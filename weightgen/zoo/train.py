@@ -1,0 +1,108 @@
+"""Training one zoo member: a short, visible SGD/Adam loop that hands out checkpoints.
+
+The loop knows nothing about storage: it yields ``(step, state_dict, metrics)`` at the
+steps it is asked to keep, and the builder writes them.
+"""
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from weightgen.config import TrainSpec
+from weightgen.tasks import Task
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was asked for, but torch sees no GPU")
+    return torch.device(device)
+
+
+def make_optimizer(params, spec: TrainSpec) -> torch.optim.Optimizer:
+    if spec.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
+    if spec.optimizer == "adam":
+        return torch.optim.Adam(params, lr=spec.lr, weight_decay=spec.weight_decay)
+    return torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
+
+
+def match_any(name: str, patterns: list[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+@torch.no_grad()
+def score(model: nn.Module, task: Task, device: torch.device, batch: int = 2048) -> dict[str, float]:
+    """Loss and accuracy on every split, model in eval mode (restored afterwards)."""
+    was_training = model.training
+    model.eval()
+    out = {}
+    for split in ("train", "val", "test"):
+        x, y = task.split(split)
+        logits = torch.cat([model(x[i:i + batch].to(device)) for i in range(0, len(x), batch)]).cpu()
+        s = task.scores(logits, y)
+        out[f"{split}_loss"], out[f"{split}_accuracy"] = s["loss"], s["accuracy"]
+    model.train(was_training)
+    return out
+
+
+@dataclass
+class Schedule:
+    """What to train and which steps to keep.
+
+    ``steps`` counts optimizer steps from 0 (the initial weights) to
+    ``main_steps + tail_steps``; the tail phase trains only ``tail`` parameters.
+    """
+
+    main_steps: int
+    keep: list[int]
+    tail_steps: int = 0
+    tail: tuple[str, ...] = ()
+
+
+def steps_per_epoch(task: Task, batch_size: int) -> int:
+    return -(-len(task.y_train) // batch_size)
+
+
+def train_member(model: nn.Module, task: Task, spec: TrainSpec, schedule: Schedule, seed: int
+                 ) -> Iterator[tuple[int, dict[str, torch.Tensor], dict[str, float]]]:
+    device = resolve_device(spec.device)
+    model.to(device)
+    x_train, y_train = task.x_train.to(device), task.y_train.to(device)
+    gen = torch.Generator().manual_seed(seed)
+    keep = set(schedule.keep)
+    total = schedule.main_steps + schedule.tail_steps
+
+    def snapshot(step: int):
+        return step, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, score(model, task, device)
+
+    model.train()
+    opt = make_optimizer(model.parameters(), spec)
+    step, order, pos = 0, torch.empty(0, dtype=torch.long), 0
+    if 0 in keep:
+        yield snapshot(0)
+    while step < total:
+        if step == schedule.main_steps and schedule.tail_steps:
+            # p-diff's second phase: only the tail keeps training. Every module runs in
+            # eval mode so BatchNorm statistics (which are not generated) stay fixed and
+            # every saved checkpoint shares them with the reference checkpoint.
+            for name, p in model.named_parameters():
+                p.requires_grad_(match_any(name, list(schedule.tail)))
+            model.eval()
+            opt = make_optimizer([p for p in model.parameters() if p.requires_grad], spec)
+        if pos >= len(order):
+            order, pos = torch.randperm(len(y_train), generator=gen).to(device), 0
+        idx = order[pos:pos + spec.batch_size]
+        pos += spec.batch_size
+        loss = task.loss(model(x_train[idx]), y_train[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        if step in keep:
+            yield snapshot(step)
