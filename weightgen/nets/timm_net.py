@@ -24,7 +24,10 @@ def timm_net(arch: str, input_shape, num_classes: int, input_size: int | None = 
         raise RegistryError(f"unknown timm architecture '{arch}'{did_you_mean(arch, timm.list_models())}")
     if len(input_shape) != 3:
         raise ValueError(f"timm:{arch} expects image inputs (C, H, W); got input shape {tuple(input_shape)}")
-    model = timm.create_model(arch, pretrained=False, in_chans=input_shape[0], num_classes=num_classes, **kwargs)
+    try:
+        model = timm.create_model(arch, pretrained=False, in_chans=input_shape[0], num_classes=num_classes, **kwargs)
+    except TypeError as e:  # timm passes unknown options on to the model's constructor
+        raise ValueError(f"net 'timm:{arch}': bad option among {sorted(kwargs)} ({e})") from None
     if input_size is not None:
         size = (int(input_size), int(input_size))
 

@@ -97,8 +97,11 @@ class Tokenizer:
     @classmethod
     def fit(cls, states: Iterable[dict[str, torch.Tensor]], include: list[str] | None = None,
             exclude: list[str] | None = None, token_size: int | str = 64,
-            parameter_names: list[str] | None = None) -> "Tokenizer":
-        """Fit per-tensor mean/std over ``states`` (streamed: one state in memory at a time)."""
+            parameter_names: list[str] | None = None, normalize: bool = True) -> "Tokenizer":
+        """Fit per-tensor mean/std over ``states`` (streamed: one state in memory at a time).
+
+        ``normalize=False`` keeps raw values (mean 0, std 1), as p-diff's flat vectors do.
+        """
         include, exclude = include or ["*"], exclude or []
         names, sums, sq, count = None, None, None, 0
         shapes, dtypes = {}, {}
@@ -122,18 +125,25 @@ class Tokenizer:
         std = (sq / numel - mean**2).clamp_min(0).sqrt()
         # A tensor that is constant across the zoo (e.g. an untouched bias) keeps scale 1.
         std = torch.where(std > 1e-8, std, torch.ones_like(std))
+        if not normalize:
+            mean, std = torch.zeros_like(mean), torch.ones_like(std)
         return cls(cls.layout(shapes, dtypes, token_size), token_size, mean, std)
 
     @classmethod
     def fit_zoo(cls, zoo, include=None, exclude=None, token_size: int | str = 64, buffers: bool = False,
-                split: str = "train") -> "Tokenizer":
+                normalize: bool = True, split: str = "train") -> "Tokenizer":
         members = zoo.members(split)
         if not members:
             raise TokenizerError(f"{zoo.root}: no finished '{split}' checkpoints to fit a tokenizer on")
         params = None if buffers else zoo.parameter_names
         first = zoo.load(members[0])
         names = select_names(first, include or ["*"], exclude or [], params)
-        return cls.fit((zoo.load(m, names) for m in members), names, [], token_size)
+        return cls.fit((zoo.load(m, names) for m in members), names, [], token_size, normalize=normalize)
+
+    @classmethod
+    def from_spec(cls, zoo, spec) -> "Tokenizer":
+        """Fit on a zoo's training members as a config's ``tokenizer`` section says."""
+        return cls.fit_zoo(zoo, spec.include, spec.exclude, spec.token_size, spec.buffers, spec.normalize)
 
     # -- geometry ---------------------------------------------------------------------
     @property
@@ -222,16 +232,25 @@ class Tokenizer:
     @classmethod
     def load(cls, directory: str | Path) -> "Tokenizer":
         d = Path(directory)
+        meta_file, stats_file = d / "tokenizer.json", d / "tokenizer.safetensors"
+        for f in (meta_file, stats_file):
+            if not f.is_file():
+                raise TokenizerError(f"{f}: missing tokenizer file")
         try:
-            meta = json.loads((d / "tokenizer.json").read_text())
-            stats = load_file(str(d / "tokenizer.safetensors"))
-        except FileNotFoundError as e:
-            raise TokenizerError(f"{e.filename}: missing tokenizer file") from None
-        except Exception as e:  # json or safetensors parse errors
-            raise TokenizerError(f"{d}: unreadable tokenizer ({e})") from None
-        shapes = {s["name"]: tuple(s["shape"]) for s in meta["segments"]}
-        dtypes = {s["name"]: s["dtype"] for s in meta["segments"]}
-        return cls(cls.layout(shapes, dtypes, meta["token_size"]), meta["token_size"], stats["mean"], stats["std"])
+            meta = json.loads(meta_file.read_text())
+            token_size = meta["token_size"]
+            shapes = {s["name"]: tuple(s["shape"]) for s in meta["segments"]}
+            dtypes = {s["name"]: s["dtype"] for s in meta["segments"]}
+        except (ValueError, KeyError, TypeError) as e:
+            raise TokenizerError(f"{meta_file}: unreadable tokenizer file ({e!r})") from None
+        try:
+            stats = load_file(str(stats_file))
+            mean, std = stats["mean"], stats["std"]
+        except Exception as e:  # safetensors raises its own error type for bad headers
+            raise TokenizerError(f"{stats_file}: unreadable tokenizer file ({e!r})") from None
+        if len(mean) != len(shapes) or len(std) != len(shapes):
+            raise TokenizerError(f"{stats_file}: has stats for {len(mean)} tensors, {meta_file} lists {len(shapes)}")
+        return cls(cls.layout(shapes, dtypes, token_size), token_size, mean, std)
 
     def __repr__(self) -> str:
         return (f"Tokenizer({len(self.segments)} tensors, {self.num_params} values, "

@@ -75,7 +75,7 @@ def plan_runs(cfg: ExperimentConfig) -> list[RunPlan]:
         raise ZooError("zoo.heldout is a list of codes, which only mode 'tasks' uses; give a number of runs")
     if z.heldout >= z.runs:
         raise ZooError(f"zoo.heldout ({z.heldout}) must be smaller than zoo.runs ({z.runs})")
-    # The last `heldout` runs are held out, so adding runs later never changes earlier ones' role.
+    # The last `heldout` runs are held out: a fixed, documented choice.
     return [RunPlan(i, cfg.seed + i, None, "heldout" if i >= z.runs - z.heldout else "train") for i in range(z.runs)]
 
 
@@ -122,8 +122,15 @@ def _dist_info() -> tuple[int, int]:
 def build_zoo(cfg: ExperimentConfig, path: str | Path, show_progress: bool = True) -> dict:
     """Train every run of ``cfg`` not yet in the zoo at ``path``; returns a small summary."""
     path = Path(path)
-    rank, world = _dist_info()
     writer = ZooWriter(path)
+    try:
+        return _build(cfg, path, writer, show_progress)
+    finally:
+        writer.close()
+
+
+def _build(cfg: ExperimentConfig, path: Path, writer: ZooWriter, show_progress: bool) -> dict:
+    rank, world = _dist_info()
     plans = plan_runs(cfg)
     base_task = get_task(cfg.task.name, cfg.task.code, **cfg.task.kwargs)
     if rank == 0:
@@ -153,11 +160,11 @@ def build_zoo(cfg: ExperimentConfig, path: str | Path, show_progress: bool = Tru
             task = get_task(cfg.task.name, plan.code, **cfg.task.kwargs) if plan.code else base_task
             model = build_net(cfg.net.name, task.input_shape, task.num_classes, seed=plan.seed, **cfg.net.kwargs)
             writer.begin_run(plan.run, plan.seed, task.name, plan.condition, plan.split)
-            for i, (step, state, metrics) in enumerate(train_member(model, task, cfg.train, schedule, plan.seed)):
+            timing: dict = {}
+            for i, (step, state, metrics) in enumerate(train_member(model, task, cfg.train, schedule, plan.seed, timing)):
                 writer.add_checkpoint(plan.run, i, step, state, metrics)
-            writer.finish_run(plan.run)
+            writer.finish_run(plan.run, timing["train_seconds"])
             bar.advance(job)
     if world > 1:
         dist.barrier()
-    writer.close()
     return {"runs": len(plans), "trained": len(todo), "skipped": len([p for p in plans if p.run in done])}

@@ -36,7 +36,8 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS runs (
     run INTEGER PRIMARY KEY, seed INTEGER NOT NULL, task TEXT NOT NULL, condition TEXT NOT NULL,
-    split TEXT NOT NULL, status TEXT NOT NULL, started REAL, finished REAL
+    split TEXT NOT NULL, status TEXT NOT NULL, started REAL, finished REAL,
+    train_seconds REAL  -- optimizer time only (no scoring, no I/O): what SGD costs per run
 );
 CREATE TABLE IF NOT EXISTS checkpoints (
     id INTEGER PRIMARY KEY AUTOINCREMENT, run INTEGER NOT NULL, seed INTEGER NOT NULL, step INTEGER NOT NULL,
@@ -153,8 +154,10 @@ class Zoo:
         ]
 
     def runs(self) -> list[dict]:
-        rows = self._con.execute("SELECT run, seed, task, condition, split, status FROM runs ORDER BY run").fetchall()
-        return [dict(run=r[0], seed=r[1], task=r[2], condition=json.loads(r[3]), split=r[4], status=r[5]) for r in rows]
+        rows = self._con.execute(
+            "SELECT run, seed, task, condition, split, status, train_seconds FROM runs ORDER BY run").fetchall()
+        return [dict(run=r[0], seed=r[1], task=r[2], condition=json.loads(r[3]), split=r[4], status=r[5],
+                     train_seconds=r[6]) for r in rows]
 
     # -- tensors --------------------------------------------------------------------
     def shard_path(self, member: Member) -> Path:
@@ -174,7 +177,8 @@ class Zoo:
         except (SafetensorError, ValueError, RuntimeError) as e:
             raise ZooCorruptError(f"{path}: not a readable safetensors file ({e})") from None
         if names is None:
-            return tensors
+            # safetensors does not keep insertion order; the manifest does (state_dict order).
+            return {k: tensors[k] for k in member.tensors}
         missing = [n for n in names if n not in tensors]
         if missing:
             raise ZooError(f"{path}: has no tensor named {missing[0]!r}")
@@ -204,8 +208,12 @@ class ZooWriter:
     def __init__(self, path: str | Path):
         self.root = Path(path)
         (self.root / SHARDS).mkdir(parents=True, exist_ok=True)
-        self._con = _connect(self.root / MANIFEST)
-        self._con.executescript(SCHEMA)
+        manifest = self.root / MANIFEST
+        try:
+            self._con = _connect(manifest)
+            self._con.executescript(SCHEMA)
+        except sqlite3.DatabaseError as e:
+            raise ZooCorruptError(f"{manifest}: unreadable manifest ({e})") from None
 
     def set_meta(self, key: str, value) -> None:
         self._con.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, json.dumps(value)))
@@ -265,8 +273,9 @@ class ZooWriter:
         )
         return name
 
-    def finish_run(self, run: int) -> None:
-        self._con.execute("UPDATE runs SET status = 'done', finished = ? WHERE run = ?", (time.time(), run))
+    def finish_run(self, run: int, train_seconds: float | None = None) -> None:
+        self._con.execute("UPDATE runs SET status = 'done', finished = ?, train_seconds = ? WHERE run = ?",
+                          (time.time(), train_seconds, run))
 
     def close(self) -> None:
         self._con.close()

@@ -6,6 +6,7 @@ steps it is asked to keep, and the builder writes them.
 from __future__ import annotations
 
 import fnmatch
+import time
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -69,8 +70,15 @@ def steps_per_epoch(task: Task, batch_size: int) -> int:
     return -(-len(task.y_train) // batch_size)
 
 
-def train_member(model: nn.Module, task: Task, spec: TrainSpec, schedule: Schedule, seed: int
-                 ) -> Iterator[tuple[int, dict[str, torch.Tensor], dict[str, float]]]:
+def train_member(model: nn.Module, task: Task, spec: TrainSpec, schedule: Schedule, seed: int,
+                 timing: dict | None = None) -> Iterator[tuple[int, dict[str, torch.Tensor], dict[str, float]]]:
+    """Train ``model`` and yield the kept checkpoints.
+
+    ``timing["train_seconds"]`` accumulates optimizer time only (not scoring or storage):
+    the honest cost of SGD that generation is compared with.
+    """
+    timing = timing if timing is not None else {}
+    timing["train_seconds"] = 0.0
     device = resolve_device(spec.device)
     model.to(device)
     x_train, y_train = task.x_train.to(device), task.y_train.to(device)
@@ -95,6 +103,7 @@ def train_member(model: nn.Module, task: Task, spec: TrainSpec, schedule: Schedu
                 p.requires_grad_(match_any(name, list(schedule.tail)))
             model.eval()
             opt = make_optimizer([p for p in model.parameters() if p.requires_grad], spec)
+        tick = time.perf_counter()
         if pos >= len(order):
             order, pos = torch.randperm(len(y_train), generator=gen).to(device), 0
         idx = order[pos:pos + spec.batch_size]
@@ -104,5 +113,6 @@ def train_member(model: nn.Module, task: Task, spec: TrainSpec, schedule: Schedu
         loss.backward()
         opt.step()
         step += 1
+        timing["train_seconds"] += time.perf_counter() - tick
         if step in keep:
             yield snapshot(step)

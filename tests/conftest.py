@@ -1,0 +1,127 @@
+"""Shared tiny configs and zoos for the test suite.
+
+Everything here is sized so that the whole foundation suite runs in well under a
+minute and a half on a 2-core CPU: MLPs with one hidden layer of 8 units, one epoch
+of training, a handful of runs.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import os
+import shutil
+import sqlite3
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+# Tiny models on a small shared CPU: intra-op threads only add contention (measured:
+# one thread is several times faster than two for these nets when the machine is busy).
+torch.set_num_threads(1)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+TINY = {
+    "name": "tiny",
+    "seed": 0,
+    "task": {"name": "digits"},
+    "net": {"name": "mlp", "hidden": [8]},
+    "train": {"optimizer": "adam", "lr": 0.01, "batch_size": 64, "epochs": 1, "device": "cpu"},
+    "zoo": {"mode": "seeds", "runs": 2, "checkpoints": 2, "every": 2},
+}
+
+# digits: 1078 training samples -> ceil(1078 / 64) = 17 optimizer steps per epoch.
+DIGITS_TRAIN = 1078
+STEPS_PER_EPOCH_64 = 17
+
+
+def tiny_cfg(**sections) -> dict:
+    """The tiny config as a dict; each keyword replaces a whole section (``zoo={...}``)."""
+    data = copy.deepcopy(TINY)
+    for key, value in sections.items():
+        data[key] = copy.deepcopy(value)
+    return data
+
+
+def write_config(path: Path, data: dict) -> Path:
+    path = Path(path)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def parse(data: dict):
+    from weightgen.config import parse_config
+
+    return parse_config(data)
+
+
+def build(data: dict, path: Path) -> dict:
+    from weightgen.zoo import build_zoo
+
+    return build_zoo(parse(data), path, show_progress=False)
+
+
+def manifest_rows(zoo_dir: Path, sql: str, args: tuple = ()) -> list[tuple]:
+    """Read the manifest directly, read-only (never through the code under test)."""
+    con = sqlite3.connect(f"file:{Path(zoo_dir) / 'manifest.sqlite'}?mode=ro", uri=True, timeout=30)
+    try:
+        return con.execute(sql, args).fetchall()
+    finally:
+        con.close()
+
+
+def checkpoint_rows(zoo_dir: Path) -> list[tuple]:
+    """(run, shard, sha256, created) of every checkpoint row, finished run or not."""
+    return manifest_rows(zoo_dir, "SELECT run, shard, sha256, created FROM checkpoints ORDER BY run, step")
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def subprocess_env() -> dict:
+    """Environment for child Python processes: one thread each, this checkout importable."""
+    env = dict(os.environ)
+    env["OMP_NUM_THREADS"] = "1"
+    env["MKL_NUM_THREADS"] = "1"
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env.pop("COLUMNS", None)
+    return env
+
+
+PYTHON = sys.executable
+
+# -- session zoos -----------------------------------------------------------------------
+# Seeds zoo: 3 runs (the last held out) x 2 checkpoints, 17 steps each -> steps 15, 17.
+SEEDS_ZOO_CFG = tiny_cfg(zoo={"mode": "seeds", "runs": 3, "heldout": 1, "checkpoints": 2, "every": 2})
+
+# Tail zoo (p-diff style): a BatchNorm CNN, then only head.* keeps training.
+TAIL_ZOO_CFG = tiny_cfg(
+    net={"name": "cnn", "channels": [4, 4], "batchnorm": True},
+    zoo={"mode": "tail", "runs": 1, "checkpoints": 3, "every": 2, "tail": ["head.*"]},
+)
+
+
+@pytest.fixture(scope="session")
+def seeds_zoo(tmp_path_factory) -> Path:
+    """A finished tiny digits MLP zoo. Treat as read-only: copy it (``zoo_copy``) to modify."""
+    path = tmp_path_factory.mktemp("zoos") / "seeds"
+    build(SEEDS_ZOO_CFG, path)
+    return path
+
+
+@pytest.fixture
+def zoo_copy(seeds_zoo, tmp_path) -> Path:
+    dst = tmp_path / "seeds_copy"
+    shutil.copytree(seeds_zoo, dst)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def tail_zoo(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("zoos") / "tail"
+    build(TAIL_ZOO_CFG, path)
+    return path

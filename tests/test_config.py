@@ -1,0 +1,171 @@
+"""weightgen.config: strict sections, errors that name the field, YAML loading."""
+from __future__ import annotations
+
+import pytest
+
+from conftest import tiny_cfg, write_config
+from weightgen.config import ConfigError, ExperimentConfig, dump_config, load_config, parse_config
+
+
+def _error(data) -> str:
+    with pytest.raises(ConfigError) as e:
+        parse_config(data, "cfg.yaml")
+    return str(e.value)
+
+
+def test_defaults_and_tiny_config_parse():
+    cfg = parse_config({})
+    assert isinstance(cfg, ExperimentConfig)
+    assert cfg.zoo.mode == "seeds" and cfg.task.name == "digits" and cfg.net.name == "mlp"
+    cfg = parse_config(tiny_cfg())
+    assert cfg.net.kwargs == {"hidden": [8]}
+    assert cfg.task.kwargs == {}
+    assert cfg.train.epochs == 1
+
+
+def test_dump_config_round_trips(tmp_path):
+    cfg = parse_config(tiny_cfg(task={"name": "mnist1d", "num_samples": 500, "code": "0100100001"}))
+    assert cfg.task.kwargs == {"num_samples": 500} and cfg.task.code == "0100100001"
+    path = tmp_path / "c.yaml"
+    path.write_text(dump_config(cfg))
+    assert load_config(path) == cfg
+
+
+def test_unknown_top_level_key_names_key_and_allowed():
+    msg = _error({**tiny_cfg(), "trian": {"epochs": 2}})
+    assert "cfg.yaml" in msg
+    assert "'trian'" in msg
+    assert "did you mean 'train'" in msg
+    for key in ("name", "seed", "task", "net", "train", "zoo", "tokenizer"):
+        assert key in msg
+
+
+@pytest.mark.parametrize("section,bad,allowed", [
+    ("train", "epoch", ["optimizer", "lr", "batch_size", "epochs", "device"]),
+    ("zoo", "checkpoint", ["mode", "runs", "checkpoints", "every", "tail", "codes", "heldout"]),
+    ("tokenizer", "token_sise", ["include", "exclude", "token_size", "buffers"]),
+])
+def test_unknown_nested_key_names_key_and_allowed(section, bad, allowed):
+    data = tiny_cfg()
+    data[section] = {**data.get(section, {}), bad: 1}
+    msg = _error(data)
+    line = next(line for line in msg.splitlines() if f"'{bad}'" in line)
+    assert line.strip().startswith(f"{section}:"), msg
+    for a in allowed:
+        assert a in msg
+
+
+def test_unknown_net_and_task_options_name_allowed():
+    msg = _error(tiny_cfg(net={"name": "mlp", "hiden": [8]}))
+    assert "net" in msg and "'hiden'" in msg and "hidden" in msg and "activation" in msg
+    msg = _error(tiny_cfg(task={"name": "mnist1d", "samples": 10}))
+    assert "task" in msg and "'samples'" in msg and "num_samples" in msg
+    msg = _error(tiny_cfg(net={"name": "mpl"}))
+    assert "'mpl'" in msg and "mlp" in msg and "cnn" in msg
+
+
+def test_timm_net_options_are_passed_through():
+    cfg = parse_config(tiny_cfg(net={"name": "timm:resnet18", "input_size": 32}))
+    assert cfg.net.kwargs == {"input_size": 32}
+
+
+@pytest.mark.parametrize("section,field,value,dotted", [
+    ("train", "epochs", "three", "train.epochs"),
+    ("train", "lr", -1.0, "train.lr"),
+    ("train", "batch_size", 0, "train.batch_size"),
+    ("zoo", "runs", [1], "zoo.runs"),
+    ("zoo", "checkpoints", 0, "zoo.checkpoints"),
+    ("tokenizer", "buffers", "maybe", "tokenizer.buffers"),
+])
+def test_wrong_type_or_range_names_dotted_field(section, field, value, dotted):
+    data = tiny_cfg()
+    data[section] = {**data.get(section, {}), field: value}
+    msg = _error(data)
+    assert f"{dotted}:" in msg
+    assert repr(value) in msg  # what was given is shown
+
+
+def test_seed_wrong_type():
+    assert "seed:" in _error({**tiny_cfg(), "seed": "zero"})
+
+
+@pytest.mark.parametrize("section,field,value,choices", [
+    ("train", "optimizer", "rmsprop", ["sgd", "adam", "adamw"]),
+    ("train", "device", "tpu", ["auto", "cpu", "cuda"]),
+    ("zoo", "mode", "ensembles", ["seeds", "trajectory", "tail", "tasks"]),
+])
+def test_bad_literal_value(section, field, value, choices):
+    data = tiny_cfg()
+    data[section] = {**data[section], field: value}
+    msg = _error(data)
+    assert f"{section}.{field}" in msg and value in msg
+    for c in choices:
+        assert c in msg
+
+
+def test_tail_mode_needs_patterns():
+    msg = _error(tiny_cfg(zoo={"mode": "tail", "runs": 1}))
+    assert "zoo" in msg and "tail" in msg and "glob" in msg
+
+
+def test_tail_patterns_only_in_tail_mode():
+    msg = _error(tiny_cfg(zoo={"mode": "seeds", "tail": ["head.*"]}))
+    assert "zoo" in msg and "'tail'" in msg
+
+
+def test_bad_task_code():
+    msg = _error(tiny_cfg(task={"name": "digits", "code": "0000000000"}))
+    assert "task" in msg and "0000000000" in msg
+
+
+def test_several_problems_are_all_listed():
+    data = tiny_cfg()
+    data["train"] = {**data["train"], "epochs": "x", "optimizer": "nope"}
+    msg = _error(data)
+    assert "train.epochs" in msg and "train.optimizer" in msg
+
+
+def test_load_config_missing_file(tmp_path):
+    path = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert str(path) in str(e.value) and "no such" in str(e.value)
+
+
+def test_load_config_directory_is_not_a_file(tmp_path):
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(tmp_path)
+
+
+def test_load_config_invalid_yaml(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train: {epochs: 3\nzoo: [\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert str(path) in str(e.value) and "YAML" in str(e.value)
+
+
+@pytest.mark.parametrize("text,kind", [("- a\n- b\n", "list"), ("just a string\n", "str"), ("42\n", "int")])
+def test_load_config_non_mapping(tmp_path, text, kind):
+    path = tmp_path / "list.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert str(path) in str(e.value) and "mapping" in str(e.value) and kind in str(e.value)
+
+
+def test_load_config_empty_file_gives_defaults(tmp_path):
+    path = tmp_path / "empty.yaml"
+    path.write_text("")
+    assert load_config(path) == parse_config({})
+
+
+def test_load_config_error_names_file(tmp_path):
+    path = write_config(tmp_path / "typo.yaml", {**tiny_cfg(), "zooo": {}})
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert str(path) in str(e.value) and "'zooo'" in str(e.value)
+
+
+def test_config_error_is_value_error():
+    assert issubclass(ConfigError, ValueError)
