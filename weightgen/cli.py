@@ -103,6 +103,117 @@ def zoo_info(path: Path = typer.Argument(..., help="zoo directory"),
         console.print(f"all {len(members)} shards verified")
 
 
+def _summary_table(report: dict) -> Table:
+    table = Table(title=report["title"])
+    for col in ("group", "n", "best", "mean", "median", "max IoU", "nearest dist"):
+        table.add_column(col, justify="left" if col == "group" else "right")
+    for key, g in report["groups"].items():
+        if key.startswith("noise_") and key not in ("noise_0.01", "noise_0.05", "noise_0.15"):
+            continue  # the full sweep is in report.md; three sigmas keep the terminal table short
+        cells = [g["best"], g["mean"], g["median"], g["max_iou_mean"], g["nearest_distance_mean"]]
+        n = f"{g['n']}" + (f" ({g['n_nonfinite']} non-finite)" if g["n_nonfinite"] else "")
+        table.add_row(key, n, *["–" if c is None else f"{c:.4f}" for c in cells])
+    return table
+
+
+def _print_report(report: dict, where: Path | None) -> None:
+    console.print(_summary_table(report))
+    for note in report["notes"]:
+        console.print(f"- {note}", highlight=False)
+    t = report.get("timing") or {}
+    if t.get("models_per_sgd_member"):
+        console.print(f"- generation: {t['num_samples']} models in {t['sample_seconds']:.1f} s; SGD needs "
+                      f"{t['sgd_seconds_per_member']:.2f} s per zoo member ({t['models_per_sgd_member']:.1f} "
+                      "models in the time SGD trains one)", highlight=False)
+    if where:
+        console.print(f"report: {where}/report.md, {where}/report.json, {where}/novelty.png")
+
+
+@app.command("run")
+def run(config: str = typer.Argument(None, help="YAML config or built-in name (default: demo)"),
+        zoo: Path = typer.Option(None, "--zoo", help="zoo directory (default: zoos/<name>)"),
+        out: Path = typer.Option(None, "--out", "-o", help="run directory (default: runs/<name>)"),
+        verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
+    """Zoo (reused if built) -> fit generator -> sample -> evaluate -> report."""
+    from weightgen.generators import GeneratorError
+    from weightgen.pipeline import run_experiment
+    from weightgen.zoo import ZooError
+
+    _setup_logging(verbose)
+    try:
+        cfg, source = resolve_config(config)
+        console.print(f"weightgen run: [bold]{cfg.name}[/bold] ({source}): {cfg.task.name} / {cfg.net.name}, "
+                      f"zoo mode {cfg.zoo.mode}, generator {cfg.generator.method}")
+        out = out or Path("runs") / cfg.name
+        report = run_experiment(cfg, zoo, out)
+    except (ConfigError, RegistryError, ZooError, GeneratorError, ValueError) as e:
+        fail(str(e))
+    _print_report(report, out)
+
+
+@app.command("train")
+def train(config: str = typer.Argument(None, help="YAML config or built-in name (default: demo)"),
+          zoo: Path = typer.Option(None, "--zoo", help="zoo directory (default: zoos/<name>)"),
+          out: Path = typer.Option(None, "--out", "-o", help="generator directory (default: runs/<name>/generator)"),
+          verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
+    """Fit the config's generator on an existing zoo and save it."""
+    from weightgen.generators import GeneratorError
+    from weightgen.pipeline import fit_generator
+    from weightgen.zoo import Zoo, ZooError
+
+    _setup_logging(verbose)
+    try:
+        cfg, _ = resolve_config(config)
+        zoo_obj = Zoo.open(zoo or Path("zoos") / cfg.name)
+        gen, stats = fit_generator(cfg, zoo_obj)
+        out = gen.save(out or Path("runs") / cfg.name / "generator")
+    except (ConfigError, RegistryError, ZooError, GeneratorError, ValueError) as e:
+        fail(str(e))
+    console.print(f"generator {gen.method} saved to {out} ({stats['fit_seconds']:.1f} s)")
+
+
+@app.command("sample")
+def sample(generator: Path = typer.Argument(..., help="saved generator directory"),
+           out: Path = typer.Option(..., "--out", "-o", help="directory for sample_XXXX.safetensors"),
+           n: int = typer.Option(10, "--n", "-n", min=1),
+           seed: int = typer.Option(0, "--seed"),
+           sampler: str = typer.Option("ddpm", "--sampler", help="ddpm or ddim"),
+           steps: int = typer.Option(None, "--steps", help="denoising steps (default: T for ddpm, 60 for ddim)"),
+           batch_size: int = typer.Option(100, "--batch-size", min=1, help="networks held in memory at once")) -> None:
+    """Generate networks and write each as a safetensors file loadable into the net."""
+    from weightgen.generators import GeneratorError, load_generator
+    from weightgen.pipeline import write_samples
+
+    if sampler not in ("ddpm", "ddim"):
+        fail(f"--sampler must be ddpm or ddim, got {sampler!r}")
+    try:
+        gen = load_generator(generator)
+        meta = write_samples(gen, out, n, seed, batch_size, sampler, steps)
+    except (GeneratorError, ValueError) as e:
+        fail(str(e))
+    bad = f", {len(meta['nonfinite'])} with non-finite weights (listed in samples.json)" if meta["nonfinite"] else ""
+    console.print(f"{meta['n']} networks written to {out}{bad}")
+
+
+@app.command("eval")
+def evaluate(samples: Path = typer.Argument(..., help="directory written by `weightgen sample`"),
+             zoo: Path = typer.Option(..., "--zoo", help="the zoo the generator was fitted on"),
+             out: Path = typer.Option(None, "--out", "-o", help="report directory (default: SAMPLES)")) -> None:
+    """Judge sampled networks against the zoo's originals and the two baselines."""
+    from weightgen.generators import GeneratorError
+    from weightgen.pipeline import evaluate_samples, read_samples
+    from weightgen.zoo import Zoo, ZooError
+
+    try:
+        zoo_obj = Zoo.open(zoo)
+        meta, batches = read_samples(samples)
+        report = evaluate_samples(zoo_obj, batches, meta["generated_names"], out or samples, zoo_obj.config,
+                                  title=f"{samples}: {meta['method']}")
+    except (ZooError, GeneratorError, ConfigError, ValueError) as e:
+        fail(str(e))
+    _print_report(report, out or samples)
+
+
 def _numel(spec) -> int:
     n = 1
     for d in spec[0]:

@@ -124,6 +124,73 @@ class TokenizerSpec(StrictModel):
     exclude: list[str] = Field(default_factory=list)
     token_size: int | Literal["flat"] = 64
     buffers: bool = False  # also generate buffers (BatchNorm running stats)
+    # tensor: one mean/std per tensor fitted on the zoo (RPG); none: raw values (p-diff);
+    # element: one mean/std per parameter (ours: tokens hold deviations from the mean checkpoint).
+    normalize: Literal["tensor", "element", "none"] = "tensor"
+
+
+class DiffusionSpec(StrictModel):
+    """The forward process (every published method uses T = 1000, linear betas 1e-4..2e-2)."""
+
+    timesteps: int = Field(1000, ge=1)
+    beta_start: float = Field(1e-4, gt=0)
+    beta_end: float = Field(2e-2, gt=0)
+    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "linear"
+    prediction: Literal["epsilon", "sample"] = "epsilon"
+
+
+class PDiffSpec(StrictModel):
+    """p-diff (Wang et al. 2024): 1D conv autoencoder with noise augmentation + latent DDPM.
+
+    Defaults follow the paper and its code: input noise 0.001, latent noise 0.1 mixed as
+    ``x*(1-f) + f*eps``; AdamW lr 1e-3; 30k autoencoder steps then 30k diffusion steps on
+    full batches of the (up to 200) checkpoints; the 'medium' autoencoder (fold 5, kernel 5).
+    """
+
+    method: Literal["pdiff"] = "pdiff"
+    fold_rate: int = Field(5, ge=2)
+    kernel_size: int = Field(5, ge=1)
+    enc_channels: list[int] = Field(default_factory=lambda: [4, 4, 4, 4])
+    dec_channels: list[int] = Field(default_factory=lambda: [4, 256, 256, 8])
+    input_noise: float = Field(0.001, ge=0)
+    latent_noise: float = Field(0.1, ge=0)
+    noise_mode: Literal["mix", "add"] = "mix"
+    ae_steps: int = Field(30000, ge=0)
+    ae_lr: float = Field(1e-3, gt=0)
+    diffusion_steps: int = Field(30000, ge=0)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(2e-6, ge=0)
+    batch_size: int = Field(200, ge=1)
+    denoiser_channels: list[int] = Field(default_factory=lambda: [64, 128, 256])
+    ema: float | None = None  # p-diff trains without EMA; e.g. 0.999 turns it on
+    # Ours, off by default: standardize each latent dimension over the training latents
+    # before diffusion. When checkpoints differ little, the latents sit in a tiny cloud
+    # that an un-normalized DDPM overshoots; standardizing lets it learn the cloud's shape.
+    latent_norm: Literal["none", "standardize"] = "none"
+    diffusion: DiffusionSpec = Field(default_factory=DiffusionSpec)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @model_validator(mode="after")
+    def _check(self) -> "PDiffSpec":
+        if self.enc_channels and self.dec_channels and self.enc_channels[-1] != self.dec_channels[0]:
+            raise ValueError(f"dec_channels must start with the latent width enc_channels[-1] = {self.enc_channels[-1]}")
+        if len(self.enc_channels) != len(self.dec_channels):
+            raise ValueError("enc_channels and dec_channels need the same number of stages")
+        return self
+
+
+class SampleSpec(StrictModel):
+    n: int = Field(100, ge=1)
+    seed: int = 0
+    sampler: Literal["ddpm", "ddim"] = "ddpm"
+    steps: int | None = Field(None, ge=1)  # default: T for DDPM, 60 for DDIM
+    batch_size: int = Field(100, ge=1)  # samples held in memory at once
+
+
+class EvaluateSpec(StrictModel):
+    split: Literal["val", "test"] = "test"
+    sigmas: list[float] = Field(default_factory=lambda: [0.001, 0.003, 0.01, 0.03, 0.05, 0.1, 0.15])
+    n_noise: int = Field(100, ge=1)
 
 
 class ExperimentConfig(StrictModel):
@@ -134,6 +201,9 @@ class ExperimentConfig(StrictModel):
     train: TrainSpec = Field(default_factory=TrainSpec)
     zoo: ZooSpec = Field(default_factory=ZooSpec)
     tokenizer: TokenizerSpec = Field(default_factory=TokenizerSpec)
+    generator: PDiffSpec = Field(default_factory=PDiffSpec)
+    sample: SampleSpec = Field(default_factory=SampleSpec)
+    evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec)
 
 
 def format_validation_error(err: ValidationError, source: str) -> str:

@@ -233,7 +233,11 @@ def markdown(report: dict) -> str:
         n = f"{g['n']} ({g['n_nonfinite']})" if g["n_nonfinite"] else str(g["n"])
         lines.append(f"| {key} | {n} | {_fmt(g['best'])} | {_fmt(g['mean'])} | {_fmt(g['median'])} "
                      f"| {_fmt(g['max_iou_mean'], '.3f')} | {_fmt(g['nearest_distance_mean'], '.4g')} |")
-    lines += ["", "## Notes", ""] + [f"- {n}" for n in report["notes"]] + ["", "![novelty](novelty.png)", ""]
+    lines += ["", "## Notes", ""] + [f"- {n}" for n in report["notes"]]
+    if report.get("timing"):
+        lines += ["", "## Timing", ""] + [f"- {k}: {_fmt(v, '.4g') if isinstance(v, float) else v}"
+                                          for k, v in report["timing"].items()]
+    lines += ["", "![novelty](novelty.png)", ""]
     return "\n".join(lines)
 
 

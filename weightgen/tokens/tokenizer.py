@@ -23,6 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 FLAT = "flat"
+NORMALIZE_MODES = ("tensor", "element", "none")
 
 
 class TokenizerError(ValueError):
@@ -65,14 +66,27 @@ def select_names(state: dict[str, torch.Tensor], include: list[str], exclude: li
 
 
 class Tokenizer:
-    def __init__(self, segments: list[Segment], token_size: int | str, mean: torch.Tensor, std: torch.Tensor):
+    def __init__(self, segments: list[Segment], token_size: int | str, mean: torch.Tensor, std: torch.Tensor,
+                 normalize: str = "tensor"):
         self.segments = segments
         self.token_size = token_size
-        self.mean = mean.double()  # one scalar per tensor
+        self.normalize = normalize
+        # One scalar per tensor ("tensor", "none"), or one value per parameter ("element").
+        self.mean = mean.double()
         self.std = std.double()
         self.flat = token_size == FLAT
         self.width = sum(s.numel for s in segments) if self.flat else int(token_size)
         self.num_tokens = 1 if self.flat else sum(s.count for s in segments)
+        self._offsets = [0]
+        for seg in segments:
+            self._offsets.append(self._offsets[-1] + seg.numel)
+
+    def stats(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and std of segment ``i``: scalars, or flat per-element vectors."""
+        if self.normalize == "element":
+            a, b = self._offsets[i], self._offsets[i + 1]
+            return self.mean[a:b], self.std[a:b]
+        return self.mean[i], self.std[i]
 
     # -- construction -----------------------------------------------------------------
     @classmethod
@@ -97,11 +111,17 @@ class Tokenizer:
     @classmethod
     def fit(cls, states: Iterable[dict[str, torch.Tensor]], include: list[str] | None = None,
             exclude: list[str] | None = None, token_size: int | str = 64,
-            parameter_names: list[str] | None = None, normalize: bool = True) -> "Tokenizer":
-        """Fit per-tensor mean/std over ``states`` (streamed: one state in memory at a time).
+            parameter_names: list[str] | None = None, normalize: str | bool = "tensor") -> "Tokenizer":
+        """Fit normalization stats over ``states`` (streamed: one state in memory at a time).
 
-        ``normalize=False`` keeps raw values (mean 0, std 1), as p-diff's flat vectors do.
+        ``normalize``: ``"tensor"`` (RPG: one mean/std per tensor over all its values and
+        checkpoints), ``"element"`` (one mean/std per parameter over the checkpoints: tokens
+        then hold each value's deviation from the zoo's mean checkpoint), or ``"none"``
+        (raw values, as p-diff's flat vectors). ``True``/``False`` mean tensor/none.
         """
+        mode = {True: "tensor", False: "none"}.get(normalize, normalize) if isinstance(normalize, bool) else normalize
+        if mode not in NORMALIZE_MODES:
+            raise TokenizerError(f"normalize must be one of {', '.join(NORMALIZE_MODES)}, got {normalize!r}")
         include, exclude = include or ["*"], exclude or []
         names, sums, sq, count = None, None, None, 0
         shapes, dtypes = {}, {}
@@ -110,28 +130,34 @@ class Tokenizer:
                 names = select_names(state, include, exclude, parameter_names)
                 shapes = {n: tuple(state[n].shape) for n in names}
                 dtypes = {n: str(state[n].dtype).removeprefix("torch.") for n in names}
-                sums, sq = torch.zeros(len(names), dtype=torch.float64), torch.zeros(len(names), dtype=torch.float64)
+                sums = [torch.zeros(math.prod(shapes[n]), dtype=torch.float64) for n in names]
+                sq = [torch.zeros_like(v) for v in sums]
             for i, n in enumerate(names):
                 t = state[n].double()
                 if tuple(t.shape) != shapes[n]:
                     raise TokenizerError(f"layer '{n}': checkpoints disagree in shape: {shapes[n]} vs {tuple(t.shape)}")
-                sums[i] += t.sum()
-                sq[i] += (t * t).sum()
+                sums[i] += t.flatten()
+                sq[i] += t.flatten() ** 2
             count += 1
         if names is None:
             raise TokenizerError("cannot fit a tokenizer on zero checkpoints")
-        numel = torch.tensor([math.prod(shapes[n]) for n in names], dtype=torch.float64) * count
-        mean = sums / numel
-        std = (sq / numel - mean**2).clamp_min(0).sqrt()
-        # A tensor that is constant across the zoo (e.g. an untouched bias) keeps scale 1.
+        if mode == "element":
+            mean = torch.cat(sums) / count
+            var = torch.cat(sq) / count - mean**2
+        else:
+            numel = torch.tensor([math.prod(shapes[n]) for n in names], dtype=torch.float64) * count
+            mean = torch.stack([v.sum() for v in sums]) / numel
+            var = torch.stack([v.sum() for v in sq]) / numel - mean**2
+        std = var.clamp_min(0).sqrt()
+        # A value (or tensor) that is constant across the zoo keeps scale 1.
         std = torch.where(std > 1e-8, std, torch.ones_like(std))
-        if not normalize:
-            mean, std = torch.zeros_like(mean), torch.ones_like(std)
-        return cls(cls.layout(shapes, dtypes, token_size), token_size, mean, std)
+        if mode == "none":
+            mean, std = torch.zeros(len(names), dtype=torch.float64), torch.ones(len(names), dtype=torch.float64)
+        return cls(cls.layout(shapes, dtypes, token_size), token_size, mean, std, mode)
 
     @classmethod
     def fit_zoo(cls, zoo, include=None, exclude=None, token_size: int | str = 64, buffers: bool = False,
-                normalize: bool = True, split: str = "train") -> "Tokenizer":
+                normalize: str | bool = "tensor", split: str = "train") -> "Tokenizer":
         members = zoo.members(split)
         if not members:
             raise TokenizerError(f"{zoo.root}: no finished '{split}' checkpoints to fit a tokenizer on")
@@ -191,7 +217,8 @@ class Tokenizer:
         self.check(state)
         pieces = []
         for i, s in enumerate(self.segments):
-            v = ((state[s.name].detach().double().flatten() - self.mean[i]) / self.std[i]).float()
+            mean, std = self.stats(i)
+            v = ((state[s.name].detach().double().flatten() - mean) / std).float()
             if not self.flat:
                 v = torch.nn.functional.pad(v, (0, s.count * self.width - s.numel))
             pieces.append(v)
@@ -209,7 +236,8 @@ class Tokenizer:
         out, offset = {}, 0
         for i, s in enumerate(self.segments):
             span = s.numel if self.flat else s.count * self.width
-            v = flat[..., offset: offset + s.numel].double() * self.std[i] + self.mean[i]
+            mean, std = self.stats(i)
+            v = flat[..., offset: offset + s.numel].double() * std + mean
             out[s.name] = v.to(getattr(torch, s.dtype)).reshape(*lead, *s.shape)
             offset += span
         return out
@@ -224,7 +252,7 @@ class Tokenizer:
     def save(self, directory: str | Path) -> None:
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        meta = {"token_size": self.token_size,
+        meta = {"token_size": self.token_size, "normalize": self.normalize,
                 "segments": [{"name": s.name, "shape": list(s.shape), "dtype": s.dtype} for s in self.segments]}
         (d / "tokenizer.json").write_text(json.dumps(meta, indent=1))
         save_file({"mean": self.mean, "std": self.std}, str(d / "tokenizer.safetensors"))
@@ -248,9 +276,11 @@ class Tokenizer:
             mean, std = stats["mean"], stats["std"]
         except Exception as e:  # safetensors raises its own error type for bad headers
             raise TokenizerError(f"{stats_file}: unreadable tokenizer file ({e!r})") from None
-        if len(mean) != len(shapes) or len(std) != len(shapes):
-            raise TokenizerError(f"{stats_file}: has stats for {len(mean)} tensors, {meta_file} lists {len(shapes)}")
-        return cls(cls.layout(shapes, dtypes, token_size), token_size, mean, std)
+        normalize = meta.get("normalize", "tensor")
+        expected = sum(math.prod(s) for s in shapes.values()) if normalize == "element" else len(shapes)
+        if len(mean) != expected or len(std) != expected:
+            raise TokenizerError(f"{stats_file}: has {len(mean)} stats, {meta_file} needs {expected} ({normalize} mode)")
+        return cls(cls.layout(shapes, dtypes, token_size), token_size, mean, std, normalize)
 
     def __repr__(self) -> str:
         return (f"Tokenizer({len(self.segments)} tensors, {self.num_params} values, "

@@ -1,0 +1,66 @@
+"""DDPM training and DDPM/DDIM sampling through diffusers' schedulers (no hand-written schedules).
+
+One ``Diffusion`` object serves every generator: it noises clean data for training,
+computes the (optionally masked) loss for epsilon or x0 prediction, and runs the
+reverse process with a seeded generator.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler
+
+Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t, t) -> prediction
+
+
+class Diffusion:
+    def __init__(self, timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 2e-2,
+                 beta_schedule: str = "linear", prediction: str = "epsilon"):
+        if prediction not in ("epsilon", "sample"):
+            raise ValueError(f"prediction must be 'epsilon' or 'sample' (x0), got {prediction!r}")
+        self.kwargs = dict(num_train_timesteps=timesteps, beta_start=beta_start, beta_end=beta_end,
+                           beta_schedule=beta_schedule, prediction_type=prediction,
+                           # Parameters are not images in [-1, 1]: never clip.
+                           clip_sample=False)
+        self.timesteps = timesteps
+        self.prediction = prediction
+        self.train_scheduler = DDPMScheduler(**self.kwargs)
+
+    def scheduler(self, sampler: str = "ddpm"):
+        if sampler == "ddpm":
+            return DDPMScheduler(**self.kwargs)
+        if sampler == "ddim":
+            return DDIMScheduler(**self.kwargs)
+        raise ValueError(f"unknown sampler {sampler!r}; allowed: ddpm, ddim")
+
+    def loss(self, denoise: Denoise, x0: torch.Tensor, mask: torch.Tensor | None = None,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+        """Mean squared error of the prediction at a uniformly drawn timestep per sample.
+
+        ``mask`` (broadcastable to ``x0``) drops padding from the loss, as RPG does.
+        """
+        t = torch.randint(0, self.timesteps, (x0.shape[0],), device=x0.device, generator=generator)
+        noise = torch.randn(x0.shape, device=x0.device, generator=generator)
+        x_t = self.train_scheduler.add_noise(x0, noise, t)
+        target = noise if self.prediction == "epsilon" else x0
+        err = (denoise(x_t, t) - target) ** 2
+        if mask is None:
+            return err.mean()
+        mask = mask.expand_as(err).to(err.dtype)
+        return (err * mask).sum() / mask.sum().clamp_min(1)
+
+    @torch.no_grad()
+    def sample(self, denoise: Denoise, shape: tuple[int, ...], generator: torch.Generator | None = None,
+               sampler: str = "ddpm", steps: int | None = None, eta: float = 0.0,
+               device: torch.device | str = "cpu") -> torch.Tensor:
+        """Run the reverse process from pure noise; ``steps`` defaults to T for DDPM, 60 for DDIM."""
+        sched = self.scheduler(sampler)
+        sched.set_timesteps(steps or (self.timesteps if sampler == "ddpm" else 60))
+        x = torch.randn(shape, generator=generator, device="cpu").to(device)
+        for t in sched.timesteps:
+            tt = torch.full((shape[0],), int(t), device=device, dtype=torch.long)
+            pred = denoise(x, tt)
+            extra = {"eta": eta} if sampler == "ddim" else {}
+            x = sched.step(pred, int(t), x, generator=generator, **extra).prev_sample
+        return x

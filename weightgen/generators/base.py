@@ -1,0 +1,179 @@
+"""The one interface every parameter generator implements: fit, sample, save, load.
+
+A generator owns a fitted ``Tokenizer`` (what it generates and how values are scaled),
+a reference checkpoint (everything it does not generate: BatchNorm buffers, frozen
+layers) and the zoo's net recipe (so samples can be checked against, and loaded into,
+the right architecture). Subclasses only say how tokens are modelled.
+"""
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar, Iterator
+
+import torch
+from pydantic import BaseModel, ValidationError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+import weightgen
+from weightgen.tokens import Tokenizer, TokenizerError
+from weightgen.zoo import Zoo
+from weightgen.zoo.train import resolve_device
+
+GENERATOR_JSON = "generator.json"
+WEIGHTS = "weights.safetensors"
+REFERENCE = "reference.safetensors"
+
+
+class GeneratorError(ValueError):
+    """A generator that cannot be built, loaded or used as asked."""
+
+
+class Generator(ABC):
+    method: ClassVar[str]
+    spec_class: ClassVar[type[BaseModel]]
+
+    def __init__(self, spec: BaseModel, tokenizer: Tokenizer, reference: dict[str, torch.Tensor], net_build: dict):
+        self.spec = spec
+        self.tokenizer = tokenizer
+        self.reference = {k: v.cpu() for k, v in reference.items()}
+        self.net_build = net_build
+        self.device = resolve_device(getattr(spec, "device", "auto"))
+        tokenizer.check(self.reference, "reference checkpoint")
+        self.build_modules()
+
+    # -- what subclasses provide ----------------------------------------------------------
+    @abstractmethod
+    def build_modules(self) -> None:
+        """Create the networks from ``self.spec`` and the tokenizer's geometry."""
+
+    @abstractmethod
+    def modules(self) -> dict[str, nn.Module]:
+        """Every module whose weights make up the generator (saved and loaded by name)."""
+
+    @abstractmethod
+    def fit(self, zoo: Zoo, show_progress: bool = True) -> dict[str, Any]:
+        """Train on the zoo's training checkpoints; returns training statistics."""
+
+    @abstractmethod
+    def sample_tokens(self, n: int, condition: Any, generator: torch.Generator, sampler: str = "ddpm",
+                      steps: int | None = None) -> torch.Tensor:
+        """``(n, num_tokens, width)`` normalized tokens on the CPU."""
+
+    # -- shared machinery -----------------------------------------------------------------
+    @classmethod
+    def from_zoo(cls, spec: BaseModel, zoo: Zoo, tokenizer_spec) -> "Generator":
+        members = zoo.members("train")
+        if not members:
+            raise GeneratorError(f"{zoo.root}: no finished training checkpoints to fit on")
+        tokenizer = Tokenizer.from_spec(zoo, tokenizer_spec)
+        return cls(spec, tokenizer, zoo.load(members[0]), zoo.meta("net_build"))
+
+    def training_tokens(self, zoo: Zoo, split: str = "train") -> torch.Tensor:
+        """``(M, num_tokens, width)`` tokens of the zoo's checkpoints, checked against the tokenizer."""
+        self.check_zoo(zoo)
+        return self.tokenizer.tokenize_batch(zoo.load(m, self.tokenizer.names) for m in zoo.members(split))
+
+    def check_zoo(self, zoo: Zoo) -> None:
+        """A zoo of another architecture is refused with the layer and both shapes."""
+        members = zoo.members(None)
+        if not members:
+            raise GeneratorError(f"{zoo.root}: zoo has no finished checkpoints")
+        # Shapes from the manifest, as meta tensors: nothing is read from disk.
+        self.check_state({k: torch.empty(v[0], device="meta") for k, v in members[0].tensors.items()},
+                         f"zoo {zoo.root}")
+
+    def check_state(self, state: dict[str, torch.Tensor], what: str) -> None:
+        try:
+            self.tokenizer.check(state, what)
+        except TokenizerError as e:
+            raise GeneratorError(f"generator does not match the {what}: {e}") from None
+
+    def build_net(self) -> nn.Module:
+        from weightgen.nets import build_net
+
+        b = self.net_build
+        return build_net(b["name"], b["input_shape"], b["num_classes"], **b["kwargs"])
+
+    def to_states(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Full stacked state_dicts ``name -> (n, *shape)``: generated tensors from the tokens,
+        the rest from the reference checkpoint (shared, not copied, across the batch)."""
+        generated = self.tokenizer.tensors(tokens)
+        n = tokens.shape[0]
+        return {k: generated[k] if k in generated else v.unsqueeze(0).expand(n, *v.shape)
+                for k, v in self.reference.items()}
+
+    @torch.no_grad()
+    def sample(self, n: int, condition: Any = None, seed: int = 0, batch_size: int = 100, sampler: str = "ddpm",
+               steps: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
+        """Yield stacked state_dicts in batches of at most ``batch_size`` (bounded memory).
+
+        The same seed gives the same weights on the same machine.
+        """
+        for m in self.modules().values():
+            m.eval()
+        gen = torch.Generator().manual_seed(seed)
+        for start in range(0, n, batch_size):
+            tokens = self.sample_tokens(min(batch_size, n - start), condition, gen, sampler, steps)
+            yield self.to_states(tokens)
+
+    # -- persistence: JSON + safetensors, nothing pickled ---------------------------------------
+    def save(self, directory: str | Path) -> Path:
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        self.tokenizer.save(d)
+        save_file({k: v.contiguous() for k, v in self.reference.items()}, str(d / REFERENCE))
+        weights = {f"{name}.{k}": v.detach().cpu().contiguous()
+                   for name, m in self.modules().items() for k, v in m.state_dict().items()}
+        save_file(weights, str(d / WEIGHTS))
+        meta = {"method": self.method, "spec": self.spec.model_dump(mode="json"), "net_build": self.net_build,
+                "weightgen_version": weightgen.__version__, **self.extra_meta()}
+        (d / GENERATOR_JSON).write_text(json.dumps(meta, indent=1))
+        return d
+
+    def extra_meta(self) -> dict:
+        """Anything besides weights a subclass needs to rebuild itself (JSON-able)."""
+        return {}
+
+    def load_extra_meta(self, meta: dict) -> None:
+        pass
+
+
+def load_generator(directory: str | Path) -> Generator:
+    """Rebuild a saved generator of any registered method."""
+    from .registry import GENERATORS
+
+    d = Path(directory)
+    try:
+        meta = json.loads((d / GENERATOR_JSON).read_text())
+    except FileNotFoundError:
+        raise GeneratorError(f"{d / GENERATOR_JSON}: missing; is {d} a saved generator?") from None
+    except json.JSONDecodeError as e:
+        raise GeneratorError(f"{d / GENERATOR_JSON}: not valid JSON ({e})") from None
+    cls = GENERATORS.get(meta.get("method", "?"))
+    try:
+        spec = cls.spec_class.model_validate(meta["spec"])
+    except ValidationError as e:
+        raise GeneratorError(f"{d / GENERATOR_JSON}: bad spec: {e}") from None
+    try:
+        tokenizer = Tokenizer.load(d)
+        reference = load_file(str(d / REFERENCE))
+        weights = load_file(str(d / WEIGHTS))
+    except FileNotFoundError as e:
+        raise GeneratorError(f"{e.filename}: missing generator file") from None
+    except (TokenizerError, Exception) as e:
+        raise GeneratorError(f"{d}: unreadable generator file ({e})") from None
+    gen = cls.__new__(cls)
+    gen.load_extra_meta(meta)
+    Generator.__init__(gen, spec, tokenizer, reference, meta["net_build"])
+    for name, module in gen.modules().items():
+        prefix = f"{name}."
+        state = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
+        try:
+            module.load_state_dict(state)
+        except RuntimeError as e:
+            raise GeneratorError(f"{d / WEIGHTS}: weights of '{name}' do not fit the spec ({e})") from None
+        module.to(gen.device)
+    return gen

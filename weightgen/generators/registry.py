@@ -1,0 +1,3 @@
+from weightgen.registry import Registry
+
+GENERATORS: Registry = Registry("generator method")

@@ -1,0 +1,152 @@
+"""The main job, ``weightgen run``: zoo (reused when it exists) -> fit -> sample -> evaluate -> report.
+
+Each stage is also a function of its own, used by the ``train``, ``sample`` and ``eval``
+commands, so that the CLI and the full run share one path.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+import time
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from weightgen.config import ExperimentConfig, dump_config
+from weightgen.evaluate import compare, stack_states
+from weightgen.generators import GENERATORS, Generator, GeneratorError
+from weightgen.tasks import Task, get_task
+from weightgen.zoo import Zoo, build_zoo
+
+log = logging.getLogger(__name__)
+
+SAMPLES_JSON = "samples.json"
+
+
+def zoo_task(zoo: Zoo) -> Task:
+    cfg = zoo.config
+    return get_task(cfg.task.name, cfg.task.code, **cfg.task.kwargs)
+
+
+def fit_generator(cfg: ExperimentConfig, zoo: Zoo, show_progress: bool = True) -> tuple[Generator, dict]:
+    cls = GENERATORS.get(cfg.generator.method)
+    gen = cls.from_zoo(cfg.generator, zoo, cfg.tokenizer)
+    start = time.perf_counter()
+    stats = gen.fit(zoo, show_progress=show_progress, seed=cfg.seed)
+    stats["fit_seconds"] = time.perf_counter() - start
+    return gen, stats
+
+
+def timed(batches: Iterable[dict], clock: dict) -> Iterator[dict]:
+    """Pass batches through, adding the time spent producing them to ``clock['seconds']``."""
+    it = iter(batches)
+    clock.setdefault("seconds", 0.0)
+    while True:
+        start = time.perf_counter()
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        clock["seconds"] += time.perf_counter() - start
+        yield batch
+
+
+def train_stack(zoo: Zoo) -> dict[str, torch.Tensor]:
+    """Every training checkpoint of the zoo, stacked ``name -> (M, *shape)``."""
+    return stack_states([zoo.load(m) for m in zoo.members("train")])
+
+
+def sgd_seconds_per_member(zoo: Zoo) -> float | None:
+    """Optimizer time of one training run, averaged over the zoo's runs."""
+    secs = [r["train_seconds"] for r in zoo.runs() if r["status"] == "done" and r["train_seconds"]]
+    return statistics.mean(secs) if secs else None
+
+
+def evaluate_samples(zoo: Zoo, batches: Iterable[dict], names: list[str], out_dir: Path | None,
+                     cfg: ExperimentConfig, title: str) -> dict:
+    net = zoo.build_net()
+    return compare(net, zoo_task(zoo), train_stack(zoo), batches, names, out_dir, sigmas=cfg.evaluate.sigmas,
+                   n_noise=cfg.evaluate.n_noise, seed=cfg.seed, title=title)
+
+
+def run_experiment(cfg: ExperimentConfig, zoo_dir: Path | None = None, run_dir: Path | None = None,
+                   show_progress: bool = True) -> dict:
+    zoo_dir = Path(zoo_dir or Path("zoos") / cfg.name)
+    run_dir = Path(run_dir or Path("runs") / cfg.name)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(dump_config(cfg))
+    t0 = time.perf_counter()
+    build_zoo(cfg, zoo_dir, show_progress=show_progress)
+    zoo_seconds = time.perf_counter() - t0
+    zoo = Zoo.open(zoo_dir)
+    gen, fit_stats = fit_generator(cfg, zoo, show_progress)
+    gen.save(run_dir / "generator")
+    s = cfg.sample
+    clock: dict = {}
+    batches = timed(gen.sample(s.n, None, s.seed, s.batch_size, s.sampler, s.steps), clock)
+    report = evaluate_samples(zoo, batches, gen.tokenizer.names, None, cfg, title=f"{cfg.name}: {gen.method}")
+    sgd = sgd_seconds_per_member(zoo)
+    report["timing"] = {
+        "zoo_build_seconds": zoo_seconds, "fit_seconds": fit_stats["fit_seconds"],
+        "sample_seconds": clock.get("seconds"), "num_samples": s.n,
+        "sgd_seconds_per_member": sgd,
+        # How many models generation makes in the time SGD trains one: the speed claim, measured.
+        "models_per_sgd_member": (s.n * sgd / clock["seconds"]) if sgd and clock.get("seconds") else None,
+        "device": str(gen.device), "threads": torch.get_num_threads(),
+    }
+    report["fit"] = fit_stats
+    from weightgen.evaluate.report import write_report
+
+    write_report(report, run_dir)
+    return report
+
+
+# -- sampled networks on disk: one safetensors file per network ---------------------------------
+def write_samples(gen: Generator, out: Path, n: int, seed: int, batch_size: int, sampler: str,
+                  steps: int | None, condition=None) -> dict:
+    """Write ``n`` networks as ``sample_XXXX.safetensors`` (loadable with ``net.load_state_dict``)."""
+    out.mkdir(parents=True, exist_ok=True)
+    index, nonfinite = 0, []
+    for batch in gen.sample(n, condition, seed, batch_size, sampler, steps):
+        b = next(iter(batch.values())).shape[0]
+        for i in range(b):
+            state = {k: v[i].contiguous() for k, v in batch.items()}
+            if not all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()):
+                nonfinite.append(index)
+                log.warning("sample %d has non-finite weights; written anyway and flagged in %s", index, SAMPLES_JSON)
+            tmp = out / f".tmp-sample_{index:04d}.safetensors"
+            save_file(state, str(tmp))
+            tmp.replace(out / f"sample_{index:04d}.safetensors")  # never a half-written sample file
+            index += 1
+    meta = {"n": index, "seed": seed, "sampler": sampler, "steps": steps, "method": gen.method,
+            "generated_names": gen.tokenizer.names, "net_build": gen.net_build, "nonfinite": nonfinite,
+            "condition": condition}
+    (out / SAMPLES_JSON).write_text(json.dumps(meta, indent=1))
+    return meta
+
+
+def read_samples(directory: Path, batch_size: int = 100) -> tuple[dict, Iterator[dict]]:
+    """(metadata, stacked batches) of a directory written by ``write_samples``."""
+    meta_file = directory / SAMPLES_JSON
+    try:
+        meta = json.loads(meta_file.read_text())
+    except FileNotFoundError:
+        raise GeneratorError(f"{meta_file}: missing; write samples with `weightgen sample`") from None
+    files = [directory / f"sample_{i:04d}.safetensors" for i in range(meta["n"])]
+
+    def batches():
+        for start in range(0, len(files), batch_size):
+            states = []
+            for f in files[start:start + batch_size]:
+                try:
+                    states.append(load_file(str(f)))
+                except FileNotFoundError:
+                    raise GeneratorError(f"{f}: sample file missing") from None
+                except Exception as e:
+                    raise GeneratorError(f"{f}: unreadable sample ({e})") from None
+            yield stack_states(states)
+
+    return meta, batches()
