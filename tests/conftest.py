@@ -125,3 +125,50 @@ def tail_zoo(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("zoos") / "tail"
     build(TAIL_ZOO_CFG, path)
     return path
+
+
+# -- p-diff (generators, pipeline) ------------------------------------------------------
+# A tiny p-diff: a 2-stage autoencoder (fold 3), a [8, 16] denoiser, T = 50, a few dozen
+# steps. It learns nothing useful; it exercises every code path in about a second.
+PDIFF_GEN = {
+    "method": "pdiff", "fold_rate": 3, "kernel_size": 3, "enc_channels": [2, 2], "dec_channels": [2, 8],
+    "denoiser_channels": [8, 16], "ae_steps": 30, "diffusion_steps": 30, "batch_size": 16,
+    "device": "cpu", "diffusion": {"timesteps": 50},
+}
+
+# p-diff's own setting: a BatchNorm CNN, then only head.* (8*10 + 10 = 90 values) keeps
+# training while 24 checkpoints are saved.
+PDIFF_ZOO_CFG = tiny_cfg(
+    net={"name": "cnn", "channels": [4, 8], "batchnorm": True},
+    zoo={"mode": "tail", "runs": 1, "checkpoints": 24, "every": 1, "tail": ["head.*"]},
+    tokenizer={"include": ["head.*"], "token_size": "flat"},
+    generator=PDIFF_GEN,
+    sample={"n": 4, "sampler": "ddpm", "batch_size": 4},
+    evaluate={"n_noise": 4, "sigmas": [0.01, 0.1]},
+)
+
+
+@pytest.fixture(scope="session")
+def pdiff_zoo(tmp_path_factory) -> Path:
+    """A finished tail zoo for p-diff (its config carries the tiny generator/sample/evaluate sections)."""
+    path = tmp_path_factory.mktemp("zoos") / "pdiff_tail"
+    build(PDIFF_ZOO_CFG, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def pdiff_saved(pdiff_zoo, tmp_path_factory) -> tuple[Path, dict]:
+    """(directory, fit stats) of a p-diff fitted on ``pdiff_zoo`` and saved.
+
+    Read-only: take your own instance with ``load_generator(directory)``.
+    """
+    from weightgen.pipeline import fit_generator
+    from weightgen.zoo import Zoo
+
+    zoo = Zoo.open(pdiff_zoo)
+    try:
+        gen, stats = fit_generator(parse(PDIFF_ZOO_CFG), zoo, show_progress=False)
+        directory = gen.save(tmp_path_factory.mktemp("generators") / "pdiff")
+    finally:
+        zoo.close()
+    return directory, stats

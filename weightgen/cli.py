@@ -33,7 +33,7 @@ def resolve_config(config: str | None) -> tuple[ExperimentConfig, str]:
     """A YAML path, or the name of a built-in config (``demo``)."""
     config = config or DEFAULT_CONFIG
     path = Path(config)
-    if not path.exists() and builtin_config_path(config).exists():
+    if not path.is_file() and builtin_config_path(config).is_file():
         path = builtin_config_path(config)
     return load_config(path), str(path)
 

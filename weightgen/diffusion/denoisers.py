@@ -17,22 +17,28 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
 
 
 class ConvBlock1d(nn.Module):
-    """InstanceNorm -> LeakyReLU -> conv, twice, with the embedding added in between (p-diff's layer)."""
+    """InstanceNorm -> LeakyReLU -> conv, twice (p-diff's layer), residual.
+
+    The embedding scales and shifts the features *after* the second norm (FiLM): added
+    before an InstanceNorm, a per-channel constant would be subtracted right away and
+    the block could not tell timesteps (or conditions) apart.
+    """
 
     def __init__(self, c_in: int, c_out: int, emb_dim: int, kernel: int = 3):
         super().__init__()
         self.norm1 = nn.InstanceNorm1d(c_in, affine=True)
         self.conv1 = nn.Conv1d(c_in, c_out, kernel, padding=kernel // 2)
-        self.emb = nn.Linear(emb_dim, c_out)
-        self.norm2 = nn.InstanceNorm1d(c_out, affine=True)
+        self.emb = nn.Linear(emb_dim, 2 * c_out)
+        self.norm2 = nn.InstanceNorm1d(c_out, affine=False)
         self.conv2 = nn.Conv1d(c_out, c_out, kernel, padding=kernel // 2)
         self.act = nn.LeakyReLU()
         self.skip = nn.Conv1d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         h = self.conv1(self.act(self.norm1(x)))
-        h = h + self.emb(emb)[:, :, None]
-        h = self.conv2(self.act(self.norm2(h)))
+        scale, shift = self.emb(emb)[:, :, None].chunk(2, dim=1)
+        h = self.norm2(h) * (1 + scale) + shift
+        h = self.conv2(self.act(h))
         return h + self.skip(x)
 
 

@@ -56,7 +56,7 @@ class Diffusion:
                device: torch.device | str = "cpu") -> torch.Tensor:
         """Run the reverse process from pure noise; ``steps`` defaults to T for DDPM, 60 for DDIM."""
         sched = self.scheduler(sampler)
-        sched.set_timesteps(steps or (self.timesteps if sampler == "ddpm" else 60))
+        sched.set_timesteps(steps or (self.timesteps if sampler == "ddpm" else min(60, self.timesteps)))
         x = torch.randn(shape, generator=generator, device="cpu").to(device)
         for t in sched.timesteps:
             tt = torch.full((shape[0],), int(t), device=device, dtype=torch.long)

@@ -8,6 +8,8 @@ the right architecture). Subclasses only say how tokens are modelled.
 from __future__ import annotations
 
 import json
+import logging
+import os
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar, Iterator
@@ -22,9 +24,23 @@ from weightgen.tokens import Tokenizer, TokenizerError
 from weightgen.zoo import Zoo
 from weightgen.zoo.train import resolve_device
 
+log = logging.getLogger(__name__)
+
 GENERATOR_JSON = "generator.json"
 WEIGHTS = "weights.safetensors"
 REFERENCE = "reference.safetensors"
+
+
+def available_memory() -> int:
+    """Bytes of memory available now (Linux MemAvailable; physical memory elsewhere)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 class GeneratorError(ValueError):
@@ -86,10 +102,22 @@ class Generator(ABC):
                          f"zoo {zoo.root}")
 
     def check_state(self, state: dict[str, torch.Tensor], what: str) -> None:
+        """Every entry of a full state_dict must be there with the generator's shape, generated
+        or not: samples are only useful if they load into the net."""
         try:
             self.tokenizer.check(state, what)
         except TokenizerError as e:
             raise GeneratorError(f"generator does not match the {what}: {e}") from None
+        for name, ref in self.reference.items():
+            if name not in state:
+                raise GeneratorError(f"generator does not match the {what}: it has no layer '{name}'")
+            if tuple(state[name].shape) != tuple(ref.shape):
+                raise GeneratorError(f"generator does not match the {what}: layer '{name}': the generator has "
+                                     f"shape {tuple(ref.shape)}, the {what} has {tuple(state[name].shape)}")
+        extra = [k for k in state if k not in self.reference]
+        if extra:
+            raise GeneratorError(f"generator does not match the {what}: it has layer '{extra[0]}' "
+                                 "that the generator's net lacks")
 
     def build_net(self) -> nn.Module:
         from weightgen.nets import build_net
@@ -114,10 +142,26 @@ class Generator(ABC):
         """
         for m in self.modules().values():
             m.eval()
+        batch_size = self.memory_capped_batch(batch_size)
         gen = torch.Generator().manual_seed(seed)
         for start in range(0, n, batch_size):
             tokens = self.sample_tokens(min(batch_size, n - start), condition, gen, sampler, steps)
             yield self.to_states(tokens)
+
+    def memory_capped_batch(self, batch_size: int, budget_fraction: float = 0.25) -> int:
+        """``batch_size``, lowered so a batch of samples fits in a quarter of the free memory.
+
+        A batch holds the tokens, their diffusion state and the decoded state_dicts; a
+        request for more than fits is streamed in smaller batches instead of failing.
+        """
+        per_sample = 4 * (4 * self.tokenizer.num_tokens * self.tokenizer.width
+                          + sum(v.numel() for v in self.reference.values()))
+        fits = max(1, int(available_memory() * budget_fraction) // max(per_sample, 1))
+        if fits < batch_size:
+            log.warning("sampling %d networks at a time, not %d: a batch of %d would not fit in memory",
+                        fits, batch_size, batch_size)
+            return fits
+        return batch_size
 
     # -- persistence: JSON + safetensors, nothing pickled ---------------------------------------
     def save(self, directory: str | Path) -> Path:
@@ -129,6 +173,7 @@ class Generator(ABC):
                    for name, m in self.modules().items() for k, v in m.state_dict().items()}
         save_file(weights, str(d / WEIGHTS))
         meta = {"method": self.method, "spec": self.spec.model_dump(mode="json"), "net_build": self.net_build,
+                "reference_order": list(self.reference),
                 "weightgen_version": weightgen.__version__, **self.extra_meta()}
         (d / GENERATOR_JSON).write_text(json.dumps(meta, indent=1))
         return d
@@ -152,22 +197,28 @@ def load_generator(directory: str | Path) -> Generator:
         raise GeneratorError(f"{d / GENERATOR_JSON}: missing; is {d} a saved generator?") from None
     except json.JSONDecodeError as e:
         raise GeneratorError(f"{d / GENERATOR_JSON}: not valid JSON ({e})") from None
-    cls = GENERATORS.get(meta.get("method", "?"))
+    method = meta.get("method", "?")
+    if method not in GENERATORS:
+        raise GeneratorError(f"{d / GENERATOR_JSON}: unknown method {method!r}; known: {', '.join(GENERATORS.names())}")
+    cls = GENERATORS.get(method)
     try:
         spec = cls.spec_class.model_validate(meta["spec"])
-    except ValidationError as e:
+    except (ValidationError, KeyError) as e:
         raise GeneratorError(f"{d / GENERATOR_JSON}: bad spec: {e}") from None
     try:
         tokenizer = Tokenizer.load(d)
-        reference = load_file(str(d / REFERENCE))
-        weights = load_file(str(d / WEIGHTS))
-    except FileNotFoundError as e:
-        raise GeneratorError(f"{e.filename}: missing generator file") from None
-    except (TokenizerError, Exception) as e:
-        raise GeneratorError(f"{d}: unreadable generator file ({e})") from None
+    except TokenizerError as e:
+        raise GeneratorError(str(e)) from None
+    reference, weights = (_load_tensors(d / name) for name in (REFERENCE, WEIGHTS))
+    # safetensors sorts keys; put the reference back in the net's state_dict order.
+    order = meta.get("reference_order", list(reference))
+    reference = {k: reference[k] for k in order if k in reference}
     gen = cls.__new__(cls)
     gen.load_extra_meta(meta)
-    Generator.__init__(gen, spec, tokenizer, reference, meta["net_build"])
+    try:
+        Generator.__init__(gen, spec, tokenizer, reference, meta["net_build"])
+    except TokenizerError as e:
+        raise GeneratorError(f"{d / REFERENCE}: {e}") from None
     for name, module in gen.modules().items():
         prefix = f"{name}."
         state = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
@@ -177,3 +228,12 @@ def load_generator(directory: str | Path) -> Generator:
             raise GeneratorError(f"{d / WEIGHTS}: weights of '{name}' do not fit the spec ({e})") from None
         module.to(gen.device)
     return gen
+
+
+def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise GeneratorError(f"{path}: missing generator file")
+    try:
+        return load_file(str(path))
+    except Exception as e:  # safetensors raises its own error type for a bad header
+        raise GeneratorError(f"{path}: unreadable generator file ({e})") from None

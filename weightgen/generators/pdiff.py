@@ -39,7 +39,8 @@ class PDiffAutoencoder(nn.Module):
         super().__init__()
         levels = len(enc_channels)
         self.length = length
-        self.padded = math.ceil(length / fold_rate**levels) * fold_rate**levels
+        # At least 2 latent positions: InstanceNorm cannot normalize a length-1 signal.
+        self.padded = max(math.ceil(length / fold_rate**levels), 2) * fold_rate**levels
         self.latent_shape = (enc_channels[-1], self.padded // fold_rate**levels)
         pad = kernel // 2
         enc, c = [], 1
