@@ -5,6 +5,7 @@ commands, so that the CLI and the full run share one path.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import statistics
@@ -17,6 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from weightgen.config import ExperimentConfig, dump_config
 from weightgen.evaluate import compare, stack_states
+from weightgen.evaluate.batched import check_stacked
 from weightgen.generators import GENERATORS, Generator, GeneratorError
 from weightgen.tasks import Task, get_task
 from weightgen.zoo import Zoo, build_zoo
@@ -66,9 +68,24 @@ def sgd_seconds_per_member(zoo: Zoo) -> float | None:
     return statistics.mean(secs) if secs else None
 
 
+def checked_first(net: torch.nn.Module, batches: Iterable[dict], what: str) -> Iterator[dict]:
+    """The same batches, but the first is checked against ``net`` before anything else runs,
+    so a sample of another architecture fails at once, naming the layer and both shapes."""
+    it = iter(batches)
+    first = next(it, None)
+    if first is None:
+        return iter(())
+    try:
+        check_stacked(net, first)
+    except ValueError as e:
+        raise GeneratorError(f"{what} do not fit the zoo's net: {e}") from None
+    return itertools.chain([first], it)
+
+
 def evaluate_samples(zoo: Zoo, batches: Iterable[dict], names: list[str], out_dir: Path | None,
                      cfg: ExperimentConfig, title: str) -> dict:
     net = zoo.build_net()
+    batches = checked_first(net, batches, "the samples")
     return compare(net, zoo_task(zoo), train_stack(zoo), batches, names, out_dir, sigmas=cfg.evaluate.sigmas,
                    n_noise=cfg.evaluate.n_noise, seed=cfg.seed, title=title)
 
