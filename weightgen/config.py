@@ -7,10 +7,11 @@ the registered factory's signature at load time, not when a build is half done.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, ValidationError,
+                      model_validator)
 
 from weightgen.registry import RegistryError, check_kwargs, did_you_mean
 
@@ -172,10 +173,56 @@ class PDiffSpec(StrictModel):
 
     @model_validator(mode="after")
     def _check(self) -> "PDiffSpec":
-        if self.enc_channels and self.dec_channels and self.enc_channels[-1] != self.dec_channels[0]:
+        if not self.enc_channels or not self.dec_channels or not self.denoiser_channels:
+            raise ValueError("enc_channels, dec_channels and denoiser_channels need at least one stage each")
+        if self.enc_channels[-1] != self.dec_channels[0]:
             raise ValueError(f"dec_channels must start with the latent width enc_channels[-1] = {self.enc_channels[-1]}")
         if len(self.enc_channels) != len(self.dec_channels):
             raise ValueError("enc_channels and dec_channels need the same number of stages")
+        return self
+
+
+class RPGSpec(StrictModel):
+    """RPG (Wang et al. 2025, "Recurrent Diffusion for Large-Scale Parameter Generation").
+
+    A recurrent model reads one input per token (its position embedding plus the
+    permutation state of the checkpoint's source run) and emits a prototype per token;
+    a 1D conv U-Net denoises each token as a 1-channel signal, conditioned on its
+    prototype. Defaults follow the paper and released code (2 Mamba layers, 2D sinusoidal
+    positions, permutation states, epsilon prediction, T = 1000 linear, random token
+    subsets per step, chunked sampling) except where noted.
+    """
+
+    method: Literal["rpg"] = "rpg"
+    backbone: Literal["mamba", "lstm", "transformer", "none"] = "mamba"  # none: prototype = input embedding
+    d_model: int = Field(256, ge=2)  # the released code uses the token size (8192); 256 suits small nets
+    layers: int = Field(2, ge=1)
+    # mambapy materializes (batch, tokens, 2*d_model, d_state) in its parallel scan; the
+    # released code's 128 (CUDA kernels, no materialization) would cost 8x the memory here.
+    mamba_d_state: int = Field(16, ge=1)
+    position: Literal["2d", "1d", "learned"] = "2d"  # learned: a table initialized at the 2D sinusoid
+    permutation_state: bool = True  # one learned embedding per source run; a random one per sample
+    # positions: the released code (positions + states only); tokens: the paper's text (the
+    # previous token's clean values too; autoregressive, token by token, at sampling).
+    recurrent_input: Literal["positions", "tokens"] = "positions"
+    unet_channels: list[int] = Field(default_factory=lambda: [32, 64, 128])
+    kernel_size: int = Field(7, ge=1)
+    diffusion: DiffusionSpec = Field(default_factory=DiffusionSpec)
+    steps: int = Field(50000, ge=0)
+    lr: float = Field(1e-3, gt=0)  # the released code: 3e-5 (8-bit AdamW, 8192-wide tokens)
+    weight_decay: float = Field(0.0, ge=0)
+    batch_size: int = Field(4, ge=1)  # checkpoints per step
+    tokens_per_step: int = Field(256, ge=1)  # of each checkpoint; the recurrent model still sees all
+    ema: float | None = Field(None, ge=0, lt=1)  # the released code has no EMA
+    sample_chunk: int = Field(1024, ge=1)  # tokens (over all samples) denoised at once
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @model_validator(mode="after")
+    def _check(self) -> "RPGSpec":
+        if not self.unet_channels or min(self.unet_channels) < 1:
+            raise ValueError("unet_channels must be a non-empty list of positive channel counts")
+        if self.kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd (same-length convolutions), got {self.kernel_size}")
         return self
 
 
@@ -193,6 +240,30 @@ class EvaluateSpec(StrictModel):
     n_noise: int = Field(100, ge=1)
 
 
+GENERATOR_METHODS = ("pdiff", "rpg")
+
+
+def _generator_method(value: Any) -> Any:
+    """The discriminator: ``method`` of a dict (``pdiff`` when omitted) or of a spec."""
+    return value.get("method", "pdiff") if isinstance(value, dict) else getattr(value, "method", None)
+
+
+def _known_method(value: Any) -> Any:
+    # Checked before the union so a wrong method is named, with the allowed ones, in plain words.
+    method = _generator_method(value)
+    if isinstance(value, dict) and method not in GENERATOR_METHODS:
+        raise ValueError(f"unknown generator method {method!r}{did_you_mean(str(method), list(GENERATOR_METHODS))}; "
+                         f"allowed methods: {', '.join(GENERATOR_METHODS)}")
+    return value
+
+
+GeneratorSpec = Annotated[
+    Union[Annotated[PDiffSpec, Tag("pdiff")], Annotated[RPGSpec, Tag("rpg")]],
+    Discriminator(_generator_method),
+    BeforeValidator(_known_method),
+]
+
+
 class ExperimentConfig(StrictModel):
     name: str = "experiment"
     seed: int = 0
@@ -201,7 +272,7 @@ class ExperimentConfig(StrictModel):
     train: TrainSpec = Field(default_factory=TrainSpec)
     zoo: ZooSpec = Field(default_factory=ZooSpec)
     tokenizer: TokenizerSpec = Field(default_factory=TokenizerSpec)
-    generator: PDiffSpec = Field(default_factory=PDiffSpec)
+    generator: GeneratorSpec = Field(default_factory=PDiffSpec)
     sample: SampleSpec = Field(default_factory=SampleSpec)
     evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec)
 

@@ -10,6 +10,7 @@ from typing import Callable
 
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
+from diffusers.utils.torch_utils import randn_tensor
 
 Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t, t) -> prediction
 
@@ -51,13 +52,19 @@ class Diffusion:
         return (err * mask).sum() / mask.sum().clamp_min(1)
 
     @torch.no_grad()
-    def sample(self, denoise: Denoise, shape: tuple[int, ...], generator: torch.Generator | None = None,
+    def sample(self, denoise: Denoise, shape: tuple[int, ...],
+               generator: torch.Generator | list[torch.Generator] | None = None,
                sampler: str = "ddpm", steps: int | None = None, eta: float = 0.0,
                device: torch.device | str = "cpu") -> torch.Tensor:
-        """Run the reverse process from pure noise; ``steps`` defaults to T for DDPM, 60 for DDIM."""
+        """Run the reverse process from pure noise; ``steps`` defaults to T for DDPM, 60 for DDIM.
+
+        ``generator`` may be a list with one CPU generator per row of the batch: each row
+        then draws all its noise from its own stream, so results do not depend on how rows
+        are batched (RPG samples chunks of tokens this way).
+        """
         sched = self.scheduler(sampler)
         sched.set_timesteps(steps or (self.timesteps if sampler == "ddpm" else min(60, self.timesteps)))
-        x = torch.randn(shape, generator=generator, device="cpu").to(device)
+        x = randn_tensor(shape, generator=generator, device=torch.device(device))
         for t in sched.timesteps:
             tt = torch.full((shape[0],), int(t), device=device, dtype=torch.long)
             pred = denoise(x, tt)

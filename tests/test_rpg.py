@@ -1,0 +1,352 @@
+"""RPG (weightgen/generators/rpg.py, weightgen/diffusion/token_unet.py): every backbone x position x
+recurrent input, position embeddings, permutation states, the masked loss, fitting on a tiny zoo,
+chunked sampling (same result, bounded memory), DDPM/DDIM, save/load, a learning check, bad input,
+and the config's generator union."""
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from conftest import build, parse, tiny_cfg
+from weightgen.config import ConfigError, RPGSpec, TokenizerSpec, parse_config
+from weightgen.diffusion.token_unet import TokenUNet1d
+from weightgen.generators import GENERATORS, GeneratorError, load_generator
+from weightgen.generators.rpg import RPG
+from weightgen.tokens import Tokenizer, TokenizerError
+from weightgen.zoo import Zoo, ZooWriter
+
+# A tiny RPG: it learns little, it exercises every code path in a fraction of a second.
+TINY_RPG = {"method": "rpg", "d_model": 16, "layers": 1, "unet_channels": [4, 8], "kernel_size": 3, "steps": 3,
+            "batch_size": 2, "tokens_per_step": 5, "sample_chunk": 1000, "device": "cpu",
+            "diffusion": {"timesteps": 20}}
+TOKENS16 = TokenizerSpec(token_size=16)
+
+
+def _spec(**overrides) -> RPGSpec:
+    return RPGSpec.model_validate({**TINY_RPG, **overrides})
+
+
+def _states(n: int = 3, seed: int = 0) -> list[dict[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    return [{"a.weight": torch.randn(5, 7, generator=g), "a.bias": torch.randn(5, generator=g),
+             "b.weight": torch.randn(3, 5, generator=g)} for _ in range(n)]
+
+
+def _standalone(spec: RPGSpec, token_size: int = 8, runs=(0, 1)) -> tuple[RPG, Tokenizer, list[dict]]:
+    """An RPG over a synthetic 3-tensor layout (35 + 5 + 15 values), no zoo needed."""
+    states = _states()
+    tok = Tokenizer.fit(states, token_size=token_size)
+    return RPG(spec, tok, states[0], {"name": "none"}, runs=list(runs)), tok, states
+
+
+def _jitter(gen: RPG, scale: float = 0.1) -> None:
+    """Random weights everywhere (the U-Net's output starts at zero, which would hide bugs)."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in gen.net.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g))
+
+
+@pytest.fixture
+def zoo(seeds_zoo):
+    z = Zoo.open(seeds_zoo)
+    yield z
+    z.close()
+
+
+# -- shapes, for every variant --------------------------------------------------------------------
+
+@pytest.mark.parametrize("backbone,position,recurrent_input", list(itertools.product(
+    ["mamba", "lstm", "transformer", "none"], ["2d", "1d", "learned"], ["positions", "tokens"])))
+def test_every_variant_trains_and_samples(backbone, position, recurrent_input):
+    gen, tok, states = _standalone(_spec(backbone=backbone, position=position, recurrent_input=recurrent_input))
+    assert tok.num_tokens == 5 + 1 + 2 and tok.width == 8
+    x = tok.tokenize_batch(states)
+    proto = gen.net.prototypes(torch.tensor([0, 1, 1]), x)
+    assert proto.shape == (3, tok.num_tokens, 16)
+    seen = []
+    hook = gen.net.denoiser.register_forward_pre_hook(lambda m, a: seen.append(tuple(a[0].shape)))
+    loss = gen.loss(x, torch.tensor([0, 1, 1]), torch.Generator().manual_seed(0))
+    assert torch.isfinite(loss) and seen == [(3 * 5, 1, 8)]  # tokens_per_step of each checkpoint
+    loss.backward()
+    assert all(p.grad is not None for p in gen.net.parameters())  # every part is trained
+    hook.remove()
+    out = gen.sample_tokens(2, None, torch.Generator().manual_seed(0), "ddim", 2)
+    assert out.shape == (2, tok.num_tokens, 8) and out.device.type == "cpu" and torch.isfinite(out).all()
+
+
+def test_token_unet_shapes_and_zero_start():
+    for width, channels in [(8, (4, 8)), (13, (4, 8, 16)), (1, (2, 2, 2)), (64, (32, 64, 128))]:
+        net = TokenUNet1d(width, 16, channels, kernel=5).eval()  # eval: BatchNorm as at sampling
+        x, t, c = torch.randn(6, 1, width), torch.randint(0, 1000, (6,)), torch.randn(6, 16)
+        assert torch.equal(net(x, t, c), torch.zeros(6, 1, width))  # output layer starts at zero
+        torch.nn.init.normal_(net.out.conv.weight)
+        y = net(x, t, c)
+        assert y.shape == (6, 1, width) and torch.isfinite(y).all()
+        # each token is denoised on its own: a token's output does not depend on its batch-mates
+        torch.testing.assert_close(net(x[:2], t[:2], c[:2]), y[:2], atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(net(x, t, torch.randn(6, 16)), y)  # the prototype matters
+
+
+@pytest.mark.parametrize("backbone", ["mamba", "lstm", "transformer"])
+def test_tokens_mode_is_causal_and_steps_match_the_parallel_pass(backbone):
+    gen, tok, states = _standalone(_spec(backbone=backbone, recurrent_input="tokens"))
+    _jitter(gen)
+    x = tok.tokenize_batch(states)
+    s = torch.tensor([0, 1, 1])
+    with torch.no_grad():
+        base = gen.net.prototypes(s, x)
+        changed = x.clone()
+        changed[:, 3] += 1.0
+        after = gen.net.prototypes(s, changed)
+        # token 3's values reach token 4 onwards, never tokens 0..3
+        assert torch.equal(after[:, :4], base[:, :4]) and not torch.allclose(after[:, 4], base[:, 4])
+        bb, state, steps = gen.net.backbone, gen.net.backbone.begin(3, torch.device("cpu")), []
+        prev = torch.zeros(3, tok.width)
+        for t in range(tok.num_tokens):
+            y, state = bb.step(gen.net.step_input(s, t, prev), state)
+            steps.append(y)
+            prev = x[:, t]
+    torch.testing.assert_close(torch.stack(steps, 1), base, atol=1e-5, rtol=1e-5)
+
+
+# -- position embeddings and permutation states --------------------------------------------------
+
+def test_2d_positions_split_layer_and_index():
+    gen, tok, _ = _standalone(_spec(d_model=32))
+    pe, pos = gen.net.pos, tok.positions
+    first, second = pe[:, :16], pe[:, 16:]
+    for i, j in itertools.combinations(range(tok.num_tokens), 2):
+        same_layer, same_index = pos[i, 0] == pos[j, 0], pos[i, 1] == pos[j, 1]
+        assert torch.equal(first[i], first[j]) == bool(same_layer), (i, j)
+        assert torch.equal(second[i], second[j]) == bool(same_index), (i, j)
+    # sinusoids of the integer positions (cos | sin halves, as timestep embeddings)
+    torch.testing.assert_close(first[:, 0], torch.cos(pos[:, 0].float()))
+    torch.testing.assert_close(second[:, 8], torch.sin(pos[:, 1].float()))
+    one = _standalone(_spec(d_model=32, position="1d"))[0].net.pos
+    torch.testing.assert_close(one[:, 16], torch.sin(torch.arange(tok.num_tokens).float()))
+    learned = _standalone(_spec(d_model=32, position="learned"))[0].net
+    assert isinstance(learned.pos, torch.nn.Parameter) and torch.equal(learned.pos.detach(), pe)
+
+
+def test_one_permutation_state_per_run(zoo):
+    gen = RPG.from_zoo(_spec(), zoo, TOKENS16)
+    members = zoo.members("train")
+    runs = sorted({m.run for m in members})
+    assert len(runs) == 2 and len(members) == 4  # the session zoo: 2 training runs x 2 checkpoints
+    assert gen.runs == runs and gen.net.states.num_embeddings == len(runs)
+    idx = gen.state_index(members)
+    for a, b in itertools.combinations(range(len(members)), 2):
+        assert (idx[a] == idx[b]) == (members[a].run == members[b].run)
+    _jitter(gen)
+    inputs = gen.net.inputs(idx)
+    for a, b in itertools.combinations(range(len(members)), 2):
+        assert torch.equal(inputs[a], inputs[b]) == (members[a].run == members[b].run)
+    # sampling draws one learned state per sample, at random
+    drawn = []
+    original = gen.net.prototypes
+    gen.net.prototypes = lambda states, tokens=None: (drawn.append(states.clone()), original(states, tokens))[1]
+    gen.sample_tokens(12, None, torch.Generator().manual_seed(0), "ddim", 1)
+    assert set(drawn[0].tolist()) == {0, 1}
+    without = RPG.from_zoo(_spec(permutation_state=False), zoo, TOKENS16)
+    assert without.net.states is None
+    assert not any("states" in k for k in without.net.state_dict())
+
+
+def test_loss_ignores_padding():
+    gen, tok, states = _standalone(_spec(tokens_per_step=8))  # 35 + 5 + 15 values in tokens of 8
+    assert (~tok.mask).sum() == 8 * 8 - 55
+    _jitter(gen)
+    x, s = tok.tokenize_batch(states), torch.zeros(3, dtype=torch.long)
+    with torch.no_grad():
+        table = gen.net.prototypes(s[:1])[0]  # (T, D): which token a denoised row is, from its prototype
+
+    def loss_with(where: str | None) -> float:
+        def add(module, args, out):
+            token = torch.cdist(args[2], table).argmin(1)
+            hit = ~tok.mask[token] if where == "padding" else tok.mask[token]
+            return out + 1e3 * hit[:, None, :]
+
+        hook = gen.net.denoiser.register_forward_hook(add) if where else None
+        try:
+            with torch.no_grad():
+                return gen.loss(x, s, torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)).item()
+        finally:
+            if hook is not None:
+                hook.remove()
+
+    clean = loss_with(None)
+    assert loss_with("padding") == clean  # an error on padding costs nothing
+    assert loss_with("real") > clean + 1e5  # the same error on real values does
+
+
+# -- fitting, sampling, persistence ---------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def fitted(seeds_zoo, tmp_path_factory):
+    """(directory, stats) of a tiny RPG fitted on the session seeds zoo and saved."""
+    z = Zoo.open(seeds_zoo)
+    try:
+        gen = GENERATORS.get("rpg").from_zoo(_spec(steps=20, ema=0.9), z, TOKENS16)
+        stats = gen.fit(z, show_progress=False, seed=0)
+        return gen.save(tmp_path_factory.mktemp("generators") / "rpg"), stats
+    finally:
+        z.close()
+
+
+def test_fit_and_sample_full_state_dicts(fitted, zoo):
+    gen = load_generator(fitted[0])
+    stats = fitted[1]
+    assert isinstance(gen, RPG) and math.isfinite(stats["diffusion_loss"])
+    assert stats["num_train"] == 4 and stats["num_states"] == 2 and stats["num_tokens"] == 32 + 1 + 5 + 1
+    batches = list(gen.sample(5, seed=0, batch_size=3, sampler="ddim", steps=3))
+    assert [len(b["1.weight"]) for b in batches] == [3, 2]
+    ref = zoo.load(zoo.members("train")[0])
+    net = gen.build_net()
+    for batch in batches:
+        assert batch.keys() == ref.keys()
+        for i in range(len(batch["1.weight"])):
+            net.load_state_dict({k: v[i] for k, v in batch.items()})  # strict: every key, every shape
+            assert all(torch.isfinite(v[i]).all() for v in batch.values())
+    with pytest.raises(GeneratorError, match="condition=None"):
+        next(gen.sample(1, condition={"code": "0101010101"}))
+
+
+def test_ddpm_and_ddim(fitted):
+    gen = load_generator(fitted[0])
+    ddpm = next(gen.sample(2, seed=0, sampler="ddpm"))["1.weight"]  # T = 20 steps
+    ddim = next(gen.sample(2, seed=0, sampler="ddim", steps=4))["1.weight"]
+    assert ddpm.shape == ddim.shape == (2, 8, 64)
+    assert torch.isfinite(ddpm).all() and torch.isfinite(ddim).all() and not torch.allclose(ddpm, ddim)
+    again = next(gen.sample(2, seed=0, sampler="ddpm"))["1.weight"]
+    assert torch.equal(ddpm, again)  # same seed, same weights
+    assert not torch.equal(ddpm, next(gen.sample(2, seed=1, sampler="ddpm"))["1.weight"])
+
+
+def test_save_load_round_trip_is_bit_identical(fitted, tmp_path):
+    gen = load_generator(fitted[0])
+    assert gen.ema is not None and gen.runs == load_generator(fitted[0]).runs
+    again = load_generator(gen.save(tmp_path / "again"))
+    for sampler, steps in (("ddim", 3), ("ddpm", None)):
+        a = next(gen.sample(3, seed=7, sampler=sampler, steps=steps))
+        b = next(again.sample(3, seed=7, sampler=sampler, steps=steps))
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("recurrent_input", ["positions", "tokens"])
+def test_chunked_sampling_same_result_bounded_memory(recurrent_input):
+    gen, tok, _ = _standalone(_spec(recurrent_input=recurrent_input, sample_chunk=3))
+    _jitter(gen)
+    sizes = []
+    gen.net.denoiser.register_forward_pre_hook(lambda m, a: sizes.append(a[0].shape[0]))
+    for sampler, steps in (("ddpm", None), ("ddim", 4)):
+        sizes.clear()
+        small = gen.sample_tokens(4, None, torch.Generator().manual_seed(3), sampler, steps)
+        assert sizes and max(sizes) <= 3  # never more than one chunk of tokens in the denoiser
+        gen.spec.sample_chunk = 1000
+        sizes.clear()
+        large = gen.sample_tokens(4, None, torch.Generator().manual_seed(3), sampler, steps)
+        gen.spec.sample_chunk = 3
+        assert max(sizes) == (4 * tok.num_tokens if recurrent_input == "positions" else 4)
+        # Equal up to float rounding: matrix products may round differently for other batch sizes.
+        torch.testing.assert_close(small, large, atol=1e-5, rtol=1e-5)
+        assert small.abs().mean() > 0.1
+
+
+@pytest.fixture(scope="module")
+def same_state_zoo(tmp_path_factory):
+    """Three runs whose single checkpoints are one and the same state_dict."""
+    path = tmp_path_factory.mktemp("zoos") / "same"
+    build(tiny_cfg(zoo={"mode": "seeds", "runs": 1, "checkpoints": 1}), path)
+    z = Zoo.open(path)
+    state = z.load(z.members("train")[0])
+    z.close()
+    writer = ZooWriter(path)
+    try:
+        for run in (1, 2):
+            writer.begin_run(run, run, "digits", {}, "train")
+            writer.add_checkpoint(run, 0, 17, state, {})
+            writer.finish_run(run, 0.0)
+    finally:
+        writer.close()
+    return path, state
+
+
+def test_learns_a_single_state(same_state_zoo):
+    path, state = same_state_zoo
+    z = Zoo.open(path)
+    try:
+        spec = _spec(d_model=32, unet_channels=[16, 32], steps=500, lr=1e-2, batch_size=3, tokens_per_step=39,
+                     diffusion={"timesteps": 1000})
+        gen = RPG.from_zoo(spec, z, TOKENS16)
+        assert len(gen.runs) == 3
+        target = gen.tokenizer.tokenize(state)
+
+        def error() -> float:
+            out = gen.sample_tokens(3, None, torch.Generator().manual_seed(0), "ddim", 20)
+            return ((out - target) ** 2 * gen.tokenizer.mask).sum().item() / (3 * gen.tokenizer.mask.sum().item())
+
+        before = error()
+        gen.fit(z, show_progress=False)
+        after = error()
+    finally:
+        z.close()
+    # Tokens are standardized per tensor: 0.1 is a tenth of the values' variance.
+    assert after < 0.1 and after < 0.01 * before, (before, after)
+
+
+# -- bad input ------------------------------------------------------------------------------------
+
+def test_other_architecture_is_refused_with_layer_and_shapes(fitted, tmp_path):
+    other = tmp_path / "mlp12"
+    build(tiny_cfg(net={"name": "mlp", "hidden": [12]}, zoo={"mode": "seeds", "runs": 1, "checkpoints": 1}), other)
+    gen = load_generator(fitted[0])
+    z = Zoo.open(other)
+    try:
+        with pytest.raises(GeneratorError, match=r"layer '1\.weight'.*\(8, 64\).*\(12, 64\)"):
+            gen.check_zoo(z)
+        with pytest.raises(GeneratorError, match=r"layer '1\.weight'"):
+            gen.fit(z, show_progress=False)
+    finally:
+        z.close()
+
+
+def test_token_size_larger_than_every_layer(zoo):
+    with pytest.raises(TokenizerError, match="token_size 100000 is larger than every selected layer.*512"):
+        RPG.from_zoo(_spec(), zoo, TokenizerSpec(token_size=100000))
+    with pytest.raises(GeneratorError, match="token_size"):
+        RPG.from_zoo(_spec(), zoo, TokenizerSpec(token_size="flat"))
+
+
+# -- the config: a union of generator specs on `method` -------------------------------------------
+
+def test_generator_union_in_the_config():
+    assert parse_config({}).generator.method == "pdiff"
+    assert parse_config(tiny_cfg(generator={"fold_rate": 3})).generator.method == "pdiff"  # method omitted
+    cfg = parse(tiny_cfg(generator={"method": "rpg", "backbone": "lstm"}))
+    assert isinstance(cfg.generator, RPGSpec) and cfg.generator.backbone == "lstm"
+    spec = RPGSpec()
+    assert (spec.backbone, spec.layers, spec.position, spec.permutation_state, spec.recurrent_input) == \
+        ("mamba", 2, "2d", True, "positions")
+    assert (spec.diffusion.timesteps, spec.diffusion.beta_schedule, spec.diffusion.prediction) == \
+        (1000, "linear", "epsilon")
+
+    def error(generator: dict) -> str:
+        with pytest.raises(ConfigError) as e:
+            parse_config(tiny_cfg(generator=generator), "cfg.yaml")
+        return str(e.value)
+
+    msg = error({"method": "rpg", "d_modle": 8})
+    assert "'d_modle'" in msg and "did you mean 'd_model'" in msg and "generator" in msg
+    for key in ("backbone", "position", "permutation_state", "recurrent_input", "tokens_per_step", "sample_chunk"):
+        assert key in msg
+    assert "fold_rate" not in msg  # the allowed keys of the chosen method only
+    msg = error({"fold_rat": 3})
+    assert "'fold_rat'" in msg and "fold_rate" in msg and "backbone" not in msg
+    msg = error({"method": "rgp"})
+    assert "'rgp'" in msg and "did you mean 'rpg'" in msg and "pdiff" in msg and "rpg" in msg
+    assert "kernel_size must be odd" in error({"method": "rpg", "kernel_size": 4})
+    assert "unet_channels" in error({"method": "rpg", "unet_channels": []})

@@ -1,0 +1,273 @@
+"""RPG (Wang et al. 2025, "Recurrent Diffusion for Large-Scale Parameter Generation").
+
+Parameters are cut into tokens (the shared tokenizer: per-tensor normalization, tokens
+that never span two tensors, padding masked out of the loss). A recurrent model runs
+over the token sequence; its input per token is a position embedding (2D sinusoidal by
+default: half the width for the tensor index, half for the index within the tensor) plus
+the *permutation state* of the checkpoint's source run (one learned embedding per run,
+which lets the model keep apart runs that differ by neuron permutations; at sampling a
+random learned state is drawn per sample). Its output per token, the prototype,
+conditions a 1D conv U-Net that denoises that token alone (``TokenUNet1d``). Training
+uses a random subset of each checkpoint's tokens per step; sampling denoises chunks of
+tokens, so only one chunk's diffusion state is in memory.
+
+``recurrent_input: tokens`` is the paper's wording (the recurrent model also reads the
+parameters): the previous token's clean values, projected, are added to the input;
+teacher-forced in training, autoregressive token by token at sampling. The released
+code reads positions and states only (``positions``, the default).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from mambapy.mamba import Mamba, MambaConfig
+from torch import nn
+
+from weightgen.config import RPGSpec
+from weightgen.diffusion import Diffusion, make_ema, timestep_embedding, train_steps
+from weightgen.diffusion.token_unet import TokenUNet1d
+
+from .base import Generator, GeneratorError
+from .registry import GENERATORS
+
+
+def position_embedding(kind: str, positions: torch.Tensor, dim: int) -> torch.Tensor:
+    """``(T, dim)`` sinusoidal embedding of token positions ``(T, 2)`` = (tensor, index in tensor)."""
+    if kind == "1d":
+        return timestep_embedding(torch.arange(len(positions)), dim)
+    half = dim // 2  # "2d" (and the initial value of "learned")
+    return torch.cat([timestep_embedding(positions[:, 0], half), timestep_embedding(positions[:, 1], dim - half)], 1)
+
+
+class Backbone(nn.Module):
+    """The recurrent model over ``(B, T, D)``, plus a one-token ``step`` for autoregressive sampling."""
+
+    def __init__(self, kind: str, d_model: int, layers: int, d_state: int):
+        super().__init__()
+        self.kind = kind
+        if kind == "mamba":
+            self.net = Mamba(MambaConfig(d_model=d_model, n_layers=layers, d_state=d_state))
+        elif kind == "lstm":
+            self.net = nn.LSTM(d_model, d_model, layers, batch_first=True)
+        elif kind == "transformer":
+            heads = next(h for h in (8, 4, 2, 1) if d_model % h == 0)
+            layer = nn.TransformerEncoderLayer(d_model, heads, 4 * d_model, dropout=0.0, batch_first=True,
+                                               norm_first=True)
+            self.net = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        elif kind == "none":
+            self.net = nn.Identity()
+        else:
+            raise GeneratorError(f"unknown RPG backbone {kind!r}; allowed: mamba, lstm, transformer, none")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "lstm":
+            return self.net(x)[0]
+        if self.kind == "transformer":
+            # Causal, so that a token's prototype never depends on later tokens: the teacher-
+            # forced training pass then matches autoregressive sampling in ``tokens`` mode.
+            mask = nn.Transformer.generate_square_subsequent_mask(x.shape[1], device=x.device)
+            return self.net(x, mask=mask, is_causal=True)
+        return self.net(x)
+
+    def begin(self, batch: int, device: torch.device) -> Any:
+        if self.kind == "mamba":
+            cfg = self.net.config
+            return [(None, torch.zeros(batch, cfg.d_inner, cfg.d_conv - 1, device=device)) for _ in self.net.layers]
+        return [] if self.kind == "transformer" else None
+
+    def step(self, x: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+        """One token ``(B, D)`` -> its output ``(B, D)`` and the state after it."""
+        if self.kind == "mamba":
+            return self.net.step(x, state)
+        if self.kind == "lstm":
+            y, state = self.net(x[:, None], state)
+            return y[:, 0], state
+        if self.kind == "transformer":
+            # No KV cache in nn.TransformerEncoder: rerun the (causal) prefix; O(T^2) overall.
+            state = [*state, x]
+            return self.forward(torch.stack(state, 1))[:, -1], state
+        return x, state
+
+
+class RPGNet(nn.Module):
+    """Everything RPG learns, in one module so that the EMA (and the optimizer) covers all of it."""
+
+    def __init__(self, spec: RPGSpec, positions: torch.Tensor, width: int, num_states: int):
+        super().__init__()
+        pe = position_embedding(spec.position, positions, spec.d_model)
+        if spec.position == "learned":
+            self.pos = nn.Parameter(pe)  # the released ablation: a trainable table started at the 2D sinusoid
+        else:
+            self.register_buffer("pos", pe, persistent=False)
+        self.states = None
+        if spec.permutation_state:
+            self.states = nn.Embedding(num_states, spec.d_model)
+            nn.init.constant_(self.states.weight, 1.0 / spec.d_model)  # the released code's initialization
+        self.token_in = nn.Linear(width, spec.d_model) if spec.recurrent_input == "tokens" else None
+        self.backbone = Backbone(spec.backbone, spec.d_model, spec.layers, spec.mamba_d_state)
+        self.denoiser = TokenUNet1d(width, spec.d_model, tuple(spec.unet_channels), spec.kernel_size)
+
+    def inputs(self, states: torch.Tensor, tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, T, D)`` recurrent inputs; ``tokens`` ``(B, T, W)`` are shifted by one (teacher forcing)."""
+        x = self.pos.unsqueeze(0).expand(len(states), -1, -1)
+        if self.states is not None:
+            x = x + self.states(states)[:, None]
+        if self.token_in is not None:
+            prev = nn.functional.pad(tokens[:, :-1], (0, 0, 1, 0))  # token t reads token t-1; the first reads 0
+            x = x + self.token_in(prev)
+        return x
+
+    def prototypes(self, states: torch.Tensor, tokens: torch.Tensor | None = None) -> torch.Tensor:
+        return self.backbone(self.inputs(states, tokens))
+
+    def step_input(self, states: torch.Tensor, t: int, prev: torch.Tensor) -> torch.Tensor:
+        """The recurrent input of token ``t`` for each sample, given the previous token ``(B, W)``."""
+        x = self.pos[t].expand(len(states), -1)
+        if self.states is not None:
+            x = x + self.states(states)
+        return x + self.token_in(prev)
+
+
+@GENERATORS.register("rpg")
+class RPG(Generator):
+    method = "rpg"
+    spec_class = RPGSpec
+    spec: RPGSpec
+
+    def __init__(self, spec, tokenizer, reference, net_build, runs: list[int] | None = None):
+        self.runs = list(runs or [0])  # zoo run ids, one permutation state each
+        super().__init__(spec, tokenizer, reference, net_build)
+
+    def build_modules(self) -> None:
+        if self.tokenizer.flat:
+            raise GeneratorError("RPG generates tokens of a fixed size: set tokenizer.token_size to an integer "
+                                 "(the paper uses 8192), not 'flat'")
+        s = self.spec
+        # Initialized from a fixed seed, apart from the global RNG: the same spec always
+        # starts from the same weights, whatever ran before.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            self.net = RPGNet(s, self.tokenizer.positions, self.tokenizer.width, len(self.runs)).to(self.device)
+        self.ema = make_ema(self.net, s.ema)
+        # Real values per token (the rest is padding): masks of chosen tokens without holding a
+        # (tokens x width) mask, which would cost a byte per parameter of a large network.
+        self.valid = self.tokenizer.mask.sum(1)
+        self.diffusion = Diffusion(s.diffusion.timesteps, s.diffusion.beta_start, s.diffusion.beta_end,
+                                   s.diffusion.beta_schedule, s.diffusion.prediction)
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"net": self.net, **({"ema": self.ema} if self.ema is not None else {})}
+
+    def extra_meta(self) -> dict:
+        return {"runs": self.runs}
+
+    def load_extra_meta(self, meta: dict) -> None:
+        self.runs = list(meta.get("runs") or [0])
+
+    # -- permutation states: one per source run ---------------------------------------------
+    @classmethod
+    def from_zoo(cls, spec, zoo, tokenizer_spec) -> "RPG":
+        gen = super().from_zoo(spec, zoo, tokenizer_spec)
+        gen.use_runs(zoo)
+        return gen
+
+    def use_runs(self, zoo) -> None:
+        """One permutation state per training run of ``zoo`` (rebuilds the networks if that changes)."""
+        runs = sorted({m.run for m in zoo.members("train")})
+        if runs != self.runs:
+            self.runs = runs
+            self.build_modules()
+
+    def state_index(self, members) -> torch.Tensor:
+        """The permutation state of each zoo member: its run's index among the training runs."""
+        index = {r: i for i, r in enumerate(self.runs)}
+        try:
+            return torch.tensor([index[m.run] for m in members], dtype=torch.long)
+        except KeyError as e:
+            raise GeneratorError(f"run {e.args[0]} has no permutation state; "
+                                 f"the generator knows runs {self.runs}") from None
+
+    # -- training ----------------------------------------------------------------------------
+    def loss(self, tokens: torch.Tensor, states: torch.Tensor, gen: torch.Generator,
+             noise_gen: torch.Generator | None = None) -> torch.Tensor:
+        """Masked diffusion loss on ``tokens_per_step`` random tokens of each checkpoint ``(B, T, W)``.
+
+        The recurrent model runs over the whole sequence; only the chosen tokens are denoised.
+        ``gen`` (CPU) picks the tokens; ``noise_gen`` (on the device) draws times and noise.
+        """
+        b, t, w = tokens.shape
+        k = min(self.spec.tokens_per_step, t)
+        chosen = torch.rand(b, t, generator=gen).argsort(1)[:, :k]  # (B, k), distinct per row
+        mask = (torch.arange(w) < self.valid[chosen, None]).to(tokens.device).reshape(b * k, 1, w)
+        pick = chosen.to(tokens.device)
+        proto = self.net.prototypes(states, tokens if self.spec.recurrent_input == "tokens" else None)
+        x0 = tokens.gather(1, pick[..., None].expand(-1, -1, w)).reshape(b * k, 1, w)
+        cond = proto.gather(1, pick[..., None].expand(-1, -1, proto.shape[-1])).reshape(b * k, -1)
+        return self.diffusion.loss(lambda x, tt: self.net.denoiser(x, tt, cond), x0, mask, noise_gen)
+
+    def fit(self, zoo, show_progress: bool = True, seed: int = 0) -> dict[str, Any]:
+        s = self.spec
+        self.use_runs(zoo)
+        tokens = self.training_tokens(zoo).to(self.device)  # (M, T, W)
+        states = self.state_index(zoo.members("train")).to(self.device)
+        gen = torch.Generator().manual_seed(seed)
+        noise_gen = torch.Generator(self.device).manual_seed(seed)
+        bs = min(s.batch_size, len(tokens))
+
+        def step_loss(_: int) -> torch.Tensor:
+            idx = torch.randperm(len(tokens), generator=gen)[:bs].to(self.device)
+            return self.loss(tokens[idx], states[idx], gen, noise_gen)
+
+        losses = train_steps(self.net, step_loss, s.steps, s.lr, s.weight_decay, ema=self.ema, desc="RPG",
+                             show_progress=show_progress)
+        return {"diffusion_loss": losses[-1] if losses else None, "num_train": len(tokens),
+                "num_tokens": self.tokenizer.num_tokens, "num_states": len(self.runs)}
+
+    # -- sampling ----------------------------------------------------------------------------
+    def _denoise(self, net: RPGNet, cond: torch.Tensor, seeds: torch.Tensor, sampler: str,
+                 steps: int | None) -> torch.Tensor:
+        """Reverse diffusion of one chunk of tokens ``(c, 1, W)`` given their prototypes ``(c, D)``.
+
+        Every token draws all its noise (initial and per step) from its own generator, seeded
+        by its (sample, token) index: a token's result does not depend on the chunking.
+        """
+        gens = [torch.Generator().manual_seed(int(v)) for v in seeds]
+        x = self.diffusion.sample(lambda x_t, t: net.denoiser(x_t, t, cond), (len(cond), 1, self.tokenizer.width),
+                                  gens, sampler, steps, device=self.device)
+        return x[:, 0]
+
+    @torch.no_grad()
+    def sample_tokens(self, n: int, condition: Any, generator: torch.Generator, sampler: str = "ddpm",
+                      steps: int | None = None) -> torch.Tensor:
+        if condition is not None:
+            raise GeneratorError("RPG is unconditional here for now; sample it with condition=None")
+        net = self.ema.module if self.ema is not None else self.net
+        net.eval()
+        T, W, chunk = self.tokenizer.num_tokens, self.tokenizer.width, self.spec.sample_chunk
+        base = int(torch.randint(0, 2**62, (1,), generator=generator))
+        states = torch.randint(len(self.runs), (n,), generator=generator).to(self.device)
+        seeds = base + torch.arange(n * T).view(n, T)  # one noise stream per (sample, token)
+        out = torch.empty(n, T, W)
+        if self.spec.recurrent_input == "positions":
+            # Prototypes depend on the permutation state only: one sequence per distinct state.
+            used, which = states.unique(return_inverse=True)
+            proto = net.prototypes(used)  # (U, T, D)
+            flat = torch.arange(n * T)
+            for start in range(0, n * T, chunk):
+                ids = flat[start: start + chunk]
+                s, t = ids // T, ids % T
+                cond = proto[which[s.to(self.device)], t.to(self.device)]
+                out[s, t] = self._denoise(net, cond, seeds[s, t], sampler, steps).cpu()
+            return out
+        # tokens: autoregressive, token by token (a token's prototype needs its predecessor's values).
+        state = net.backbone.begin(n, self.device)
+        prev = torch.zeros(n, W, device=self.device)
+        for t in range(T):
+            cond, state = net.backbone.step(net.step_input(states, t, prev), state)
+            real = (torch.arange(W) < self.valid[t]).float().to(self.device)  # fed back as in training: zero padding
+            for start in range(0, n, chunk):
+                rows = slice(start, start + chunk)
+                prev[rows] = self._denoise(net, cond[rows], seeds[rows, t], sampler, steps) * real
+            out[:, t] = prev.cpu()
+        return out
