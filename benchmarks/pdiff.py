@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import time
 
 import torch
 
 from common import WORK, command, fmt, machine, write_json, write_section
-from weightgen.config import parse_config
+from weightgen.config import dump_config, parse_config
 from weightgen.pipeline import run_experiment
 
 CNN_TAIL = ["features.2.1.*", "head.*"]  # the last BatchNorm layer and the linear head
@@ -39,8 +40,10 @@ MLP = {"name": "mlp", "hidden": [64, 32]}
 CNN_TAIL_ZOO = {"mode": "tail", "checkpoints": 200, "every": 1, "tail": CNN_TAIL}
 MLP_TAIL_ZOO = {"mode": "tail", "checkpoints": 200, "every": 1, "tail": MLP_TAIL}
 WHOLE_ZOO = {"mode": "tail", "checkpoints": 200, "every": 1, "tail": ["*"]}
+# 14.5k values per checkpoint: p-diff's 'medium' folds, a smaller batch, and half the steps
+# (a 2-core CPU budget; the steps used are recorded per row).
 WHOLE_GEN = {"fold_rate": 5, "kernel_size": 5, "enc_channels": [4, 4, 4, 4], "dec_channels": [4, 32, 32, 8],
-             "batch_size": 50}
+             "batch_size": 50, "ae_steps": 1500, "diffusion_steps": 1500}
 ELEMENT = {"normalize": "element"}
 SETTINGS = [
     setting("cnn-bn-tail", CNN, ADAM, CNN_TAIL_ZOO, CNN_TAIL,
@@ -103,6 +106,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--only", nargs="*", help="setting names to run")
     ap.add_argument("--scale", type=float, default=1.0, help="multiply generator training steps")
+    ap.add_argument("--reuse", action="store_true",
+                    help="take a setting's finished run (benchmarks/work/runs/<name>/report.json) instead of redoing it")
     args = ap.parse_args()
     rows, started = [], time.time()
     for s in SETTINGS:
@@ -114,7 +119,13 @@ def main() -> None:
         cfg = parse_config(raw, s["name"])
         zoo_name = cfg.name.split("+")[0]  # variants share their zoo
         print(f"== {s['name']}: {s['note']}", flush=True)
-        report = run_experiment(cfg, WORK / "zoos" / zoo_name, WORK / "runs" / cfg.name, show_progress=True)
+        run_dir = WORK / "runs" / cfg.name
+        done = run_dir / "report.json"
+        same = (run_dir / "config.yaml").is_file() and (run_dir / "config.yaml").read_text() == dump_config(cfg)
+        if args.reuse and done.is_file() and same:  # only a run of exactly this config counts
+            report = json.loads(done.read_text())
+        else:
+            report = run_experiment(cfg, WORK / "zoos" / zoo_name, WORK / "runs" / cfg.name, show_progress=True)
         row = summarize(s["name"], report, cfg)
         row["note"] = s["note"]
         rows.append(row)
