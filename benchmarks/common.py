@@ -27,8 +27,8 @@ def machine() -> dict:
 
 
 def command() -> str:
-    return "python " + " ".join([str(Path(sys.argv[0]).relative_to(ROOT)) if Path(sys.argv[0]).is_absolute()
-                                 else sys.argv[0], *sys.argv[1:]])
+    """The command as run from the repository root, whatever directory it was started in."""
+    return "python " + " ".join([str(Path(sys.argv[0]).resolve().relative_to(ROOT)), *sys.argv[1:]])
 
 
 def write_json(name: str, payload: dict) -> Path:

@@ -137,11 +137,13 @@ def main() -> None:
     write_json("pdiff", payload)
     notes = "\n".join(f"- **{r['name']}** ({r['note']}): " + "; ".join(r["notes"]) for r in rows)
     m = payload["machine"]
+    steps = ", ".join(f"{r['name']} {r['steps']['ae']} + {r['steps']['diffusion']}" for r in rows)
     write_section("pdiff", f"""## p-diff on digits (issue 3)
 
 Command: `{payload['command']}` on {m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']} ({m['date']}).
-Generator steps: autoencoder / diffusion as listed in `benchmarks/results/pdiff.json` (the paper uses 30k + 30k;
-a 2-core CPU gets {rows[0]['steps']['ae'] if rows else '?'} + {rows[0]['steps']['diffusion'] if rows else '?'}).
+Generator steps (autoencoder + diffusion; the paper uses 30k + 30k): {steps}.
+Timing columns: seconds to sample 100 models against the optimizer seconds of one zoo run, both on this CPU; some
+runs shared the 2 cores with other jobs, so the ratios are indicative, not tight.
 100 generated models per setting, 100 noise-added originals per σ; accuracy on the digits test split (360 images).
 Targets: generated best ≥ original best, generated median ≥ original median − 0.5 points.
 
