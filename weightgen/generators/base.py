@@ -148,6 +148,16 @@ class Generator(ABC):
             tokens = self.sample_tokens(min(batch_size, n - start), condition, gen, sampler, steps)
             yield self.to_states(tokens)
 
+    def sampling_module(self, module: nn.Module, condition: Any) -> nn.Module:
+        """The module to sample with: its EMA copy when the generator keeps one, in eval mode.
+
+        Generators without conditioning refuse a condition rather than ignore it.
+        """
+        if condition is not None:
+            raise GeneratorError(f"{self.method} is unconditional; sample it with condition=None")
+        ema = getattr(self, "ema", None)
+        return (ema.module if ema is not None else module).eval()
+
     def memory_capped_batch(self, batch_size: int, budget_fraction: float = 0.25) -> int:
         """``batch_size``, lowered so a batch of samples fits in a quarter of the free memory.
 

@@ -161,10 +161,7 @@ class PDiff(Generator):
     @torch.no_grad()
     def sample_tokens(self, n: int, condition: Any, generator: torch.Generator, sampler: str = "ddpm",
                       steps: int | None = None) -> torch.Tensor:
-        if condition is not None:
-            raise GeneratorError("p-diff is unconditional; sample it with condition=None")
-        net = self.ema.module if self.ema is not None else self.denoiser
-        net.eval()
+        net = self.sampling_module(self.denoiser, condition)
         self.ae.eval()
         z = self.diffusion.sample(net, (n, 1, self.latent_dim), generator, sampler=sampler, steps=steps,
                                   device=self.device)

@@ -240,10 +240,7 @@ class RPG(Generator):
     @torch.no_grad()
     def sample_tokens(self, n: int, condition: Any, generator: torch.Generator, sampler: str = "ddpm",
                       steps: int | None = None) -> torch.Tensor:
-        if condition is not None:
-            raise GeneratorError("RPG is unconditional here for now; sample it with condition=None")
-        net = self.ema.module if self.ema is not None else self.net
-        net.eval()
+        net = self.sampling_module(self.net, condition)
         T, W, chunk = self.tokenizer.num_tokens, self.tokenizer.width, self.spec.sample_chunk
         base = int(torch.randint(0, 2**62, (1,), generator=generator))
         states = torch.randint(len(self.runs), (n,), generator=generator).to(self.device)
