@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import statistics
 from importlib import resources
 from pathlib import Path
@@ -91,7 +92,7 @@ def zoo_info(path: Path = typer.Argument(..., help="zoo directory"),
     if members:
         spec = members[0].tensors
         params = set(zoo.parameter_names)
-        n_params = sum(_numel(s) for k, s in spec.items() if k in params)
+        n_params = sum(math.prod(s[0]) for k, s in spec.items() if k in params)
         table.add_row("parameters", f"{n_params:,} in {sum(k in params for k in spec)} tensors (+{len(spec) - sum(k in params for k in spec)} buffers)")
     console.print(table)
     if verify:
@@ -212,13 +213,6 @@ def evaluate(samples: Path = typer.Argument(..., help="directory written by `wei
     except (ZooError, GeneratorError, ConfigError, ValueError) as e:
         fail(str(e))
     _print_report(report, out or samples)
-
-
-def _numel(spec) -> int:
-    n = 1
-    for d in spec[0]:
-        n *= d
-    return n
 
 
 if __name__ == "__main__":  # pragma: no cover

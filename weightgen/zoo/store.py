@@ -83,6 +83,12 @@ def _connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
     return con
 
 
+def _read_meta(con: sqlite3.Connection, key: str, default=None):
+    """One JSON value of the manifest's meta table (reader and writer share it)."""
+    row = con.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    return json.loads(row[0]) if row else default
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -117,8 +123,7 @@ class Zoo:
 
     # -- metadata -------------------------------------------------------------------
     def meta(self, key: str, default=None):
-        row = self._con.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return json.loads(row[0]) if row else default
+        return _read_meta(self._con, key, default)
 
     @property
     def config(self):
@@ -219,8 +224,7 @@ class ZooWriter:
         self._con.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, json.dumps(value)))
 
     def get_meta(self, key: str, default=None):
-        row = self._con.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return json.loads(row[0]) if row else default
+        return _read_meta(self._con, key, default)
 
     def done_runs(self) -> set[int]:
         return {r[0] for r in self._con.execute("SELECT run FROM runs WHERE status = 'done'")}
