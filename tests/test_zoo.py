@@ -475,3 +475,27 @@ def test_distributed_build(tmp_path):
     for m in zoo.members():
         _check_metrics(m)
     zoo.close()
+
+
+_OPEN_WRITER = """
+import sys, time
+from weightgen.zoo.store import ZooWriter
+time.sleep(max(0.0, float(sys.argv[3]) - time.time()))  # all processes open at the same instant
+w = ZooWriter(sys.argv[1])
+w.set_meta("opened_by_" + sys.argv[2], True)
+w.close()
+"""
+
+
+def test_writers_opening_a_new_zoo_together(tmp_path):
+    """Several processes creating the same manifest at once must all get in (no 'database is locked')."""
+    import sys
+    path = tmp_path / "zoo"
+    start = time.time() + 12
+    procs = [subprocess.Popen([sys.executable, "-c", _OPEN_WRITER, str(path), str(i), str(start)],
+                              stderr=subprocess.PIPE, text=True) for i in range(4)]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, errors
+    con = sqlite3.connect(path / "manifest.sqlite")
+    keys = {r[0] for r in con.execute("SELECT key FROM meta")}
+    assert keys == {f"opened_by_{i}" for i in range(4)}

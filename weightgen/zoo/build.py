@@ -122,7 +122,14 @@ def _dist_info() -> tuple[int, int]:
 def build_zoo(cfg: ExperimentConfig, path: str | Path, show_progress: bool = True) -> dict:
     """Train every run of ``cfg`` not yet in the zoo at ``path``; returns a small summary."""
     path = Path(path)
+    rank, world = _dist_info()
+    # Rank 0 creates the manifest (schema, WAL mode) alone: SQLite answers "database is locked"
+    # without waiting when two processes switch a new file to WAL at the same moment.
+    if world > 1 and rank != 0:
+        dist.barrier()
     writer = ZooWriter(path)
+    if world > 1 and rank == 0:
+        dist.barrier()
     try:
         return _build(cfg, path, writer, show_progress)
     finally:

@@ -73,6 +73,9 @@ class Member:
     tensors: dict  # name -> [shape, dtype]
 
 
+LOCKED_RETRIES = 300  # x 0.1 s
+
+
 def _connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
     uri = f"file:{path}?mode=ro" if readonly else f"file:{path}"
     con = sqlite3.connect(uri, uri=True, timeout=60.0, isolation_level=None)
@@ -214,11 +217,19 @@ class ZooWriter:
         self.root = Path(path)
         (self.root / SHARDS).mkdir(parents=True, exist_ok=True)
         manifest = self.root / MANIFEST
-        try:
-            self._con = _connect(manifest)
-            self._con.executescript(SCHEMA)
-        except sqlite3.DatabaseError as e:
-            raise ZooCorruptError(f"{manifest}: unreadable manifest ({e})") from None
+        # Creating the schema and switching a new file to WAL can answer "database is locked"
+        # without consulting the busy handler when several writers start together: retry those.
+        for attempt in range(LOCKED_RETRIES):
+            try:
+                self._con = _connect(manifest)
+                self._con.executescript(SCHEMA)
+                break
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or attempt == LOCKED_RETRIES - 1:
+                    raise ZooError(f"{manifest}: could not open the manifest for writing ({e})") from None
+                time.sleep(0.1)
+            except sqlite3.DatabaseError as e:
+                raise ZooCorruptError(f"{manifest}: unreadable manifest ({e})") from None
 
     def set_meta(self, key: str, value) -> None:
         self._con.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, json.dumps(value)))
