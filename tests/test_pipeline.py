@@ -264,6 +264,22 @@ def test_train_sample_eval(pdiff_zoo, tmp_path):
     assert (samples / "report.md").is_file() and (samples / "novelty.png").is_file()
 
 
+def test_sample_stream_writes_the_same_networks_as_sample_to_file(pdiff_saved, tmp_path):
+    out = tmp_path / "streamed"
+    res = runner.invoke(app, ["sample", str(pdiff_saved[0]), "--n", "3", "--out", str(out), "--seed", "4",
+                              "--sampler", "ddim", "--steps", "3", "--stream"])
+    assert res.exit_code == 0, res.output
+    meta = json.loads((out / SAMPLES_JSON).read_text())
+    assert meta["stream"] is True and meta["n"] == 3
+    gen = load_generator(pdiff_saved[0])
+    for i in range(3):
+        gen.sample_to_file(tmp_path / "one.safetensors", seed=4 + i, sampler="ddim", steps=3)  # sample i: seed + i
+        a, b = load_file(str(out / f"sample_{i:04d}.safetensors")), load_file(str(tmp_path / "one.safetensors"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    _, batches = read_samples(out)
+    assert sum(len(b["head.weight"]) for b in batches) == 3
+
+
 def test_sample_with_a_bad_sampler_exits_2(pdiff_saved, tmp_path):
     res = runner.invoke(app, ["sample", str(pdiff_saved[0]), "--out", str(tmp_path / "s"), "--sampler", "euler"])
     assert res.exit_code == 2, res.output

@@ -180,8 +180,15 @@ def sample(generator: Path = typer.Argument(..., help="saved generator directory
            seed: int = typer.Option(0, "--seed"),
            sampler: str = typer.Option("ddpm", "--sampler", help="ddpm or ddim"),
            steps: int = typer.Option(None, "--steps", help="denoising steps (default: T for ddpm, 60 for ddim)"),
-           batch_size: int = typer.Option(100, "--batch-size", min=1, help="networks held in memory at once")) -> None:
-    """Generate networks and write each as a safetensors file loadable into the net."""
+           batch_size: int = typer.Option(100, "--batch-size", min=1, help="networks held in memory at once"),
+           stream: bool = typer.Option(None, "--stream/--no-stream",
+                                       help="write each network piece by piece as it is generated, one at a time "
+                                            "(default: for nets of 2M parameters or more)")) -> None:
+    """Generate networks and write each as a safetensors file loadable into the net.
+
+    Any size: with --stream only one chunk of tokens is in memory, and a file appears
+    only once it is complete.
+    """
     from weightgen.generators import GeneratorError, load_generator
     from weightgen.pipeline import write_samples
 
@@ -189,7 +196,7 @@ def sample(generator: Path = typer.Argument(..., help="saved generator directory
         fail(f"--sampler must be ddpm or ddim, got {sampler!r}")
     try:
         gen = load_generator(generator)
-        meta = write_samples(gen, out, n, seed, batch_size, sampler, steps)
+        meta = write_samples(gen, out, n, seed, batch_size, sampler, steps, stream=stream)
     except (GeneratorError, ValueError) as e:
         fail(str(e))
     bad = f", {len(meta['nonfinite'])} with non-finite weights (listed in samples.json)" if meta["nonfinite"] else ""

@@ -123,10 +123,34 @@ def run_experiment(cfg: ExperimentConfig, zoo_dir: Path | None = None, run_dir: 
 
 
 # -- sampled networks on disk: one safetensors file per network ---------------------------------
+# Networks at least this large are generated one at a time straight into their file.
+STREAM_PARAMS = 2_000_000
+
+
 def write_samples(gen: Generator, out: Path, n: int, seed: int, batch_size: int, sampler: str,
-                  steps: int | None, condition=None) -> dict:
-    """Write ``n`` networks as ``sample_XXXX.safetensors`` (loadable with ``net.load_state_dict``)."""
+                  steps: int | None, condition=None, stream: bool | None = None) -> dict:
+    """Write ``n`` networks as ``sample_XXXX.safetensors`` (loadable with ``net.load_state_dict``).
+
+    ``stream`` (default: for nets of ``STREAM_PARAMS`` or more) writes each network token
+    chunk by token chunk as it is generated (``Generator.sample_to_file``, sample ``i`` from
+    seed ``seed + i``), so memory does not grow with the network; otherwise networks are
+    sampled in batches of ``batch_size`` from one seed.
+    """
     out.mkdir(parents=True, exist_ok=True)
+    if stream is None:
+        stream = gen.tokenizer.num_params >= STREAM_PARAMS
+    meta = {"seed": seed, "sampler": sampler, "steps": steps, "method": gen.method, "stream": stream,
+            "generated_names": gen.tokenizer.names, "net_build": gen.net_build, "condition": condition}
+    if stream:
+        nonfinite = []
+        for i in range(n):
+            info = gen.sample_to_file(out / f"sample_{i:04d}.safetensors", condition, seed + i, sampler, steps)
+            if info["nonfinite"]:
+                nonfinite.append(i)
+                log.warning("sample %d has %d non-finite weights; flagged in %s", i, info["nonfinite"], SAMPLES_JSON)
+        meta.update(n=n, nonfinite=nonfinite)
+        (out / SAMPLES_JSON).write_text(json.dumps(meta, indent=1))
+        return meta
     index, nonfinite = 0, []
     for batch in gen.sample(n, condition, seed, batch_size, sampler, steps):
         b = next(iter(batch.values())).shape[0]
@@ -139,9 +163,7 @@ def write_samples(gen: Generator, out: Path, n: int, seed: int, batch_size: int,
             save_file(state, str(tmp))
             tmp.replace(out / f"sample_{index:04d}.safetensors")  # never a half-written sample file
             index += 1
-    meta = {"n": index, "seed": seed, "sampler": sampler, "steps": steps, "method": gen.method,
-            "generated_names": gen.tokenizer.names, "net_build": gen.net_build, "nonfinite": nonfinite,
-            "condition": condition}
+    meta.update(n=index, nonfinite=nonfinite)
     (out / SAMPLES_JSON).write_text(json.dumps(meta, indent=1))
     return meta
 

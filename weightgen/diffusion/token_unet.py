@@ -66,6 +66,13 @@ class TokenUNet1d(nn.Module):
         nn.init.zeros_(self.out.conv.weight)
         nn.init.zeros_(self.out.conv.bias)
 
+    def activation_bytes_per_token(self) -> int:
+        """A generous bound on the float32 activations one token needs in a forward pass
+        (each level's conv input, output, norm and activation; the decoder's concatenations)."""
+        channels = [b.conv.out_channels for b in self.down]
+        per_level = sum(c * (self.padded >> i) for i, c in enumerate(channels))
+        return 4 * 8 * 2 * per_level
+
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         temb = self.time_mlp(timestep_embedding(t, self.time_dim))
         conds = [p(cond)[:, None, :] for p in self.cond_proj]  # (N, 1, length): broadcast over channels

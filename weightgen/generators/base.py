@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -20,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import weightgen
+from weightgen.tensorfile import StreamingSafetensorsWriter
 from weightgen.tokens import Tokenizer, TokenizerError
 from weightgen.zoo import Zoo
 from weightgen.zoo.train import resolve_device
@@ -51,13 +53,22 @@ class Generator(ABC):
     method: ClassVar[str]
     spec_class: ClassVar[type[BaseModel]]
 
-    def __init__(self, spec: BaseModel, tokenizer: Tokenizer, reference: dict[str, torch.Tensor], net_build: dict):
+    def __init__(self, spec: BaseModel, tokenizer: Tokenizer, reference: dict[str, torch.Tensor], net_build: dict,
+                 layout: dict[str, tuple[tuple[int, ...], torch.dtype]] | None = None):
+        """``reference``: a checkpoint of the net; only the entries the tokenizer does not
+        generate are kept (a large network's generated tensors would double its memory).
+        ``layout``: every entry's shape and dtype in state_dict order, when ``reference``
+        holds only the fixed entries (a loaded generator)."""
         self.spec = spec
         self.tokenizer = tokenizer
-        self.reference = {k: v.cpu() for k, v in reference.items()}
         self.net_build = net_build
         self.device = resolve_device(getattr(spec, "device", "auto"))
-        tokenizer.check(self.reference, "reference checkpoint")
+        if layout is None:
+            tokenizer.check(reference, "reference checkpoint")
+            layout = {k: (tuple(v.shape), v.dtype) for k, v in reference.items()}
+        self.layout = layout
+        generated = set(tokenizer.names)
+        self.reference = {k: v.cpu() for k, v in reference.items() if k not in generated}
         self.build_modules()
 
     # -- what subclasses provide ----------------------------------------------------------
@@ -108,13 +119,13 @@ class Generator(ABC):
             self.tokenizer.check(state, what)
         except TokenizerError as e:
             raise GeneratorError(f"generator does not match the {what}: {e}") from None
-        for name, ref in self.reference.items():
+        for name, (shape, _) in self.layout.items():
             if name not in state:
                 raise GeneratorError(f"generator does not match the {what}: it has no layer '{name}'")
-            if tuple(state[name].shape) != tuple(ref.shape):
+            if tuple(state[name].shape) != shape:
                 raise GeneratorError(f"generator does not match the {what}: layer '{name}': the generator has "
-                                     f"shape {tuple(ref.shape)}, the {what} has {tuple(state[name].shape)}")
-        extra = [k for k in state if k not in self.reference]
+                                     f"shape {shape}, the {what} has {tuple(state[name].shape)}")
+        extra = [k for k in state if k not in self.layout]
         if extra:
             raise GeneratorError(f"generator does not match the {what}: it has layer '{extra[0]}' "
                                  "that the generator's net lacks")
@@ -130,8 +141,8 @@ class Generator(ABC):
         the rest from the reference checkpoint (shared, not copied, across the batch)."""
         generated = self.tokenizer.tensors(tokens)
         n = tokens.shape[0]
-        return {k: generated[k] if k in generated else v.unsqueeze(0).expand(n, *v.shape)
-                for k, v in self.reference.items()}
+        return {k: generated[k] if k in generated else self.reference[k].unsqueeze(0).expand(n, *self.reference[k].shape)
+                for k in self.layout}
 
     @torch.no_grad()
     def sample(self, n: int, condition: Any = None, seed: int = 0, batch_size: int = 100, sampler: str = "ddpm",
@@ -147,6 +158,40 @@ class Generator(ABC):
         for start in range(0, n, batch_size):
             tokens = self.sample_tokens(min(batch_size, n - start), condition, gen, sampler, steps)
             yield self.to_states(tokens)
+
+    def stream_tokens(self, condition: Any, generator: torch.Generator, sampler: str = "ddpm",
+                      steps: int | None = None) -> Iterator[tuple[int, torch.Tensor]]:
+        """One network's tokens as ``(first token index, (c, width) tokens)`` pieces, in order.
+
+        Generators that can make a network a piece at a time override this, so that a
+        network never has to be in memory whole; the default makes it at once.
+        """
+        yield 0, self.sample_tokens(1, condition, generator, sampler, steps)[0]
+
+    @torch.no_grad()
+    def sample_to_file(self, path: str | Path, condition: Any = None, seed: int = 0, sampler: str = "ddpm",
+                       steps: int | None = None, metadata: dict[str, str] | None = None) -> dict[str, Any]:
+        """Generate one network straight into a safetensors file (loadable with ``load_state_dict``).
+
+        Tokens are written as they are made; memory does not grow with the network. The
+        same seed gives the same network as ``sample(1, seed=seed)``. An interrupted call
+        leaves only a ``.partial`` file, never one that looks complete. Returns how many
+        values were not finite.
+        """
+        for m in self.modules().values():
+            m.eval()
+        gen = torch.Generator().manual_seed(seed)
+        meta = {"weightgen_version": weightgen.__version__, "method": self.method, "seed": str(seed),
+                **(metadata or {})}
+        nonfinite = 0
+        with StreamingSafetensorsWriter(path, self.layout, meta) as out:
+            for name, tensor in self.reference.items():
+                out.write_tensor(name, tensor)
+            for first, tokens in self.stream_tokens(condition, gen, sampler, steps):
+                for name, start, values in self.tokenizer.pieces(first, tokens):
+                    nonfinite += int((~torch.isfinite(values)).sum()) if values.is_floating_point() else 0
+                    out.write(name, start, values)
+        return {"path": str(path), "nonfinite": nonfinite, "params": self.tokenizer.num_params}
 
     def sampling_module(self, module: nn.Module, condition: Any) -> nn.Module:
         """The module to sample with: its EMA copy when the generator keeps one, in eval mode.
@@ -165,7 +210,7 @@ class Generator(ABC):
         request for more than fits is streamed in smaller batches instead of failing.
         """
         per_sample = 4 * (4 * self.tokenizer.num_tokens * self.tokenizer.width
-                          + sum(v.numel() for v in self.reference.values()))
+                          + sum(math.prod(shape) for shape, _ in self.layout.values()))
         fits = max(1, int(available_memory() * budget_fraction) // max(per_sample, 1))
         if fits < batch_size:
             log.warning("sampling %d networks at a time, not %d: a batch of %d would not fit in memory",
@@ -183,7 +228,7 @@ class Generator(ABC):
                    for name, m in self.modules().items() for k, v in m.state_dict().items()}
         save_file(weights, str(d / WEIGHTS))
         meta = {"method": self.method, "spec": self.spec.model_dump(mode="json"), "net_build": self.net_build,
-                "reference_order": list(self.reference),
+                "layout": [[k, list(shape), str(dtype).removeprefix("torch.")] for k, (shape, dtype) in self.layout.items()],
                 "weightgen_version": weightgen.__version__, **self.extra_meta()}
         (d / GENERATOR_JSON).write_text(json.dumps(meta, indent=1))
         return d
@@ -220,15 +265,26 @@ def load_generator(directory: str | Path) -> Generator:
     except TokenizerError as e:
         raise GeneratorError(str(e)) from None
     reference, weights = (_load_tensors(d / name) for name in (REFERENCE, WEIGHTS))
-    # safetensors sorts keys; put the reference back in the net's state_dict order.
-    order = meta.get("reference_order", list(reference))
-    reference = {k: reference[k] for k in order if k in reference}
+    try:
+        layout = {k: (tuple(shape), getattr(torch, dtype)) for k, shape, dtype in meta["layout"]}
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise GeneratorError(f"{d / GENERATOR_JSON}: bad or missing 'layout' ({e!r})") from None
+    try:
+        tokenizer.check({k: torch.empty(shape, device="meta") for k, (shape, _) in layout.items()}, "generator layout")
+    except TokenizerError as e:
+        raise GeneratorError(f"{d / GENERATOR_JSON}: {e}") from None
+    fixed = [k for k in layout if k not in set(tokenizer.names)]
+    missing = [k for k in fixed if k not in reference]
+    if missing:
+        raise GeneratorError(f"{d / REFERENCE}: has no tensor '{missing[0]}' that the net needs")
+    for k in fixed:
+        if tuple(reference[k].shape) != layout[k][0]:
+            raise GeneratorError(f"{d / REFERENCE}: tensor '{k}' has shape {tuple(reference[k].shape)}, "
+                                 f"{GENERATOR_JSON} says {layout[k][0]}")
+    # safetensors sorts keys; the layout keeps the net's state_dict order.
     gen = cls.__new__(cls)
     gen.load_extra_meta(meta)
-    try:
-        Generator.__init__(gen, spec, tokenizer, reference, meta["net_build"])
-    except TokenizerError as e:
-        raise GeneratorError(f"{d / REFERENCE}: {e}") from None
+    Generator.__init__(gen, spec, tokenizer, {k: reference[k] for k in fixed}, meta["net_build"], layout)
     for name, module in gen.modules().items():
         prefix = f"{name}."
         state = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}

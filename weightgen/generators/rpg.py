@@ -18,7 +18,7 @@ code reads positions and states only (``positions``, the default).
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from mambapy.mamba import Mamba, MambaConfig
@@ -38,6 +38,9 @@ def position_embedding(kind: str, positions: torch.Tensor, dim: int) -> torch.Te
         return timestep_embedding(torch.arange(len(positions)), dim)
     half = dim // 2  # "2d" (and the initial value of "learned")
     return torch.cat([timestep_embedding(positions[:, 0], half), timestep_embedding(positions[:, 1], dim - half)], 1)
+
+
+MAMBA_SCAN_TOKENS = 2048  # longer sequences are scanned step by step when no gradient is needed
 
 
 class Backbone(nn.Module):
@@ -61,6 +64,15 @@ class Backbone(nn.Module):
             raise GeneratorError(f"unknown RPG backbone {kind!r}; allowed: mamba, lstm, transformer, none")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "mamba" and not torch.is_grad_enabled() and x.shape[1] > MAMBA_SCAN_TOKENS:
+            # mambapy's parallel scan holds (B, T, 2*d_model, d_state) several times over: for
+            # the ~24k tokens of a 200M-parameter net that is gigabytes. Without gradients the
+            # recurrence runs token by token instead, in constant memory.
+            state = self.begin(x.shape[0], x.device)
+            out = torch.empty_like(x)
+            for t in range(x.shape[1]):
+                out[:, t], state = self.step(x[:, t], state)
+            return out
         if self.kind == "lstm":
             return self.net(x)[0]
         if self.kind == "transformer":
@@ -129,15 +141,19 @@ class RPGNet(nn.Module):
         return x + self.token_in(prev)
 
 
+# Memory for the denoiser's activations while sampling one chunk of tokens.
+SAMPLE_ACTIVATION_BYTES = 256 * 2**20
+
+
 @GENERATORS.register("rpg")
 class RPG(Generator):
     method = "rpg"
     spec_class = RPGSpec
     spec: RPGSpec
 
-    def __init__(self, spec, tokenizer, reference, net_build, runs: list[int] | None = None):
+    def __init__(self, spec, tokenizer, reference, net_build, runs: list[int] | None = None, layout=None):
         self.runs = list(runs or [0])  # zoo run ids, one permutation state each
-        super().__init__(spec, tokenizer, reference, net_build)
+        super().__init__(spec, tokenizer, reference, net_build, layout)
 
     def build_modules(self) -> None:
         if self.tokenizer.flat:
@@ -152,7 +168,7 @@ class RPG(Generator):
         self.ema = make_ema(self.net, s.ema)
         # Real values per token (the rest is padding): masks of chosen tokens without holding a
         # (tokens x width) mask, which would cost a byte per parameter of a large network.
-        self.valid = self.tokenizer.mask.sum(1)
+        self.valid = self.tokenizer.valid_counts
         self.diffusion = Diffusion(s.diffusion.timesteps, s.diffusion.beta_start, s.diffusion.beta_end,
                                    s.diffusion.beta_schedule, s.diffusion.prediction)
 
@@ -237,26 +253,30 @@ class RPG(Generator):
                                   gens, sampler, steps, device=self.device)
         return x[:, 0]
 
-    @torch.no_grad()
-    def sample_tokens(self, n: int, condition: Any, generator: torch.Generator, sampler: str = "ddpm",
-                      steps: int | None = None) -> torch.Tensor:
+    def chunk_size(self) -> int:
+        """Tokens denoised at once: ``sample_chunk``, lowered so the denoiser's activations
+        stay within ``SAMPLE_ACTIVATION_BYTES`` (wide tokens of a large net)."""
+        per_token = self.net.denoiser.activation_bytes_per_token()
+        return max(1, min(self.spec.sample_chunk, SAMPLE_ACTIVATION_BYTES // per_token))
+
+    def _pieces(self, n: int, condition: Any, generator: torch.Generator, sampler: str,
+                steps: int | None) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Denoised tokens as ``(sample indices, token indices, (c, width) values)``, chunk by
+        chunk, in (sample, token) order: the only copy of the diffusion state is one chunk's."""
         net = self.sampling_module(self.net, condition)
-        T, W, chunk = self.tokenizer.num_tokens, self.tokenizer.width, self.spec.sample_chunk
+        T, W, chunk = self.tokenizer.num_tokens, self.tokenizer.width, self.chunk_size()
         base = int(torch.randint(0, 2**62, (1,), generator=generator))
         states = torch.randint(len(self.runs), (n,), generator=generator).to(self.device)
-        seeds = base + torch.arange(n * T).view(n, T)  # one noise stream per (sample, token)
-        out = torch.empty(n, T, W)
         if self.spec.recurrent_input == "positions":
             # Prototypes depend on the permutation state only: one sequence per distinct state.
             used, which = states.unique(return_inverse=True)
             proto = net.prototypes(used)  # (U, T, D)
-            flat = torch.arange(n * T)
             for start in range(0, n * T, chunk):
-                ids = flat[start: start + chunk]
+                ids = torch.arange(start, min(start + chunk, n * T))
                 s, t = ids // T, ids % T
                 cond = proto[which[s.to(self.device)], t.to(self.device)]
-                out[s, t] = self._denoise(net, cond, seeds[s, t], sampler, steps).cpu()
-            return out
+                yield s, t, self._denoise(net, cond, base + ids, sampler, steps).cpu()
+            return
         # tokens: autoregressive, token by token (a token's prototype needs its predecessor's values).
         state = net.backbone.begin(n, self.device)
         prev = torch.zeros(n, W, device=self.device)
@@ -264,7 +284,21 @@ class RPG(Generator):
             cond, state = net.backbone.step(net.step_input(states, t, prev), state)
             real = (torch.arange(W) < self.valid[t]).float().to(self.device)  # fed back as in training: zero padding
             for start in range(0, n, chunk):
-                rows = slice(start, start + chunk)
-                prev[rows] = self._denoise(net, cond[rows], seeds[rows, t], sampler, steps) * real
-            out[:, t] = prev.cpu()
+                rows = torch.arange(start, min(start + chunk, n))
+                prev[rows] = self._denoise(net, cond[rows.to(self.device)], base + rows * T + t, sampler, steps) * real
+                yield rows, torch.full_like(rows, t), prev[rows].cpu()
+
+    @torch.no_grad()
+    def sample_tokens(self, n: int, condition: Any, generator: torch.Generator, sampler: str = "ddpm",
+                      steps: int | None = None) -> torch.Tensor:
+        out = torch.empty(n, self.tokenizer.num_tokens, self.tokenizer.width)
+        for s, t, values in self._pieces(n, condition, generator, sampler, steps):
+            out[s, t] = values
         return out
+
+    @torch.no_grad()
+    def stream_tokens(self, condition: Any, generator: torch.Generator, sampler: str = "ddpm",
+                      steps: int | None = None) -> Iterator[tuple[int, torch.Tensor]]:
+        # One sample: every chunk is a run of consecutive tokens.
+        for _, t, values in self._pieces(1, condition, generator, sampler, steps):
+            yield int(t[0]), values

@@ -200,6 +200,14 @@ class Tokenizer:
             rows.append(m.view(s.count, self.width))
         return torch.cat(rows)
 
+    @property
+    def valid_counts(self) -> torch.Tensor:
+        """``(num_tokens,)`` real values per token (the rest is padding), without a per-value mask."""
+        if self.flat:
+            return torch.tensor([self.width])
+        return torch.cat([torch.clamp(s.numel - torch.arange(s.count) * self.width, max=self.width)
+                          for s in self.segments])
+
     # -- checks -----------------------------------------------------------------------
     def check(self, state: dict[str, torch.Tensor], what: str = "state_dict") -> None:
         """Raise naming the first layer that is missing or has another shape."""
@@ -241,6 +249,27 @@ class Tokenizer:
             out[s.name] = v.to(getattr(torch, s.dtype)).reshape(*lead, *s.shape)
             offset += span
         return out
+
+    def pieces(self, first: int, tokens: torch.Tensor) -> Iterable[tuple[str, int, torch.Tensor]]:
+        """Denormalized values of the consecutive tokens ``first, first + 1, ...`` (``(c, width)``)
+        as ``(tensor name, first flat index, 1D values)`` pieces, padding dropped: what a
+        streaming writer needs to place tokens in a file without building whole tensors."""
+        last = first + len(tokens)
+        for i, s in enumerate(self.segments):
+            if self.flat:  # the one token holds every tensor back to back
+                start, stop = 0, s.numel
+                values = tokens.reshape(-1)[self._offsets[i]: self._offsets[i + 1]].double()
+            else:
+                a, b = max(first, s.first), min(last, s.first + s.count)
+                if a >= b:
+                    continue
+                start = (a - s.first) * self.width
+                stop = min((b - s.first) * self.width, s.numel)
+                values = tokens[a - first: b - first].reshape(-1)[: stop - start].double()
+            mean, std = self.stats(i)
+            if self.normalize == "element":
+                mean, std = mean[start:stop], std[start:stop]
+            yield s.name, start, (values * std + mean).to(getattr(torch, s.dtype))
 
     def detokenize(self, tokens: torch.Tensor, reference: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """A complete state_dict: generated tensors from ``tokens``, the rest from ``reference``."""

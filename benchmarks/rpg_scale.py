@@ -1,0 +1,201 @@
+"""RPG at scale: peak memory and time to generate one network, against its parameter count.
+
+    python benchmarks/rpg_scale.py [--only resnet18 ...] [--ddim-steps 2] [--limit-gib 20]
+
+For each timm architecture (resnet18 11.7M, ViT-B/16 86M, ConvNeXt-L 198M; inputs are
+digits resized to 32x32): a small zoo (one run, its initialization and the state after
+one epoch), an RPG of the shape one would train for it (8192-wide tokens as in the paper,
+2 Mamba layers, d_model 256), fitted briefly (the memory and time of generation do not
+depend on how well it was fitted), then one network generated straight into a safetensors
+file in a fresh process whose peak RSS is read from the kernel. The same is tried with
+p-diff's flattening (the whole network as one vector through its autoencoder) under an
+address-space limit so a failure is an error, not a frozen machine.
+
+Generation time is measured with ``--ddim-steps`` DDIM steps and reported per step as
+well (time grows linearly with steps; memory does not). Needs the ``timm`` extra.
+Writes benchmarks/results/rpg_scale.json, docs/figures/rpg_scale.png and a section of
+docs/results.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+from common import ROOT, WORK, command, fmt, machine, write_json, write_section
+
+ARCHS = [  # name, timm kwargs
+    ("resnet18", {"input_size": 32}),
+    ("vit_base_patch16_224", {"img_size": 32, "input_size": 32}),
+    ("convnext_large", {"input_size": 32}),
+]
+RPG_GEN = {"method": "rpg", "d_model": 256, "layers": 2, "unet_channels": [8, 16, 32], "kernel_size": 7,
+           "steps": 10, "batch_size": 1, "tokens_per_step": 16, "lr": 1e-3}
+PDIFF_GEN = {"method": "pdiff", "fold_rate": 5, "kernel_size": 5, "enc_channels": [4, 4, 4, 4],
+             "dec_channels": [4, 32, 32, 8], "ae_steps": 1, "diffusion_steps": 1, "batch_size": 2}
+
+
+def config(arch: str, kwargs: dict, method: str) -> dict:
+    gen = RPG_GEN if method == "rpg" else PDIFF_GEN
+    tok = {"token_size": 8192} if method == "rpg" else {"token_size": "flat", "normalize": "none"}
+    return {"name": f"scale-{arch}-{method}", "seed": 0, "task": {"name": "digits"},
+            "net": {"name": f"timm:{arch}", **kwargs},
+            "train": {"optimizer": "adam", "lr": 1e-3, "batch_size": 64, "epochs": 1},
+            "zoo": {"mode": "trajectory", "runs": 1, "checkpoints": 2}, "tokenizer": tok, "generator": gen}
+
+
+# Runs in a fresh process: fit (optional) and generate one network to a file; prints JSON.
+JOB = r"""
+import json, resource, sys, time, traceback
+import torch
+torch.manual_seed(0)
+from weightgen.config import parse_config
+from weightgen.generators import load_generator
+from weightgen.pipeline import fit_generator
+from weightgen.zoo import Zoo
+cfg_json, zoo_dir, gen_dir, out_file, ddim_steps, fit = sys.argv[1:7]
+res = {"ok": False}
+t0 = time.time()
+try:
+    if fit == "1":
+        zoo = Zoo.open(zoo_dir)
+        gen, stats = fit_generator(parse_config(json.loads(cfg_json), "bench"), zoo, show_progress=False)
+        res["fit_seconds"] = time.time() - t0
+        res["fit_peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        gen.save(gen_dir)
+        res["ok"] = True
+    else:
+        gen = load_generator(gen_dir)
+        res["num_tokens"], res["params"] = gen.tokenizer.num_tokens, gen.tokenizer.num_params
+        t1 = time.time()
+        info = gen.sample_to_file(out_file, seed=0, sampler="ddim", steps=int(ddim_steps))
+        res.update(generate_seconds=time.time() - t1, nonfinite=info["nonfinite"], ok=True)
+except BaseException as e:
+    res["error"] = f"{type(e).__name__}: {str(e)[:300]}"
+    traceback.print_exc()
+res["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print("RESULT " + json.dumps(res), flush=True)
+"""
+
+
+def job(cfg: dict, zoo_dir, gen_dir, out_file, ddim_steps: int, fit: bool, limit_gib: float | None) -> dict:
+    def limit():
+        if limit_gib:
+            import resource
+            b = int(limit_gib * 2**30)
+            resource.setrlimit(resource.RLIMIT_AS, (b, b))
+
+    proc = subprocess.run([sys.executable, "-c", JOB, json.dumps(cfg), str(zoo_dir), str(gen_dir), str(out_file),
+                           str(ddim_steps), "1" if fit else "0"], capture_output=True, text=True, preexec_fn=limit,
+                          cwd=ROOT)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if not lines:  # killed before it could report (e.g. by the kernel's OOM killer)
+        return {"ok": False, "error": f"process exited with {proc.returncode}: {proc.stderr[-300:]}"}
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def build_zoo(cfg: dict, path) -> float:
+    from weightgen.config import parse_config
+    from weightgen.zoo import build_zoo as build
+
+    t = time.time()
+    build(parse_config(cfg, "bench"), path, show_progress=False)
+    return time.time() - t
+
+
+def plot(rows: list[dict], path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method, marker in (("rpg", "o"), ("pdiff", "x")):
+        pts = [(r["params"] / 1e6, r[method]["peak_rss"] / 2**30) for r in rows if r[method].get("ok")]
+        fail = [(r["params"] / 1e6, r[method]["peak_rss"] / 2**30) for r in rows if not r[method].get("ok")]
+        if pts:
+            ax.plot(*zip(*pts), marker=marker, label=f"{method}: generated")
+        if fail:
+            ax.scatter(*zip(*fail), marker="X", s=120, color="red", label=f"{method}: failed (out of memory)")
+    ax.axhline(4, ls="--", color="gray", label="4 GiB target")
+    ax.set_xlabel("parameters (millions)")
+    ax.set_ylabel("peak RSS while generating (GiB)")
+    ax.set_title("Generating one network to disk, 2-core CPU")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--only", nargs="*")
+    ap.add_argument("--ddim-steps", type=int, default=2)
+    ap.add_argument("--limit-gib", type=float, default=20.0, help="address-space limit for the p-diff attempts")
+    args = ap.parse_args()
+    rows, started = [], time.time()
+    for arch, kwargs in ARCHS:
+        if args.only and arch not in args.only:
+            continue
+        base = WORK / "scale" / arch
+        zoo_dir = base / "zoo"
+        row = {"arch": arch, "net_kwargs": kwargs}
+        rpg_cfg, pdiff_cfg = config(arch, kwargs, "rpg"), config(arch, kwargs, "pdiff")
+        row["zoo_seconds"] = build_zoo(rpg_cfg, zoo_dir)
+        print(f"== {arch}: zoo in {row['zoo_seconds']:.0f} s", flush=True)
+        for method, cfg, limit in (("rpg", rpg_cfg, None), ("pdiff", pdiff_cfg, args.limit_gib)):
+            gen_dir, out = base / f"{method}-generator", base / f"{method}-sample.safetensors"
+            fit = job(cfg, zoo_dir, gen_dir, out, args.ddim_steps, True, limit)
+            res = job(cfg, zoo_dir, gen_dir, out, args.ddim_steps, False, limit) if fit["ok"] else fit
+            res["fit"] = {k: fit.get(k) for k in ("fit_seconds", "fit_peak_rss", "error")}
+            res.setdefault("peak_rss", fit.get("peak_rss"))
+            if res.get("ok"):
+                res["file_bytes"] = out.stat().st_size
+                out.unlink()  # hundreds of MB: measured, not kept
+                row["params"] = res["params"]
+                res["seconds_per_ddim_step"] = res["generate_seconds"] / args.ddim_steps
+            row[method] = res
+            print(f"   {method}: ok={res.get('ok')} peak {res['peak_rss'] / 2**30:.2f} GiB "
+                  f"{res.get('generate_seconds', 0):.0f} s {res.get('error', '')}", flush=True)
+        rows.append(row)
+    for r in rows:
+        r.setdefault("params", None)
+    payload = {"benchmark": "rpg_scale", "command": command(), "machine": machine(), "ddim_steps": args.ddim_steps,
+               "limit_gib": args.limit_gib, "rpg_generator": RPG_GEN, "pdiff_generator": PDIFF_GEN,
+               "seconds": time.time() - started, "results": rows}
+    write_json("rpg_scale", payload)
+    figure = ROOT / "docs" / "figures" / "rpg_scale.png"
+    plot([r for r in rows if r["params"]], figure)
+    lines = ["| net | parameters | tokens | RPG peak RSS | RPG time (s/DDIM step) | RPG fit (brief) | "
+             "p-diff flattening |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        g, p = r["rpg"], r["pdiff"]
+        pd = (f"{p['peak_rss'] / 2**30:.2f} GiB, {p['seconds_per_ddim_step']:.1f} s/step" if p.get("ok")
+              else f"failed at {p['peak_rss'] / 2**30:.1f} GiB: {p.get('error', '')[:120]}")
+        lines.append(f"| {r['arch']} | {fmt(r['params'] / 1e6 if r['params'] else None, '.1f')}M | {g.get('num_tokens', '–')} "
+                     f"| {g['peak_rss'] / 2**30:.2f} GiB | {fmt(g.get('seconds_per_ddim_step'), '.1f')} "
+                     f"| {fmt(g['fit'].get('fit_seconds'), '.0f')} s, {fmt((g['fit'].get('fit_peak_rss') or 0) / 2**30, '.1f')} GiB "
+                     f"| {pd} |")
+    m = payload["machine"]
+    write_section("rpg_scale", f"""## RPG at scale: memory and time to generate one network (issue 4)
+
+Command: `{payload['command']}` on {m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']} ({m['date']}).
+One network generated straight into a safetensors file by a fresh process (`Generator.sample_to_file`);
+peak RSS from the kernel (`ru_maxrss`), whole process (Python and torch included). RPG: tokens of 8192 values,
+2 Mamba layers, d_model 256, U-Net channels {RPG_GEN['unet_channels']}, fitted {RPG_GEN['steps']} steps on a
+2-checkpoint zoo (memory and time do not depend on the fit). Time with {args.ddim_steps} DDIM steps, per step
+here (linear in steps). p-diff: the same zoo flattened into one vector, its autoencoder and latent diffusion
+(1 step each), under a {args.limit_gib:.0f} GiB address-space limit. Target: the 198M-parameter net under 4 GiB.
+
+{chr(10).join(lines)}
+
+![peak RSS against parameters](figures/rpg_scale.png)
+""")
+    print(f"wrote benchmarks/results/rpg_scale.json ({time.time() - started:.0f} s)")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()
