@@ -317,3 +317,19 @@ def test_load_broken_tokenizer_names_the_file(tmp_path, broken, how):
 def test_load_missing_directory(tmp_path):
     with pytest.raises(TokenizerError, match="tokenizer"):
         Tokenizer.load(tmp_path / "nowhere")
+
+
+def test_generated_running_var_is_never_negative():
+    """A BatchNorm variance below zero would make the net output NaN: the inverse clamps it."""
+    from weightgen.evaluate.baselines import noise_added
+
+    states = [{"bn.weight": torch.randn(6), "bn.running_var": torch.rand(6) + 0.01} for _ in range(3)]
+    tok = Tokenizer.fit(states, token_size=3)
+    tokens = tok.tokenize(states[0])[None] - 100.0  # far below every variance seen
+    out = tok.tensors(tokens)
+    assert (out["bn.running_var"] == 0).all() and (out["bn.weight"] < 0).all()  # only the variance is clamped
+    pieces = {name: v for name, _, v in tok.pieces(0, tokens[0])}
+    assert (pieces["bn.running_var"] >= 0).all()
+    stacked = {k: torch.stack([s[k] for s in states]) for k in states[0]}
+    noisy = noise_added(stacked, ["bn.weight", "bn.running_var"], sigma=10.0, n=20, seed=0)
+    assert (noisy["bn.running_var"] >= 0).all() and (noisy["bn.weight"] < 0).any()

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from weightgen.nets.constraints import constrain
+
 # Absolute Gaussian sigmas added to the generated tensors, as p-diff does (it shows
 # 0.001, 0.05 and 0.15); the finer ramp finds the accuracy a generator is compared at.
 DEFAULT_SIGMAS = (0.001, 0.003, 0.01, 0.03, 0.05, 0.1, 0.15)
@@ -42,7 +44,7 @@ def noise_added(train_stacked: dict[str, Tensor], names: list[str], sigma: float
         # Drawn in `names` order: a state_dict read from safetensors has no fixed key order.
         for k in names:
             noise = torch.randn(out[k].shape, generator=gen, dtype=torch.float32)
-            out[k] = out[k] + (sigma * noise).to(out[k].device, out[k].dtype)
+            out[k] = constrain(k, out[k] + (sigma * noise).to(out[k].device, out[k].dtype))
     return out
 
 

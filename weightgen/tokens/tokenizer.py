@@ -22,6 +22,8 @@ from typing import Iterable
 import torch
 from safetensors.torch import load_file, save_file
 
+from weightgen.nets.constraints import constrain
+
 FLAT = "flat"
 NORMALIZE_MODES = ("tensor", "element", "none")
 
@@ -246,7 +248,7 @@ class Tokenizer:
             span = s.numel if self.flat else s.count * self.width
             mean, std = self.stats(i)
             v = flat[..., offset: offset + s.numel].double() * std + mean
-            out[s.name] = v.to(getattr(torch, s.dtype)).reshape(*lead, *s.shape)
+            out[s.name] = constrain(s.name, v.to(getattr(torch, s.dtype)).reshape(*lead, *s.shape))
             offset += span
         return out
 
@@ -269,7 +271,7 @@ class Tokenizer:
             mean, std = self.stats(i)
             if self.normalize == "element":
                 mean, std = mean[start:stop], std[start:stop]
-            yield s.name, start, (values * std + mean).to(getattr(torch, s.dtype))
+            yield s.name, start, constrain(s.name, (values * std + mean).to(getattr(torch, s.dtype)))
 
     def detokenize(self, tokens: torch.Tensor, reference: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """A complete state_dict: generated tensors from ``tokens``, the rest from ``reference``."""
