@@ -53,3 +53,36 @@ def write_section(name: str, markdown: str) -> None:
 
 def fmt(v, spec: str = ".4f") -> str:
     return "–" if v is None else format(v, spec)
+
+
+def run_or_reuse(cfg, zoo_dir: Path, run_dir: Path, reuse: bool) -> dict:
+    """``weightgen run`` of ``cfg``; with ``reuse``, a finished run of exactly this config is read instead."""
+    from weightgen.config import dump_config
+    from weightgen.pipeline import run_experiment
+
+    done = run_dir / "report.json"
+    same = (run_dir / "config.yaml").is_file() and (run_dir / "config.yaml").read_text() == dump_config(cfg)
+    if reuse and done.is_file() and same:
+        return json.loads(done.read_text())
+    return run_experiment(cfg, zoo_dir, run_dir, show_progress=True)
+
+
+def summarize(name: str, report: dict) -> dict:
+    """The numbers a benchmark table needs from one run's report.json."""
+    g = report["groups"]
+    orig, gen = g["original"], g["generated"]
+    noise = {k.removeprefix("noise_"): {"mean": v["mean"], "max_iou_mean": v["max_iou_mean"],
+                                         "nearest_distance_mean": v["nearest_distance_mean"]}
+             for k, v in g.items() if k.startswith("noise_")}
+    return {
+        "name": name, "generated_params": report["num_generated_params"],
+        "original": {k: orig[k] for k in ("best", "mean", "median", "max_iou_mean", "nearest_distance_mean")},
+        "weight_average": g["weight_average"]["mean"], "noise": noise,
+        "generated": {k: gen[k] for k in ("best", "mean", "median", "worst", "n_nonfinite", "max_iou_mean",
+                                          "nearest_distance_mean")},
+        "targets": {
+            "best_ge_original_best": gen["best"] is not None and gen["best"] >= orig["best"],
+            "median_ge_original_median_minus_0.5pt": gen["median"] is not None and gen["median"] >= orig["median"] - 0.005,
+        },
+        "notes": report["notes"], "timing": report["timing"], "fit": report["fit"],
+    }

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import time
 
 import torch
 
-from common import WORK, command, fmt, machine, write_json, write_section
-from weightgen.config import dump_config, parse_config
-from weightgen.pipeline import run_experiment
+from common import WORK, command, fmt, machine, run_or_reuse, summarize, write_json, write_section
+from weightgen.config import parse_config
 
 CNN_TAIL = ["features.2.1.*", "head.*"]  # the last BatchNorm layer and the linear head
 MLP_TAIL = ["3.*", "5.*"]  # the last two linear layers of mlp [64, 32]
@@ -62,27 +60,6 @@ SETTINGS = [
 ]
 
 
-def summarize(name: str, report: dict, cfg) -> dict:
-    g = report["groups"]
-    orig, gen = g["original"], g["generated"]
-    noise = {k.removeprefix("noise_"): {"mean": v["mean"], "max_iou_mean": v["max_iou_mean"],
-                                         "nearest_distance_mean": v["nearest_distance_mean"]}
-             for k, v in g.items() if k.startswith("noise_")}
-    return {
-        "name": name, "generated_params": report["num_generated_params"],
-        "original": {k: orig[k] for k in ("best", "mean", "median", "max_iou_mean", "nearest_distance_mean")},
-        "weight_average": g["weight_average"]["mean"], "noise": noise,
-        "generated": {k: gen[k] for k in ("best", "mean", "median", "worst", "n_nonfinite", "max_iou_mean",
-                                          "nearest_distance_mean")},
-        "targets": {
-            "best_ge_original_best": gen["best"] is not None and gen["best"] >= orig["best"],
-            "median_ge_original_median_minus_0.5pt": gen["median"] is not None and gen["median"] >= orig["median"] - 0.005,
-        },
-        "notes": report["notes"], "timing": report["timing"], "fit": report["fit"],
-        "steps": {"ae": cfg.generator.ae_steps, "diffusion": cfg.generator.diffusion_steps},
-    }
-
-
 def table(rows: list[dict]) -> str:
     head = ("| setting | params | original best / mean / median | weight avg | noise σ=0.01 / 0.05 / 0.15 mean acc "
             "| p-diff best / mean / median (worst) | max IoU orig / σ=0.05 / gen | nearest dist orig / gen "
@@ -119,14 +96,9 @@ def main() -> None:
         cfg = parse_config(raw, s["name"])
         zoo_name = cfg.name.split("+")[0]  # variants share their zoo
         print(f"== {s['name']}: {s['note']}", flush=True)
-        run_dir = WORK / "runs" / cfg.name
-        done = run_dir / "report.json"
-        same = (run_dir / "config.yaml").is_file() and (run_dir / "config.yaml").read_text() == dump_config(cfg)
-        if args.reuse and done.is_file() and same:  # only a run of exactly this config counts
-            report = json.loads(done.read_text())
-        else:
-            report = run_experiment(cfg, WORK / "zoos" / zoo_name, WORK / "runs" / cfg.name, show_progress=True)
-        row = summarize(s["name"], report, cfg)
+        report = run_or_reuse(cfg, WORK / "zoos" / zoo_name, WORK / "runs" / cfg.name, args.reuse)
+        row = summarize(s["name"], report)
+        row["steps"] = {"ae": cfg.generator.ae_steps, "diffusion": cfg.generator.diffusion_steps}
         row["note"] = s["note"]
         rows.append(row)
         print(f"   generated best/mean/median {fmt(row['generated']['best'])} / {fmt(row['generated']['mean'])} / "
