@@ -19,7 +19,7 @@ from common import WORK, command, fmt, machine, run_or_reuse, summarize, write_j
 from weightgen.config import parse_config
 
 BASE_GEN = {"method": "rpg", "backbone": "mamba", "position": "2d", "permutation_state": True,
-            "recurrent_input": "positions", "d_model": 128, "layers": 2, "steps": 1500, "batch_size": 8,
+            "recurrent_input": "positions", "d_model": 128, "layers": 2, "steps": 1000, "batch_size": 8,
             "tokens_per_step": 16, "lr": 1e-3}
 BASE_TOKEN_SIZE = 64
 VARIANTS = [  # name, generator changes, token size

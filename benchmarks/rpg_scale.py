@@ -11,8 +11,8 @@ file in a fresh process whose peak RSS is read from the kernel. The same is trie
 p-diff's flattening (the whole network as one vector through its autoencoder) under an
 address-space limit so a failure is an error, not a frozen machine.
 
-Generation time is measured with ``--ddim-steps`` DDIM steps and reported per step as
-well (time grows linearly with steps; memory does not). Needs the ``timm`` extra.
+Generation time is measured with ``--ddim-steps`` DDIM steps (the U-Net part grows
+linearly with steps; memory does not). Needs the ``timm`` extra.
 Writes benchmarks/results/rpg_scale.json, docs/figures/rpg_scale.png and a section of
 docs/results.md.
 """
@@ -21,11 +21,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
 
-from common import ROOT, WORK, command, fmt, machine, write_json, write_section
+from common import RESULTS, ROOT, WORK, command, fmt, machine, write_json, write_section
 
 ARCHS = [  # name, timm kwargs
     ("resnet18", {"input_size": 32}),
@@ -49,7 +50,7 @@ def config(arch: str, kwargs: dict, method: str) -> dict:
 
 # Runs in a fresh process: fit (optional) and generate one network to a file; prints JSON.
 JOB = r"""
-import json, resource, sys, time, traceback
+import json, sys, time, traceback
 import torch
 torch.manual_seed(0)
 from weightgen.config import parse_config
@@ -57,6 +58,15 @@ from weightgen.generators import load_generator
 from weightgen.pipeline import fit_generator
 from weightgen.zoo import Zoo
 cfg_json, zoo_dir, gen_dir, out_file, ddim_steps, fit = sys.argv[1:7]
+
+
+def peak():
+    # VmHWM is this address space's own high-water mark. (ru_maxrss is not: on Linux it carries
+    # over the RSS of the parent forked before exec, which here built the zoo.)
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+
+
 res = {"ok": False}
 t0 = time.time()
 try:
@@ -64,7 +74,7 @@ try:
         zoo = Zoo.open(zoo_dir)
         gen, stats = fit_generator(parse_config(json.loads(cfg_json), "bench"), zoo, show_progress=False)
         res["fit_seconds"] = time.time() - t0
-        res["fit_peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        res["fit_peak_rss"] = peak()
         gen.save(gen_dir)
         res["ok"] = True
     else:
@@ -76,7 +86,7 @@ try:
 except BaseException as e:
     res["error"] = f"{type(e).__name__}: {str(e)[:300]}"
     traceback.print_exc()
-res["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+res["peak_rss"] = peak()
 print("RESULT " + json.dumps(res), flush=True)
 """
 
@@ -129,12 +139,58 @@ def plot(rows: list[dict], path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def failure(error: str) -> str:
+    """'could not allocate 25.1 GB' from torch's allocator message, else the message's start."""
+    m = re.search(r"allocate (\d+) bytes", error)
+    return f"could not allocate {int(m.group(1)) / 1e9:.1f} GB more" if m else error[:100]
+
+
+def render(payload: dict) -> None:
+    """The figure and the docs/results.md section, from the JSON."""
+    rows = payload["results"]
+    figure = ROOT / "docs" / "figures" / "rpg_scale.png"
+    plot([r for r in rows if r["params"]], figure)
+    lines = [f"| net | parameters | tokens | RPG peak RSS | RPG time ({payload['ddim_steps']} DDIM steps) | RPG fit (brief) | "
+             "p-diff flattening |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        g, p = r["rpg"], r["pdiff"]
+        pd = (f"{p['peak_rss'] / 2**30:.2f} GiB, {p['generate_seconds']:.0f} s" if p.get("ok")
+              else f"out of memory at {p['peak_rss'] / 2**30:.1f} GiB peak ({failure(p.get('error', ''))})")
+        lines.append(f"| {r['arch']} | {fmt(r['params'] / 1e6 if r['params'] else None, '.1f')}M | {g.get('num_tokens', '–')} "
+                     f"| {g['peak_rss'] / 2**30:.2f} GiB | {fmt(g.get('generate_seconds'), '.0f')} s "
+                     f"| {fmt(g['fit'].get('fit_seconds'), '.0f')} s "
+                     f"| {pd} |")
+    m = payload["machine"]
+    write_section("rpg_scale", f"""## RPG at scale: memory and time to generate one network (issue 4)
+
+Command: `{payload['command']}` on {m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']} ({m['date']}).
+One network generated straight into a safetensors file by a fresh process (`Generator.sample_to_file`);
+peak RSS from the kernel (`VmHWM`), whole process (Python and torch included). RPG: tokens of 8192 values,
+2 Mamba layers, d_model 256, U-Net channels {RPG_GEN['unet_channels']}, fitted {RPG_GEN['steps']} steps on a
+2-checkpoint zoo (memory and time do not depend on the fit). Time with {payload['ddim_steps']} DDIM steps: the
+Mamba pass over all tokens (once) plus the U-Net per token per step. p-diff: the same zoo flattened into one vector, its autoencoder and latent diffusion
+(1 step each), under a {payload['limit_gib']:.0f} GiB address-space limit (where it failed, the peak is where it
+stopped; for resnet18 it generated, and the figure is the sampling process's peak). Fit seconds come from the run that fitted the generators, with
+the CPU shared with another job (indicative only). Target: the 198M-parameter net under 4 GiB.
+
+{chr(10).join(lines)}
+
+![peak RSS against parameters](figures/rpg_scale.png)
+""")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--only", nargs="*")
     ap.add_argument("--ddim-steps", type=int, default=2)
     ap.add_argument("--limit-gib", type=float, default=20.0, help="address-space limit for the p-diff attempts")
+    ap.add_argument("--reuse", action="store_true", help="reuse generators already fitted (and their fit numbers)")
+    ap.add_argument("--render", action="store_true", help="only redraw the figure and table from the JSON")
     args = ap.parse_args()
+    if args.render:
+        return render(json.loads((RESULTS / "rpg_scale.json").read_text()))
+    old = RESULTS / "rpg_scale.json"
+    previous = {r["arch"]: r for r in json.loads(old.read_text())["results"]} if args.reuse and old.is_file() else {}
     rows, started = [], time.time()
     for arch, kwargs in ARCHS:
         if args.only and arch not in args.only:
@@ -147,15 +203,18 @@ def main() -> None:
         print(f"== {arch}: zoo in {row['zoo_seconds']:.0f} s", flush=True)
         for method, cfg, limit in (("rpg", rpg_cfg, None), ("pdiff", pdiff_cfg, args.limit_gib)):
             gen_dir, out = base / f"{method}-generator", base / f"{method}-sample.safetensors"
-            fit = job(cfg, zoo_dir, gen_dir, out, args.ddim_steps, True, limit)
+            reuse = args.reuse and (gen_dir / "generator.json").is_file()
+            fit = ({"ok": True, "reused": True} if reuse
+                   else job(cfg, zoo_dir, gen_dir, out, args.ddim_steps, True, limit))
             res = job(cfg, zoo_dir, gen_dir, out, args.ddim_steps, False, limit) if fit["ok"] else fit
+            if reuse:  # keep the fit numbers of the run that made the generator
+                fit = {**fit, **previous.get(arch, {}).get(method, {}).get("fit", {})}
             res["fit"] = {k: fit.get(k) for k in ("fit_seconds", "fit_peak_rss", "error")}
             res.setdefault("peak_rss", fit.get("peak_rss"))
             if res.get("ok"):
                 res["file_bytes"] = out.stat().st_size
                 out.unlink()  # hundreds of MB: measured, not kept
                 row["params"] = res["params"]
-                res["seconds_per_ddim_step"] = res["generate_seconds"] / args.ddim_steps
             row[method] = res
             print(f"   {method}: ok={res.get('ok')} peak {res['peak_rss'] / 2**30:.2f} GiB "
                   f"{res.get('generate_seconds', 0):.0f} s {res.get('error', '')}", flush=True)
@@ -166,33 +225,7 @@ def main() -> None:
                "limit_gib": args.limit_gib, "rpg_generator": RPG_GEN, "pdiff_generator": PDIFF_GEN,
                "seconds": time.time() - started, "results": rows}
     write_json("rpg_scale", payload)
-    figure = ROOT / "docs" / "figures" / "rpg_scale.png"
-    plot([r for r in rows if r["params"]], figure)
-    lines = ["| net | parameters | tokens | RPG peak RSS | RPG time (s/DDIM step) | RPG fit (brief) | "
-             "p-diff flattening |", "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        g, p = r["rpg"], r["pdiff"]
-        pd = (f"{p['peak_rss'] / 2**30:.2f} GiB, {p['seconds_per_ddim_step']:.1f} s/step" if p.get("ok")
-              else f"failed at {p['peak_rss'] / 2**30:.1f} GiB: {p.get('error', '')[:120]}")
-        lines.append(f"| {r['arch']} | {fmt(r['params'] / 1e6 if r['params'] else None, '.1f')}M | {g.get('num_tokens', '–')} "
-                     f"| {g['peak_rss'] / 2**30:.2f} GiB | {fmt(g.get('seconds_per_ddim_step'), '.1f')} "
-                     f"| {fmt(g['fit'].get('fit_seconds'), '.0f')} s, {fmt((g['fit'].get('fit_peak_rss') or 0) / 2**30, '.1f')} GiB "
-                     f"| {pd} |")
-    m = payload["machine"]
-    write_section("rpg_scale", f"""## RPG at scale: memory and time to generate one network (issue 4)
-
-Command: `{payload['command']}` on {m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']} ({m['date']}).
-One network generated straight into a safetensors file by a fresh process (`Generator.sample_to_file`);
-peak RSS from the kernel (`ru_maxrss`), whole process (Python and torch included). RPG: tokens of 8192 values,
-2 Mamba layers, d_model 256, U-Net channels {RPG_GEN['unet_channels']}, fitted {RPG_GEN['steps']} steps on a
-2-checkpoint zoo (memory and time do not depend on the fit). Time with {args.ddim_steps} DDIM steps, per step
-here (linear in steps). p-diff: the same zoo flattened into one vector, its autoencoder and latent diffusion
-(1 step each), under a {args.limit_gib:.0f} GiB address-space limit. Target: the 198M-parameter net under 4 GiB.
-
-{chr(10).join(lines)}
-
-![peak RSS against parameters](figures/rpg_scale.png)
-""")
+    render(payload)
     print(f"wrote benchmarks/results/rpg_scale.json ({time.time() - started:.0f} s)")
 
 
