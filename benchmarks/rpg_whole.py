@@ -44,9 +44,12 @@ SAMPLE = {"n": 50, "sampler": "ddim", "steps": 50}
 def settings() -> list[dict]:
     out = []
     for net, z in ZOOS.items():
-        for method, gen, tok in (("rpg", RPG, {"token_size": 64}), ("pdiff", PDIFF, {"token_size": "flat", "normalize": "none"})):
+        variants = (("rpg", RPG, {"token_size": 64}),
+                    ("rpg+x0", {**RPG, "diffusion": {"prediction": "sample"}}, {"token_size": 64}),
+                    ("pdiff", PDIFF, {"token_size": "flat", "normalize": "none"}))
+        for method, gen, tok in variants:
             out.append({"name": f"{net}-{method}", "zoo": f"rpg-whole-{net}", "config": {
-                "name": f"bench-whole-{net}-{method}", "seed": 0, "task": {"name": "digits"}, **z, "zoo": SEEDS_ZOO,
+                "name": f"bench-whole-{net}-{method.replace('+', '-')}", "seed": 0, "task": {"name": "digits"}, **z, "zoo": SEEDS_ZOO,
                 "tokenizer": {**TOKENS, **tok}, "generator": gen, "sample": SAMPLE, "evaluate": {"n_noise": 50}}})
     return out
 
@@ -106,7 +109,8 @@ def main() -> None:
 Command: `{payload['command']}` on {m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']} ({m['date']}).
 Zoo: 20 independent runs x last 5 checkpoints (one epoch apart) of each digits net, every parameter and
 BatchNorm statistic generated. RPG: 64-value tokens, 2 Mamba layers (d_model 256), 2D positions, permutation
-states, {RPG['steps']} steps x 4 checkpoints x 64 tokens (the paper trains far longer). p-diff: its autoencoder on
+states, epsilon prediction, {RPG['steps']} steps x 4 checkpoints x 64 tokens (the paper trains far longer);
+`rpg+x0` is the same with x0 prediction (`diffusion.prediction: sample`, ours). p-diff: its autoencoder on
 the flattened network, {PDIFF['ae_steps']} + {PDIFF['diffusion_steps']} steps. {SAMPLE['n']} samples each, DDIM
 {SAMPLE['steps']} steps. Targets: mean ≥ 99% of the originals' mean, best ≥ original best, lower max IoU than
 noise-added originals at the same accuracy.
