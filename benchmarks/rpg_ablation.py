@@ -82,6 +82,8 @@ def main() -> None:
                      f"| {fmt(g['nearest_distance_mean'], '.3g')} | {fmt(t.get('fit_seconds'), '.0f')} "
                      f"| {fmt(t.get('sample_seconds'), '.0f')} |")
     m = payload["machine"]
+    left = [name for name, _, _ in VARIANTS if name not in {r["name"] for r in rows}]
+    missing = f"\nNot run in this table (CPU time): {', '.join(left)}.\n" if left else ""
     write_section("rpg_ablation", f"""## RPG ablations (issue 4)
 
 Command: `{payload['command']}` on {m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']} ({m['date']}).
@@ -93,7 +95,7 @@ the same values per step (tokens per step scaled with the token size); 50 sample
 from the default per row.
 
 {chr(10).join(lines)}
-""")
+{missing}""")
     print(f"wrote benchmarks/results/rpg_ablation.json ({time.time() - started:.0f} s)")
 
 

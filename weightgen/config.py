@@ -207,6 +207,9 @@ class RPGSpec(StrictModel):
     recurrent_input: Literal["positions", "tokens"] = "positions"
     unet_channels: list[int] = Field(default_factory=lambda: [32, 64, 128])
     kernel_size: int = Field(7, ge=1)
+    # The released code predicts epsilon. diffusion.prediction: sample (x0) is our option: on
+    # digits with 1000 steps it makes working networks where epsilon stays at chance
+    # (benchmarks/rpg_ablation.py, docs/results.md).
     diffusion: DiffusionSpec = Field(default_factory=DiffusionSpec)
     steps: int = Field(50000, ge=0)
     lr: float = Field(1e-3, gt=0)  # the released code: 3e-5 (8-bit AdamW, 8192-wide tokens)
