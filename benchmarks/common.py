@@ -55,6 +55,18 @@ def fmt(v, spec: str = ".4f") -> str:
     return "–" if v is None else format(v, spec)
 
 
+def settings_args(doc: str):
+    """The options every settings benchmark takes: which settings, how many steps, reuse of finished runs."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=doc)
+    ap.add_argument("--only", nargs="*", help="setting names to run")
+    ap.add_argument("--scale", type=float, default=1.0, help="multiply generator training steps")
+    ap.add_argument("--reuse", action="store_true",
+                    help="take a setting's finished run (benchmarks/work/runs/<name>/report.json) instead of redoing it")
+    return ap.parse_args()
+
+
 def run_or_reuse(cfg, zoo_dir: Path, run_dir: Path, reuse: bool) -> dict:
     """``weightgen run`` of ``cfg``; with ``reuse``, a finished run of exactly this config is read instead."""
     from weightgen.config import dump_config

@@ -8,13 +8,12 @@ training steps (the paper's 30k + 30k do not fit a 2-core CPU; the number used i
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import time
 
 import torch
 
-from common import WORK, command, fmt, machine, run_or_reuse, summarize, write_json, write_section
+from common import WORK, command, fmt, machine, run_or_reuse, settings_args, summarize, write_json, write_section
 from weightgen.config import parse_config
 
 CNN_TAIL = ["features.2.1.*", "head.*"]  # the last BatchNorm layer and the linear head
@@ -80,12 +79,7 @@ def table(rows: list[dict]) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--only", nargs="*", help="setting names to run")
-    ap.add_argument("--scale", type=float, default=1.0, help="multiply generator training steps")
-    ap.add_argument("--reuse", action="store_true",
-                    help="take a setting's finished run (benchmarks/work/runs/<name>/report.json) instead of redoing it")
-    args = ap.parse_args()
+    args = settings_args(__doc__)
     rows, started = [], time.time()
     for s in SETTINGS:
         if args.only and s["name"] not in args.only:

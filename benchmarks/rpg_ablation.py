@@ -9,13 +9,12 @@ benchmarks/results/rpg_ablation.json and a section of docs/results.md.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import time
 
 import torch
 
-from common import WORK, command, fmt, machine, run_or_reuse, summarize, write_json, write_section
+from common import WORK, command, fmt, machine, run_or_reuse, settings_args, summarize, write_json, write_section
 from weightgen.config import parse_config
 
 BASE_GEN = {"method": "rpg", "backbone": "mamba", "position": "2d", "permutation_state": True,
@@ -49,11 +48,7 @@ def config(name: str, gen: dict, token_size: int) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--only", nargs="*")
-    ap.add_argument("--scale", type=float, default=1.0)
-    ap.add_argument("--reuse", action="store_true")
-    args = ap.parse_args()
+    args = settings_args(__doc__)
     rows, started = [], time.time()
     for name, gen, token_size in VARIANTS:
         if args.only and name not in args.only:

@@ -13,13 +13,12 @@ Writes benchmarks/results/rpg_whole.json and a section of docs/results.md.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import time
 
 import torch
 
-from common import WORK, command, fmt, machine, run_or_reuse, summarize, write_json, write_section
+from common import WORK, command, fmt, machine, run_or_reuse, settings_args, summarize, write_json, write_section
 from weightgen.config import parse_config
 
 ZOOS = {
@@ -58,11 +57,7 @@ STEP_KEYS = ("steps", "ae_steps", "diffusion_steps")
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--only", nargs="*")
-    ap.add_argument("--scale", type=float, default=1.0)
-    ap.add_argument("--reuse", action="store_true")
-    args = ap.parse_args()
+    args = settings_args(__doc__)
     rows, started = [], time.time()
     for s in settings():
         if args.only and s["name"] not in args.only:
