@@ -2,6 +2,7 @@
 corruption detection and the multi-process build."""
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -146,6 +147,32 @@ def test_trajectory_mode(tmp_path):
     zoo.close()
 
 
+def test_shared_init_starts_every_run_from_the_same_weights(tmp_path):
+    cfg = tiny_cfg(train={**tiny_cfg()["train"], "epochs": 2},
+                   zoo={"mode": "trajectory", "runs": 2, "checkpoints": 2, "init": "shared"})
+    build(cfg, tmp_path / "shared")
+    zoo = Zoo.open(tmp_path / "shared")
+    (a0, a1), (b0, b1) = [[m for m in zoo.members() if m.run == r] for r in (0, 1)]
+    init = build_net("mlp", (1, 8, 8), 10, seed=cfg["seed"], hidden=[8]).state_dict()
+    for m in (a0, b0):  # both runs start from the zoo seed's weights, not their own seed's
+        assert all(torch.equal(zoo.load(m)[k], init[k]) for k in init)
+    assert a0.seed != b0.seed  # each run keeps its own seed: it orders the run's data
+    assert not torch.equal(zoo.load(a1)["1.weight"], zoo.load(b1)["1.weight"])
+    zoo.close()
+
+
+def test_tasks_zoo_with_shared_init(tmp_path):
+    cfg = tiny_cfg(train={**tiny_cfg()["train"], "epochs": 1},
+                   zoo={"mode": "tasks", "codes": ["0100100001", "1000000000"], "checkpoints": 1, "init": "shared"})
+    build(cfg, tmp_path / "tasks")
+    zoo = Zoo.open(tmp_path / "tasks")
+    a, b = zoo.members()
+    assert a.condition["code"] != b.condition["code"]
+    # the same start and the same data order: only the labels (the code) set the two nets apart
+    assert not torch.equal(zoo.load(a)["3.weight"], zoo.load(b)["3.weight"])
+    zoo.close()
+
+
 def test_tail_mode_only_tail_changes(tail_zoo):
     zoo = Zoo.open(tail_zoo)
     members = zoo.members()
@@ -271,6 +298,20 @@ def test_changed_config_is_refused(zoo_copy, section, change):
 def test_other_sections_may_change(zoo_copy):
     summary = build({**SEEDS_ZOO_CFG, "name": "renamed", "tokenizer": {"token_size": 8}}, zoo_copy)
     assert summary["trained"] == 0
+
+
+def test_zoo_built_before_a_new_setting_still_resumes(zoo_copy):
+    """A zoo stored without a setting added since (here ``zoo.init``) is the same zoo when the
+    config asks for that setting's default: it resumes instead of being refused."""
+    con = sqlite3.connect(zoo_copy / "manifest.sqlite")
+    stored = json.loads(con.execute("SELECT value FROM meta WHERE key = 'config'").fetchone()[0])
+    del stored["zoo"]["init"]
+    con.execute("UPDATE meta SET value = ? WHERE key = 'config'", (json.dumps(stored),))
+    con.commit()
+    con.close()
+    assert build(SEEDS_ZOO_CFG, zoo_copy)["trained"] == 0
+    with pytest.raises(ZooError, match="'zoo'"):  # a setting at another value is still a different zoo
+        build({**SEEDS_ZOO_CFG, "zoo": {**SEEDS_ZOO_CFG["zoo"], "init": "shared"}}, zoo_copy)
 
 
 def test_rerun_of_finished_build_trains_nothing(zoo_copy):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from weightgen.config import ExperimentConfig, dump_config
+from weightgen.config import ConfigError, ExperimentConfig, dump_config, parse_config
 from weightgen.nets import build_net, parameter_names
 from weightgen.progress import progress_bar
 from weightgen.tasks import all_codes, get_task, parse_code
@@ -104,6 +104,10 @@ def _check_same_config(writer: ZooWriter, cfg: ExperimentConfig, path: Path) -> 
     stored = writer.get_meta("config")
     if stored is None:
         return
+    try:  # read with today's defaults: a setting added since, at its default, changes nothing
+        stored = parse_config(stored, f"{path} (stored config)").model_dump(mode="json")
+    except ConfigError:
+        pass  # a setting since removed or renamed: compared as stored, so the error names the section
     new = cfg.model_dump(mode="json")
     for key in ZOO_SECTIONS:
         if stored.get(key) != new.get(key):
@@ -165,7 +169,8 @@ def _build(cfg: ExperimentConfig, path: Path, writer: ZooWriter, show_progress: 
         job = bar.add_task(f"zoo {path.name}", total=len(todo))
         for plan in todo:
             task = get_task(cfg.task.name, plan.code, **cfg.task.kwargs) if plan.code else base_task
-            model = build_net(cfg.net.name, task.input_shape, task.num_classes, seed=plan.seed, **cfg.net.kwargs)
+            init_seed = cfg.seed if cfg.zoo.init == "shared" else plan.seed
+            model = build_net(cfg.net.name, task.input_shape, task.num_classes, seed=init_seed, **cfg.net.kwargs)
             writer.begin_run(plan.run, plan.seed, task.name, plan.condition, plan.split)
             timing: dict = {}
             for i, (step, state, metrics) in enumerate(train_member(model, task, cfg.train, schedule, plan.seed, timing)):
