@@ -45,6 +45,10 @@ GENERATORS = {
 }
 SETTINGS = ["gpt test_loss", "gpt test_error", "rpg test_loss"]
 PROMPTS, ROUNDS, DDIM_STEPS = 20, 5, 50
+# G.pt is judged from each held-out run's initialization (as published; the targets). A second
+# start, the run's 11th checkpoint (~100 SGD steps in), tells apart "learned nothing" from
+# "learned to move a trained network but not an untrained one" (the hard first phase).
+MID_START = 10
 
 
 def r_squared(prompted: list[float], achieved: list[float]) -> float:
@@ -78,6 +82,7 @@ def judge(gen, zoo: Zoo, metric: str) -> dict:
         runs[m.run].append(m)
     best = min(member_metric(m, metric) for m in zoo.members("train"))
     prompted, achieved, per_start = [], [], []
+    mid_prompted, mid_achieved = [], []
     for run, members in sorted(runs.items()):
         members.sort(key=lambda m: m.step)
         start, start_value = zoo.load(members[0]), member_metric(members[0], metric)
@@ -87,6 +92,12 @@ def judge(gen, zoo: Zoo, metric: str) -> dict:
             got.append(value(ev(prompt(start, start_value, target, i)), metric))
         prompted += targets
         achieved += got
+        if is_gpt and len(members) > MID_START:
+            mid, mid_value = zoo.load(members[MID_START]), member_metric(members[MID_START], metric)
+            for i in range(PROMPTS):
+                target = best + (mid_value - best) * i / (PROMPTS - 1)
+                mid_prompted.append(target)
+                mid_achieved.append(value(ev(prompt(mid, mid_value, target, i)), metric))
         one_step = got[0]  # the best prompt
         reached = next((m.step for m in members if member_metric(m, metric) <= one_step), None)
         rounds, state, current = [], start, start_value
@@ -99,6 +110,8 @@ def judge(gen, zoo: Zoo, metric: str) -> dict:
                           "recursive": rounds})
     matched = [p["sgd_steps_to_match"] for p in per_start]
     return {"best_train": best, "r2": r_squared(prompted, achieved), "prompted": prompted, "achieved": achieved,
+            "mid_start": {"checkpoint": MID_START, "r2": r_squared(mid_prompted, mid_achieved) if mid_prompted else None,
+                          "prompted": mid_prompted, "achieved": mid_achieved},
             "per_start": per_start,
             "sgd_steps_matched_median": statistics.median(s if s is not None else p["run_steps"] + 1
                                                           for s, p in zip(matched, per_start)),
@@ -116,8 +129,14 @@ def plot(results: list[dict]) -> None:
     for i, r in enumerate(results, 1):
         ax = fig.add_subplot(1, len(results), i)
         j = r["judged"]
-        ax.scatter(j["prompted"], j["achieved"], s=8, alpha=0.6)
-        lo, hi = min(j["prompted"] + j["achieved"]), max(j["prompted"] + j["achieved"])
+        ax.scatter(j["prompted"], j["achieved"], s=8, alpha=0.6, label="from the initialization")
+        mid = j.get("mid_start") or {}
+        if mid.get("prompted"):
+            ax.scatter(mid["prompted"], mid["achieved"], s=8, alpha=0.6,
+                       label=f"from checkpoint {mid['checkpoint']}: R² {mid['r2']:.3f}")
+            ax.legend(fontsize=7)
+        everything = j["prompted"] + j["achieved"] + mid.get("prompted", []) + mid.get("achieved", [])
+        lo, hi = min(everything), max(everything)
         ax.plot([lo, hi], [lo, hi], "k--", lw=1)
         ax.set(xlabel=f"prompted {r['metric']}", ylabel=f"achieved {r['metric']}",
                title=f"{r.get('method', 'gpt')}, held-out starts: R² {j['r2']:.3f}")
@@ -147,11 +166,12 @@ def main() -> None:
         cfg = parse_config({**zoo_cfg, "generator": {**GENERATORS[method], "metric": metric, "steps": args.steps}},
                            setting)
         print(f"== {method} prompted by {metric}", flush=True)
-        run_dir = WORK / "runs" / (f"bench-gpt-{metric}" if method == "gpt" else f"bench-prompt-{method}-{metric}")
+        name = f"bench-gpt-{metric}" if method == "gpt" else f"bench-prompt-{method}-{metric}"
+        run_dir = WORK / "runs" / f"{name}-{args.steps}"
         gen, stats = fit_or_reuse(cfg, zoo, run_dir, args.reuse)
         t1 = time.time()
         judged = judge(gen, zoo, metric)
-        results.append({"method": method, "metric": metric, "fit": stats, "judge_seconds": time.time() - t1, "judged": judged,
+        results.append({"method": method, "metric": metric, "steps": args.steps, "fit": stats, "judge_seconds": time.time() - t1, "judged": judged,
                         "targets": {"r2_ge_0.9": judged["r2"] >= 0.9,
                                     "one_step_ge_100_sgd_steps": judged["sgd_steps_matched_median"] >= 100}})
         print(f"   R² {judged['r2']:.3f}; one step matches SGD's {judged['sgd_steps_matched_median']} steps (median); "
@@ -160,19 +180,36 @@ def main() -> None:
 
 
 def write(args, zoo: Zoo, zoo_seconds: float, results: list[dict], started: float) -> None:
+    """JSON, plot and docs section, rewritten after each setting; settings measured by an earlier
+    invocation (on the same zoo) are kept, one row per setting and steps: a learning curve."""
+    import json
+
+    from common import RESULTS
+
+    old = RESULTS / "gpt_prompt.json"
+    if old.is_file():
+        earlier = json.loads(old.read_text())
+        if earlier.get("zoo", {}).get("runs") == args.runs:
+            key = lambda r: (r["method"], r["metric"], r["steps"])  # noqa: E731
+            done = {key(r) for r in results}
+            for r in earlier["results"]:
+                r.setdefault("steps", earlier.get("steps"))
+            results = [r for r in earlier["results"] if key(r) not in done] + results
+    results.sort(key=lambda r: (SETTINGS.index(f"{r['method']} {r['metric']}"), r["steps"]))
     payload = {"benchmark": "gpt_prompt", "command": command(), "machine": machine(), "steps": args.steps,
                "zoo": {"runs": args.runs, "members": len(zoo.members(None)), "build_seconds": zoo_seconds},
                "seconds": time.time() - started, "results": results}
     write_json("gpt_prompt", payload)
     plot(results)
-    lines = ["| generator | metric | prompt R² | best training value | start (mean) | one step (mean) | SGD steps to match (median) "
+    lines = [f"| generator | metric | steps | prompt R² | R² from checkpoint {MID_START} | best training value | start (mean) | one step (mean) | SGD steps to match (median) "
              "| run's own final (mean) | recursive rounds 1..5 (mean) | fit s | targets |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         j = r["judged"]
         ps = j["per_start"]
         lines.append(
-            f"| {r['method']} | {r['metric']} | {j['r2']:.3f} | {j['best_train']:.4f} | {statistics.fmean(p['start'] for p in ps):.4f} "
+            f"| {r['method']} | {r['metric']} | {r['steps']} | {j['r2']:.3f} | {fmt((j.get('mid_start') or {}).get('r2'), '.3f')} "
+            f"| {j['best_train']:.4f} | {statistics.fmean(p['start'] for p in ps):.4f} "
             f"| {statistics.fmean(p['one_step'] for p in ps):.4f} | {j['sgd_steps_matched_median']} "
             f"({j['starts_not_matched_by_sgd']} of {len(ps)} never matched) "
             f"| {statistics.fmean(p['run_final'] for p in ps):.4f} | {' / '.join(f'{v:.4f}' for v in j['recursive_mean']) or '–'} "
@@ -184,11 +221,12 @@ def write(args, zoo: Zoo, zoo_seconds: float, results: list[dict], started: floa
 Command: `{payload['command']}` on {m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']} ({m['date']}).
 Zoo: {args.runs} digits MLP [32] runs (SGD + momentum, 510 steps), 50 checkpoints each from the initialization,
 {payload['zoo']['members']} checkpoints, built in {zoo_seconds:.0f} s; the last {max(1, args.runs // 10)} runs held out.
-G.pt: d_model 128, 4 layers, 64-value tokens, x0 prediction, permutation augmentation, {args.steps} steps of 64
+G.pt: d_model 128, 4 layers, 64-value tokens, x0 prediction, permutation augmentation, the table's steps of 64
 pairs; one generator per metric. `rpg`: RPG conditioned on the metric alone (`condition: metric`, ours),
 d_model 128, x0 prediction, the same steps x 16 checkpoints x 16 tokens; no start, so no recursion. From each held-out run's initialization: {PROMPTS} prompts between the best
 training value and the start's value (R² against the identity line), the best prompt as one step (compared
-with the SGD steps the same run needed to get there), and {ROUNDS} rounds of recursive prompting.
+with the SGD steps the same run needed to get there), and {ROUNDS} rounds of recursive prompting. G.pt is
+also prompted from each held-out run's checkpoint {MID_START} (~100 SGD steps in; not a target, a diagnostic).
 Targets: R² ≥ 0.9; one step ≥ 100 SGD steps. Plot: docs/figures/gpt_prompt.png.
 
 {chr(10).join(lines)}

@@ -1,11 +1,15 @@
 """Networks for tasks never seen: RPG conditioned on class-subset codes (issue 5, part A).
 
-    python benchmarks/unseen_tasks.py [--steps 3000] [--only all last-8 ...] [--reuse]
+    python benchmarks/unseen_tasks.py [--steps 3000] [--init run|shared] [--only all last-8 ...] [--reuse]
 
 Zoo: every one of the 1022 binary digits tasks (a 10-bit code: which classes are positive),
 one digits MLP [32] trained per code with one recipe, its last 3 checkpoints (one epoch
 apart) stored; 50 codes, drawn once with the zoo's seed and stored with it, are held out:
 trained and stored (the from-scratch reference), never shown to the generator.
+``--init``: each code's network starts from its own random weights (``run``), or every code's
+from the same ones (``shared``, ``zoo.init: shared``), as RPG's codes all start from one
+pretrained network; with independent starts two codes' networks differ by an arbitrary
+permutation of hidden units, which no generator can carry from one code to the next.
 
 Generators: RPG with the code's embedding added to the recurrent input of every token
 (`condition_tokens: all`, ours) and of the last 8 tokens only (RPG's released code). Both
@@ -41,7 +45,8 @@ VARIANTS = {"all": {"condition_tokens": "all"}, "last-8": {"condition_tokens": 8
             # With one run per code, a run's permutation state identifies its task as well as the
             # code does, and at sampling a random state (another task's) is drawn: without states
             # the code is the only thing that tells tasks apart.
-            "all, no permutation state": {"condition_tokens": "all", "permutation_state": False}}
+            "all, no permutation state": {"condition_tokens": "all", "permutation_state": False},
+            "last-8, no permutation state": {"condition_tokens": 8, "permutation_state": False}}
 SAMPLES_PER_CODE, SEEN_CODES, DDIM_STEPS = 10, 50, 50
 
 
@@ -49,36 +54,40 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--only", nargs="*", choices=list(VARIANTS))
+    ap.add_argument("--init", choices=["run", "shared"], default="run",
+                    help="zoo.init: each code's network from its own random start, or all from one")
     ap.add_argument("--reuse", action="store_true", help="reuse a fitted generator of the same config")
     ap.add_argument("--codes", type=int, default=SEEN_CODES,
                     help="held-out and seen codes to judge (a quick check: 2; the table: all 50)")
     args = ap.parse_args()
     started = time.time()
-    zoo_dir = WORK / "zoos" / "unseen-tasks"
+    zoo_cfg = {**ZOO, "zoo": {**ZOO["zoo"], "init": args.init}}
+    zoo_dir = WORK / "zoos" / ("unseen-tasks" if args.init == "run" else "unseen-tasks-shared")
     t0 = time.time()
-    build_zoo(parse_config(ZOO, "zoo"), zoo_dir)
+    build_zoo(parse_config(zoo_cfg, "zoo"), zoo_dir)
     zoo_seconds = time.time() - t0
     zoo = Zoo.open(zoo_dir)
     heldout_all = sorted({m.condition["code"] for m in zoo.members("heldout")})
     heldout = heldout_all[:args.codes]
     seen_all = sorted({m.condition["code"] for m in zoo.members("train")})
     seen = sorted(random.Random(0).sample(seen_all, args.codes))
-    zoo_info = {"codes": len(seen_all) + len(heldout_all), "heldout": len(heldout_all), "members": len(zoo.members(None)),
+    zoo_info = {"init": args.init, "codes": len(seen_all) + len(heldout_all), "heldout": len(heldout_all), "members": len(zoo.members(None)),
                 "build_seconds": zoo_seconds}
     results = []
     for name, change in VARIANTS.items():
         if args.only and name not in args.only:
             continue
-        cfg = parse_config({**ZOO, "generator": {**GEN, **change, "steps": args.steps}}, name)
-        print(f"== condition reaches {name} tokens", flush=True)
-        gen, stats = fit_or_reuse(cfg, zoo, WORK / "runs" / f"bench-unseen-{name}", args.reuse)
+        cfg = parse_config({**zoo_cfg, "generator": {**GEN, **change, "steps": args.steps}}, name)
+        print(f"== condition reaches {name} tokens ({args.init} init)", flush=True)
+        suffix = ("" if args.init == "run" else "-shared-init") + f"-{args.steps}"
+        gen, stats = fit_or_reuse(cfg, zoo, WORK / "runs" / f"bench-unseen-{name}{suffix}", args.reuse)
         rows = {split: evaluate_codes(gen, zoo, codes, SAMPLES_PER_CODE, seed=0, steps=DDIM_STEPS)
                 for split, codes in (("heldout", heldout), ("seen", seen))}
         summary = {split: summarize_codes(r) for split, r in rows.items()}
         h = summary["heldout"]
         targets = {"heldout_mean_ge_99pct_trained": h["ratio"] is not None and h["ratio"] >= 0.99,
                    "worst_heldout_code_ge_90pct": h["worst_code_mean"] is not None and h["worst_code_mean"] >= 0.90}
-        results.append({"name": name, "generator": cfg.generator.model_dump(mode="json"), "fit": stats,
+        results.append({"name": name, "init": args.init, "steps": args.steps, "zoo": zoo_info, "generator": cfg.generator.model_dump(mode="json"), "fit": stats,
                         "summary": summary, "targets": targets, "rows": rows, "machine": stats.get("machine")})
         print(f"   held-out: generated {fmt(h['generated_mean'])} vs trained {fmt(h['trained_mean'])} "
               f"(ratio {fmt(h['ratio'], '.3f')}), nearest-seen copy {fmt(h['nearest_seen_mean'])}, "
@@ -88,39 +97,47 @@ def main() -> None:
 
 def write(args, zoo_info: dict, results: list[dict], started: float) -> None:
     """JSON and the docs section, rewritten after each variant (a later failure keeps the earlier
-    ones); variants measured by an earlier invocation at the same steps are kept."""
+    ones); variants measured by an earlier invocation (on either zoo, at any steps) are kept."""
     from common import RESULTS
 
     old = RESULTS / "unseen_tasks.json"
+    key = lambda r: (r.get("init", "run"), r["name"], r["steps"])  # noqa: E731 (rows from before --init: "run")
     if old.is_file():
         earlier = json.loads(old.read_text())
-        done = {r["name"] for r in results}
-        if earlier.get("steps") == args.steps:
-            results = [r for r in earlier["results"] if r["name"] not in done] + results
-    results.sort(key=lambda r: list(VARIANTS).index(r["name"]))
-    payload = {"benchmark": "unseen_tasks", "command": command(), "machine": machine(), "steps": args.steps,
-               "zoo": zoo_info, "seconds": time.time() - started, "results": results}
+        done = {key(r) for r in results}
+        for r in earlier["results"]:
+            r.setdefault("zoo", earlier.get("zoo"))
+            r.setdefault("steps", earlier.get("steps"))
+        results = [r for r in earlier["results"] if key(r) not in done] + results
+    results.sort(key=lambda r: (["run", "shared"].index(key(r)[0]), list(VARIANTS).index(r["name"]), r["steps"]))
+    payload = {"benchmark": "unseen_tasks", "command": command(), "machine": machine(), "steps": args.steps, "zoo": zoo_info,
+               "seconds": time.time() - started, "results": results}
     write_json("unseen_tasks", payload)
-    lines = ["| condition reaches | codes | generated mean (worst code) | trained from scratch | ratio "
+    lines = ["| zoo init | condition reaches | steps | codes | generated mean (worst code) | trained from scratch | ratio "
              "| nearest-seen copy | codes where generated > copy | train / generate time | fit s | targets |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         for split in ("heldout", "seen"):
             s = r["summary"][split]
             ok = " ".join(("✔" if v else "✘") + k for k, v in r["targets"].items()) if split == "heldout" else ""
-            lines.append(f"| {r['name']} | {s['codes']} {split} | {fmt(s['generated_mean'])} ({fmt(s['worst_code_mean'])}) "
+            lines.append(f"| {key(r)[0]} | {r['name']} | {r['steps']} | {s['codes']} {split} | {fmt(s['generated_mean'])} ({fmt(s['worst_code_mean'])}) "
                          f"| {fmt(s['trained_mean'])} | {fmt(s['ratio'], '.3f')} | {fmt(s['nearest_seen_mean'])} "
                          f"| {s['codes_beating_nearest_seen']}/{s['codes']} | {fmt(s['train_over_generate_time'], '.1f')}x "
                          f"| {fmt(r['fit'].get('fit_seconds'), '.0f')} | {ok} |")
+    builds = "; ".join(sorted({f"{r['zoo']['init'] if 'init' in r['zoo'] else 'run'} "
+                               + ("reused" if r['zoo']['build_seconds'] < 1 else f"{r['zoo']['build_seconds']:.0f} s")
+                               for r in results}))
     write_section("unseen_tasks", f"""## Networks for unseen tasks: RPG conditioned on class-subset codes (issue 5)
 
 Command (the last invocation; variants measured earlier at the same steps are kept): `{payload['command']}`; generators fitted on {where(results)}; evaluated on {payload['machine']['cpu_count']} CPUs.
-Zoo: all {zoo_info['codes']} binary digits tasks (10-bit class-subset codes), one MLP [32] per code (Adam,
-15 epochs), its last 3 checkpoints: {zoo_info['members']} networks ({'reused from an earlier build' if zoo_info['build_seconds'] < 1 else f"built in {zoo_info['build_seconds']:.0f} s"}).
+Zoos: all {zoo_info['codes']} binary digits tasks (10-bit class-subset codes), one MLP [32] per code (Adam,
+15 epochs), its last 3 checkpoints: {zoo_info['members']} networks per zoo. Zoo init `run`: each code's network
+starts from its own random weights; `shared` (`zoo.init: shared`): every code's from the same weights, as every
+task in RPG's experiment is fine-tuned from one pretrained network. Build times: {builds}.
 {zoo_info['heldout']} codes held out (trained and stored as the from-scratch reference, never shown to the generator).
-RPG: 64-value tokens, 2 Mamba layers (d_model 128), permutation states, x0 prediction (ours), {args.steps} steps x
+RPG: 64-value tokens, 2 Mamba layers (d_model 128), permutation states, x0 prediction (ours), the table's steps x
 16 checkpoints x 16 tokens; the code's embedding reaches every token (`all`, ours) or the last 8 (RPG's released code);
-`no permutation state`: `all` without RPG's per-run states.
+`no permutation state`: without RPG's per-run states.
 {SAMPLES_PER_CODE} networks per code, DDIM {DDIM_STEPS} steps. "nearest-seen copy": the zoo's networks for the seen
 code with the fewest differing bits, scored on the asked code's task (what retrieval would give). "train / generate
 time": seconds of SGD for one network over seconds to generate one (median over codes). Targets (held-out codes): mean ≥ 99% of the
