@@ -39,6 +39,24 @@ def write_json(name: str, payload: dict) -> Path:
     return path
 
 
+def keep_earlier(name: str, results: list[dict], key, fill: tuple[str, ...] = (), same=lambda earlier: True) -> list[dict]:
+    """``results`` plus the rows of ``benchmarks/results/<name>.json`` that none of them replaces
+    (rows are matched by ``key(row)``), so that settings measured by separate invocations share
+    one table. An earlier file that ``same(payload)`` rejects (another zoo) is not kept. Rows
+    written before a field ``fill`` names existed take it from the earlier payload's top level."""
+    old = RESULTS / f"{name}.json"
+    if not old.is_file():
+        return results
+    earlier = json.loads(old.read_text())
+    if not same(earlier):
+        return results
+    for row in earlier["results"]:
+        for field in fill:
+            row.setdefault(field, earlier.get(field))
+    done = {key(r) for r in results}
+    return [r for r in earlier["results"] if key(r) not in done] + results
+
+
 def write_section(name: str, markdown: str) -> None:
     """Replace (or append) the section between ``<!-- name:start -->`` and ``<!-- name:end -->``."""
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"

@@ -26,7 +26,7 @@ from collections import defaultdict
 
 import torch
 
-from common import ROOT, WORK, command, fit_or_reuse, fmt, machine, write_json, write_section
+from common import ROOT, WORK, command, fit_or_reuse, fmt, keep_earlier, machine, write_json, write_section
 from weightgen.config import parse_config
 from weightgen.evaluate import Evaluator
 from weightgen.generators.base import member_metric
@@ -182,19 +182,8 @@ def main() -> None:
 def write(args, zoo: Zoo, zoo_seconds: float, results: list[dict], started: float) -> None:
     """JSON, plot and docs section, rewritten after each setting; settings measured by an earlier
     invocation (on the same zoo) are kept, one row per setting and steps: a learning curve."""
-    import json
-
-    from common import RESULTS
-
-    old = RESULTS / "gpt_prompt.json"
-    if old.is_file():
-        earlier = json.loads(old.read_text())
-        if earlier.get("zoo", {}).get("runs") == args.runs:
-            key = lambda r: (r["method"], r["metric"], r["steps"])  # noqa: E731
-            done = {key(r) for r in results}
-            for r in earlier["results"]:
-                r.setdefault("steps", earlier.get("steps"))
-            results = [r for r in earlier["results"] if key(r) not in done] + results
+    results = keep_earlier("gpt_prompt", results, lambda r: (r["method"], r["metric"], r["steps"]), fill=("steps",),
+                           same=lambda earlier: earlier.get("zoo", {}).get("runs") == args.runs)
     results.sort(key=lambda r: (SETTINGS.index(f"{r['method']} {r['metric']}"), r["steps"]))
     payload = {"benchmark": "gpt_prompt", "command": command(), "machine": machine(), "steps": args.steps,
                "zoo": {"runs": args.runs, "members": len(zoo.members(None)), "build_seconds": zoo_seconds},

@@ -24,13 +24,12 @@ Writes benchmarks/results/unseen_tasks.json and a section of docs/results.md.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import time
 
 import torch
 
-from common import WORK, command, fit_or_reuse, fmt, machine, where, write_json, write_section
+from common import WORK, command, fit_or_reuse, fmt, keep_earlier, machine, where, write_json, write_section
 from weightgen.config import parse_config
 from weightgen.evaluate.tasks import evaluate_codes, summarize_codes
 from weightgen.zoo import Zoo, build_zoo
@@ -98,17 +97,8 @@ def main() -> None:
 def write(args, zoo_info: dict, results: list[dict], started: float) -> None:
     """JSON and the docs section, rewritten after each variant (a later failure keeps the earlier
     ones); variants measured by an earlier invocation (on either zoo, at any steps) are kept."""
-    from common import RESULTS
-
-    old = RESULTS / "unseen_tasks.json"
     key = lambda r: (r.get("init", "run"), r["name"], r["steps"])  # noqa: E731 (rows from before --init: "run")
-    if old.is_file():
-        earlier = json.loads(old.read_text())
-        done = {key(r) for r in results}
-        for r in earlier["results"]:
-            r.setdefault("zoo", earlier.get("zoo"))
-            r.setdefault("steps", earlier.get("steps"))
-        results = [r for r in earlier["results"] if key(r) not in done] + results
+    results = keep_earlier("unseen_tasks", results, key, fill=("zoo", "steps"))
     results.sort(key=lambda r: (["run", "shared"].index(key(r)[0]), list(VARIANTS).index(r["name"]), r["steps"]))
     payload = {"benchmark": "unseen_tasks", "command": command(), "machine": machine(), "steps": args.steps, "zoo": zoo_info,
                "seconds": time.time() - started, "results": results}
@@ -129,7 +119,7 @@ def write(args, zoo_info: dict, results: list[dict], started: float) -> None:
                                for r in results}))
     write_section("unseen_tasks", f"""## Networks for unseen tasks: RPG conditioned on class-subset codes (issue 5)
 
-Command (the last invocation; variants measured earlier at the same steps are kept): `{payload['command']}`; generators fitted on {where(results)}; evaluated on {payload['machine']['cpu_count']} CPUs.
+Command (the last invocation; variants measured by earlier ones are kept): `{payload['command']}`; generators fitted on {where(results)}; evaluated on {payload['machine']['cpu_count']} CPUs.
 Zoos: all {zoo_info['codes']} binary digits tasks (10-bit class-subset codes), one MLP [32] per code (Adam,
 15 epochs), its last 3 checkpoints: {zoo_info['members']} networks per zoo. Zoo init `run`: each code's network
 starts from its own random weights; `shared` (`zoo.init: shared`): every code's from the same weights, as every
