@@ -24,7 +24,7 @@ from weightgen.nets import build_net, parameter_names
 from weightgen.tasks import all_codes, get_task
 from weightgen.zoo import Zoo, ZooCorruptError, ZooError, plan_runs
 from weightgen.zoo import store as store_mod
-from weightgen.zoo.build import make_schedule
+from weightgen.zoo.build import make_schedule, pretrain, start_from
 
 METRIC_KEYS = {f"{s}_{m}" for s in ("train", "val", "test") for m in ("loss", "accuracy")}
 
@@ -171,6 +171,32 @@ def test_tasks_zoo_with_shared_init(tmp_path):
     # the same start and the same data order: only the labels (the code) set the two nets apart
     assert not torch.equal(zoo.load(a)["3.weight"], zoo.load(b)["3.weight"])
     zoo.close()
+
+
+def test_pretrained_init_fine_tunes_one_network(tmp_path):
+    cfg = tiny_cfg(train={**tiny_cfg()["train"], "epochs": 2},
+                   zoo={"mode": "trajectory", "runs": 2, "checkpoints": 2, "init": "pretrained"})
+    build(cfg, tmp_path / "pre")
+    pretrained, metrics = pretrain(parse(cfg), get_task("digits"), STEPS_PER_EPOCH_64)
+    raw = build_net("mlp", (1, 8, 8), 10, seed=cfg["seed"], hidden=[8]).state_dict()
+    assert not torch.equal(pretrained["1.weight"], raw["1.weight"])  # it was trained
+    with Zoo.open(tmp_path / "pre") as zoo:
+        first = [m for m in zoo.members() if m.step == 0]
+        assert len(first) == 2
+        for m in first:  # every run starts from the pretrained network itself
+            assert all(torch.equal(zoo.load(m)[k], pretrained[k]) for k in pretrained)
+        stored = zoo.meta("pretrained_metrics")
+    assert stored["test_accuracy"] == pytest.approx(metrics["test_accuracy"]) and stored["test_accuracy"] > 0.2  # chance: 0.1
+
+
+def test_start_from_keeps_a_head_of_another_shape():
+    pretrained = build_net("mlp", (1, 8, 8), 10, seed=1, hidden=[8]).state_dict()
+    model = build_net("mlp", (1, 8, 8), 2, seed=0, hidden=[8])
+    head = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("3.")}
+    start_from(model, pretrained)
+    state = model.state_dict()
+    assert torch.equal(state["1.weight"], pretrained["1.weight"]) and torch.equal(state["1.bias"], pretrained["1.bias"])
+    assert all(torch.equal(state[k], v) for k, v in head.items())
 
 
 def test_tail_mode_only_tail_changes(tail_zoo):

@@ -103,10 +103,13 @@ class ZooSpec(StrictModel):
     so that generators never see them and evaluation can compare against them.
     ``init``: where each run starts. ``run``: from its own seed's random weights. ``shared``:
     every run from the same weights (drawn with the zoo's seed); the run's seed still orders
-    its data. In ``tasks`` mode this makes the code the only cause of the difference between
-    two codes' networks, as in RPG's experiment, where every task is fine-tuned from one
-    pretrained network: networks from independent inits differ by arbitrary permutations of
-    their hidden units, so no generator could carry one code's solution over to the next.
+    its data. ``pretrained``: one network is first trained on the base task (all classes)
+    with the zoo's recipe, and every run fine-tunes it; a tensor whose shape differs (a
+    ``tasks`` run's 2-class head) starts from the shared weights instead. In ``tasks`` mode
+    a common start makes the code the only cause of the difference between two codes'
+    networks, as in RPG's experiment, where every task is fine-tuned from one pretrained
+    network: networks from independent inits differ by arbitrary permutations of their
+    hidden units, so no generator could carry one code's solution over to the next.
     """
 
     mode: Literal["seeds", "trajectory", "tail", "tasks"] = "seeds"
@@ -116,7 +119,7 @@ class ZooSpec(StrictModel):
     tail: list[str] = Field(default_factory=list)
     codes: Literal["all"] | int | list[str] = "all"
     heldout: int | list[str] = 0
-    init: Literal["run", "shared"] = "run"
+    init: Literal["run", "shared", "pretrained"] = "run"
 
     @model_validator(mode="after")
     def _check(self) -> "ZooSpec":

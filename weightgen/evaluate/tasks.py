@@ -1,7 +1,7 @@
 """Judging a task-conditioned generator on a ``tasks`` zoo (issue 5 A).
 
 For each class-subset code: networks generated for that code, scored on the code's binary
-task, against the zoo's networks trained on that task from scratch with the zoo's recipe
+task, against the zoo's networks trained on that task with the zoo's recipe (from scratch, or fine-tuned with `zoo.init: pretrained`)
 (held-out codes are trained and stored, never shown to the generator), and against the
 retrieval baseline: a copy of the zoo's networks for the nearest *seen* code (fewest
 differing bits). A generator that only looked up its training data would score like that
@@ -35,7 +35,7 @@ def _stats(acc: torch.Tensor) -> dict:
 
 def evaluate_codes(gen, zoo, codes: list[str], n: int, seed: int = 0, sampler: str = "ddim",
                    steps: int | None = None, split: str = "test") -> list[dict]:
-    """One row per code: generated vs trained-from-scratch vs nearest-seen-code copy, and the
+    """One row per code: generated vs trained (the zoo's recipe) vs nearest-seen-code copy, and the
     seconds to generate one network vs to train one (the zoo run's optimizer time)."""
     cfg = zoo.config
     base = get_task(cfg.task.name, cfg.task.code, **cfg.task.kwargs)
@@ -69,7 +69,7 @@ def evaluate_codes(gen, zoo, codes: list[str], n: int, seed: int = 0, sampler: s
 
 def summarize_codes(rows: list[dict]) -> dict:
     """Means over codes of each group's mean accuracy, the worst code, and the ratio the issue
-    targets (generated mean / trained-from-scratch mean)."""
+    targets (generated mean / trained mean)."""
     def mean_of(key: str) -> float | None:
         vals = [r[key]["mean"] for r in rows if r.get(key) and r[key]["mean"] is not None]
         return statistics.fmean(vals) if vals else None
@@ -104,7 +104,7 @@ def tasks_report(gen, zoo, n: int, seed: int = 0, sampler: str = "ddim", steps: 
     for split, s in summary.items():
         notes.append(
             f"{split} codes ({s['codes']}): generated mean accuracy {s['generated_mean']:.4f} vs "
-            f"{s['trained_mean']:.4f} for networks trained on those tasks from scratch (ratio {s['ratio']:.3f}); "
+            f"{s['trained_mean']:.4f} for networks trained on those tasks with the zoo's recipe (ratio {s['ratio']:.3f}); "
             f"a copy of the nearest seen code's networks scores {s['nearest_seen_mean']:.4f}; generated beats that "
             f"copy on {s['codes_beating_nearest_seen']} of {s['codes']} codes; worst code {s['worst_code']} at "
             f"{s['worst_code_mean']:.4f}")
@@ -123,7 +123,7 @@ def write_tasks_report(report: dict, out_dir) -> None:
     (out / "report.json").write_text(json.dumps(report, indent=1))
     lines = [f"# {report['title']}", "", *[f"- {n}" for n in report["notes"]], ""]
     for split, rows in report["rows"].items():
-        lines += [f"## {split} codes", "", "| code | generated mean (worst) | trained from scratch | nearest seen code (bits) "
+        lines += [f"## {split} codes", "", "| code | generated mean (worst) | trained (zoo recipe) | nearest seen code (bits) "
                   "| its copy's accuracy here |", "|---|---|---|---|---|"]
         for r in rows:
             g, t, c = r["generated"], r.get("trained") or {}, r.get("nearest_seen") or {}

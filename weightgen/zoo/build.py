@@ -100,6 +100,23 @@ def make_schedule(cfg: ExperimentConfig, spe: int) -> Schedule:
     return Schedule(main, [first + z.every * i for i in range(z.checkpoints)])
 
 
+def pretrain(cfg: ExperimentConfig, base_task, spe: int) -> tuple[dict, dict]:
+    """The network every run of ``zoo.init: pretrained`` fine-tunes: the zoo's recipe on the
+    base task (all its classes), from the zoo seed's weights. Returns (state_dict, metrics)."""
+    model = build_net(cfg.net.name, base_task.input_shape, base_task.num_classes, seed=cfg.seed, **cfg.net.kwargs)
+    main = cfg.train.epochs * spe
+    (_, state, metrics), = train_member(model, base_task, cfg.train, Schedule(main, [main]), cfg.seed)
+    return state, metrics
+
+
+def start_from(model, pretrained: dict) -> None:
+    """Copy into ``model`` every pretrained tensor of the same shape; the rest (a head for
+    another number of classes) keeps the model's own initial values."""
+    own = model.state_dict()
+    model.load_state_dict({k: pretrained[k] if k in pretrained and pretrained[k].shape == v.shape else v
+                           for k, v in own.items()})
+
+
 def _check_same_config(writer: ZooWriter, cfg: ExperimentConfig, path: Path) -> None:
     stored = writer.get_meta("config")
     if stored is None:
@@ -164,13 +181,21 @@ def _build(cfg: ExperimentConfig, path: Path, writer: ZooWriter, show_progress: 
         dist.barrier()
     done = writer.done_runs()
     todo = [p for p in plans if p.run % world == rank and p.run not in done]
-    schedule = make_schedule(cfg, steps_per_epoch(base_task, cfg.train.batch_size))
+    spe = steps_per_epoch(base_task, cfg.train.batch_size)
+    schedule = make_schedule(cfg, spe)
+    pretrained = None
+    if cfg.zoo.init == "pretrained" and todo:  # recomputed on resume: seeded, so the same network
+        pretrained, metrics = pretrain(cfg, base_task, spe)
+        if rank == 0:
+            writer.set_meta("pretrained_metrics", metrics)
     with progress_bar(enabled=show_progress and rank == 0) as bar:
         job = bar.add_task(f"zoo {path.name}", total=len(todo))
         for plan in todo:
             task = get_task(cfg.task.name, plan.code, **cfg.task.kwargs) if plan.code else base_task
-            init_seed = cfg.seed if cfg.zoo.init == "shared" else plan.seed
+            init_seed = plan.seed if cfg.zoo.init == "run" else cfg.seed
             model = build_net(cfg.net.name, task.input_shape, task.num_classes, seed=init_seed, **cfg.net.kwargs)
+            if pretrained is not None:
+                start_from(model, pretrained)
             writer.begin_run(plan.run, plan.seed, task.name, plan.condition, plan.split)
             timing: dict = {}
             for i, (step, state, metrics) in enumerate(train_member(model, task, cfg.train, schedule, plan.seed, timing)):
