@@ -209,7 +209,7 @@ def write(args, zoo: Zoo, zoo_seconds: float, results: list[dict], started: floa
 
 Command: `{payload['command']}` on {m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']} ({m['date']}).
 Zoo: {args.runs} digits MLP [32] runs (SGD + momentum, 510 steps), 50 checkpoints each from the initialization,
-{payload['zoo']['members']} checkpoints, built in {zoo_seconds:.0f} s; the last {max(1, args.runs // 10)} runs held out.
+{payload['zoo']['members']} checkpoints ({'reused from an earlier build' if zoo_seconds < 1 else f'built in {zoo_seconds:.0f} s'}); the last {max(1, args.runs // 10)} runs held out.
 G.pt: d_model 128, 4 layers, 64-value tokens, x0 prediction, permutation augmentation, the table's steps of 64
 pairs; one generator per metric. `rpg`: RPG conditioned on the metric alone (`condition: metric`, ours),
 d_model 128, x0 prediction, the same steps x 16 checkpoints x 16 tokens; no start, so no recursion. From each held-out run's initialization: {PROMPTS} prompts between the best
