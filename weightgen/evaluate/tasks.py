@@ -1,8 +1,9 @@
 """Judging a task-conditioned generator on a ``tasks`` zoo (issue 5 A).
 
 For each class-subset code: networks generated for that code, scored on the code's binary
-task, against the zoo's networks trained on that task with the zoo's recipe (from scratch, or fine-tuned with `zoo.init: pretrained`)
-(held-out codes are trained and stored, never shown to the generator), and against the
+task, against the zoo's networks trained on that task with the zoo's recipe (from scratch,
+or fine-tuned with ``zoo.init: pretrained``; held-out codes are trained and stored, never
+shown to the generator), and against the
 retrieval baseline: a copy of the zoo's networks for the nearest *seen* code (fewest
 differing bits). A generator that only looked up its training data would score like that
 copy; one that learned the map from code to weights should beat it on unseen codes.
