@@ -117,7 +117,7 @@ def write(args, zoo_info: dict, results: list[dict], started: float) -> None:
                          f"| {fmt(s['trained_mean'])} | {fmt(s['ratio'], '.3f')} | {fmt(s['nearest_seen_mean'])} "
                          f"| {s['codes_beating_nearest_seen']}/{s['codes']} | {fmt(s['train_over_generate_time'], '.1f')}x "
                          f"| {fmt(r['fit'].get('fit_seconds'), '.0f')} | {ok} |")
-    builds = "; ".join(sorted({f"{r['zoo']['init'] if 'init' in r['zoo'] else 'run'} "
+    builds = "; ".join(sorted({f"{key(r)[0]} "
                                + ("reused" if r['zoo']['build_seconds'] < 1 else f"{r['zoo']['build_seconds']:.0f} s")
                                for r in results}))
     write_section("unseen_tasks", f"""## Networks for unseen tasks: RPG conditioned on class-subset codes (issue 5)
