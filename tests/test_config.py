@@ -169,3 +169,12 @@ def test_load_config_error_names_file(tmp_path):
 
 def test_config_error_is_value_error():
     assert issubclass(ConfigError, ValueError)
+
+
+@pytest.mark.parametrize("method", ["pdiff", "rpg", "gpt"])
+def test_every_generator_takes_an_lr_schedule_and_names_the_allowed_ones(method):
+    cfg = parse_config(tiny_cfg(generator={"method": method, "lr_schedule": "cosine"}))
+    assert cfg.generator.lr_schedule == "cosine"
+    assert parse_config(tiny_cfg(generator={"method": method})).generator.lr_schedule == "constant"
+    msg = _error(tiny_cfg(generator={"method": method, "lr_schedule": "step"}))
+    assert "generator" in msg and "lr_schedule" in msg and "'constant'" in msg and "'cosine'" in msg

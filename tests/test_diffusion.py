@@ -315,3 +315,27 @@ def test_train_steps_names_the_step_of_a_nan_loss():
     assert torch.isfinite(model.weight).all()  # the bad step was never applied
     with pytest.raises(FloatingPointError, match="at step 0"):
         train_steps(model, lambda s: model.weight.sum() * math.inf, 5, lr=1e-2, show_progress=False)
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_train_steps_follows_its_lr_schedule(schedule):
+    # A linear loss has a constant gradient, so each Adam step moves the weight by exactly the
+    # step's learning rate: the moves read the schedule back.
+    model = nn.Linear(1, 1, bias=False)
+    seen = []
+
+    def loss_fn(step):
+        seen.append(model.weight.item())
+        return model.weight.sum()
+
+    steps, lr = 20, 0.1
+    train_steps(model, loss_fn, steps, lr=lr, show_progress=False, lr_schedule=schedule)
+    seen.append(model.weight.item())
+    moves = [a - b for a, b in zip(seen, seen[1:])]
+    want = [lr if schedule == "constant" else lr * (1 + math.cos(math.pi * k / steps)) / 2 for k in range(steps)]
+    assert moves == pytest.approx(want, abs=1e-6)
+
+
+def test_train_steps_rejects_an_unknown_lr_schedule():
+    with pytest.raises(ValueError, match="lr_schedule must be one of constant, cosine, got 'linear'"):
+        train_steps(nn.Linear(1, 1), lambda s: torch.zeros(()), 1, lr=0.1, show_progress=False, lr_schedule="linear")

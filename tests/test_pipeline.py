@@ -330,3 +330,24 @@ def test_builtin_name_wins_over_a_directory_of_that_name(tmp_path, monkeypatch):
     (tmp_path / "demo").mkdir()
     cfg, source = resolve_config(None)
     assert cfg.name == "demo"
+
+
+@pytest.mark.parametrize("method,steps", [("pdiff", {"ae_steps": 2, "diffusion_steps": 2}), ("rpg", {"steps": 2}),
+                                          ("gpt", {"steps": 2})])
+def test_generator_fits_use_the_configured_lr_schedule(method, steps, seeds_zoo, trajectory_zoo_dir, monkeypatch):
+    import importlib
+
+    module = importlib.import_module(f"weightgen.generators.{method}")
+    real, schedules = module.train_steps, []
+
+    def recording(*args, **kwargs):
+        schedules.append(kwargs.get("lr_schedule"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, "train_steps", recording)
+    zoo = Zoo.open(trajectory_zoo_dir if method == "gpt" else seeds_zoo)
+    tokens = {"tokenizer": {"include": ["*"], "token_size": "flat"}} if method == "pdiff" else {}
+    cfg = parse(tiny_cfg(generator={"method": method, "lr_schedule": "cosine", **steps}, **tokens))
+    fit_generator(cfg, zoo, show_progress=False)
+    assert schedules and set(schedules) == {"cosine"}  # p-diff: both of its loops
+    assert len(schedules) == (2 if method == "pdiff" else 1)

@@ -140,6 +140,11 @@ class TokenizerSpec(StrictModel):
     normalize: Literal["tensor", "element", "none"] = "tensor"
 
 
+# How a generator's learning rate moves over its fit (weightgen.diffusion.loop.train_steps):
+# constant (every published method) or cosine to 0 (ours).
+LRSchedule = Literal["constant", "cosine"]
+
+
 class DiffusionSpec(StrictModel):
     """The forward process (every published method uses T = 1000, linear betas 1e-4..2e-2)."""
 
@@ -174,6 +179,7 @@ class PDiffSpec(StrictModel):
     batch_size: int = Field(200, ge=1)
     denoiser_channels: list[int] = Field(default_factory=lambda: [64, 128, 256])
     ema: float | None = None  # p-diff trains without EMA; e.g. 0.999 turns it on
+    lr_schedule: LRSchedule = "constant"  # both loops; published: constant
     # Ours, off by default: standardize each latent dimension over the training latents
     # before diffusion. When checkpoints differ little, the latents sit in a tiny cloud
     # that an un-normalized DDPM overshoots; standardizing lets it learn the cloud's shape.
@@ -242,6 +248,8 @@ class RPGSpec(StrictModel):
     batch_size: int = Field(4, ge=1)  # checkpoints per step
     tokens_per_step: int = Field(256, ge=1)  # of each checkpoint; the recurrent model still sees all
     ema: float | None = Field(None, ge=0, lt=1)  # the released code has no EMA
+    # The released code keeps the rate constant; cosine (ours) decays it to 0 over ``steps``.
+    lr_schedule: LRSchedule = "constant"
     sample_chunk: int = Field(1024, ge=1)  # tokens (over all samples) denoised at once
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
@@ -285,6 +293,7 @@ class GPTSpec(StrictModel):
     # Published: 0.9999. Ours: 0.999, since an average over ~10k steps would still be mostly
     # the initial weights after a fit of a few thousand steps.
     ema: float | None = Field(0.999, ge=0, lt=1)
+    lr_schedule: LRSchedule = "constant"  # published: constant; cosine (ours) decays to 0 over ``steps``
     batch_size: int = Field(64, ge=1)  # pairs per step (ours, sized for a CPU; the paper's batches are larger)
     # The same random permutation of hidden units applied to theta and theta' (mlp and cnn nets).
     permutation_augmentation: bool = True

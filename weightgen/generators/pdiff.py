@@ -141,7 +141,7 @@ class PDiff(Generator):
             return nn.functional.mse_loss(self.ae.decode(augment(z, s.latent_noise, s.noise_mode)), xb)
 
         ae_losses = train_steps(self.ae, ae_loss, s.ae_steps, s.ae_lr, s.weight_decay, desc="p-diff autoencoder",
-                                show_progress=show_progress)
+                                show_progress=show_progress, lr_schedule=s.lr_schedule)
         self.ae.eval()
         with torch.no_grad():
             latents = self.ae.encode(x).flatten(1)  # (M, latent_dim)
@@ -152,7 +152,8 @@ class PDiff(Generator):
         lat_batch = self._batches(latents, gen)
         dn_losses = train_steps(
             self.denoiser, lambda step: self.diffusion.loss(self.denoiser, lat_batch(step)), s.diffusion_steps,
-            s.lr, s.weight_decay, ema=self.ema, desc="p-diff latent diffusion", show_progress=show_progress)
+            s.lr, s.weight_decay, ema=self.ema, desc="p-diff latent diffusion", show_progress=show_progress,
+            lr_schedule=s.lr_schedule)
         return {"ae_loss": ae_losses[-1] if ae_losses else None,
                 "ae_recon_mse": nn.functional.mse_loss(recon, x).item(),
                 "diffusion_loss": dn_losses[-1] if dn_losses else None,

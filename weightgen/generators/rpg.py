@@ -331,7 +331,7 @@ class RPG(Generator):
             return self.loss(tokens[idx], states[idx], gen, noise_gen, codes[idx] if codes is not None else None)
 
         losses = train_steps(self.net, step_loss, s.steps, s.lr, s.weight_decay, ema=self.ema, desc="RPG",
-                             show_progress=show_progress)
+                             show_progress=show_progress, lr_schedule=s.lr_schedule)
         return {"diffusion_loss": losses[-1] if losses else None, "num_train": len(tokens),
                 "num_tokens": self.tokenizer.num_tokens, "num_states": len(self.runs)}
 
