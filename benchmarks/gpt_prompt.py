@@ -53,6 +53,10 @@ MID_START = 10
 # Held-out runs judged: the 200-run zoo holds out 20; a larger zoo's first 20 keep the judging
 # time (and the number of prompts behind each R²) the same.
 JUDGED_RUNS = 20
+# A diagnostic: the same prompts from the initializations of the first few *training* runs. Failing
+# there too means the model did not fit the pairs that start at an init (not that it fails to
+# generalize to new inits).
+TRAIN_STARTS = 5
 
 
 def r_squared(prompted: list[float], achieved: list[float]) -> float:
@@ -113,10 +117,23 @@ def judge(gen, zoo: Zoo, metric: str) -> dict:
         per_start.append({"run": run, "start": start_value, "one_step": one_step, "sgd_steps_to_match": reached,
                           "run_steps": members[-1].step, "run_final": member_metric(members[-1], metric),
                           "recursive": rounds})
+    train_runs = defaultdict(list)
+    for m in zoo.members("train"):
+        train_runs[m.run].append(m)
+    train_prompted, train_achieved = [], []
+    for run, members in (sorted(train_runs.items())[:TRAIN_STARTS] if is_gpt else []):
+        start = min(members, key=lambda m: m.step)
+        start_value = member_metric(start, metric)
+        for i in range(PROMPTS):
+            target = best + (start_value - best) * i / (PROMPTS - 1)
+            train_prompted.append(target)
+            train_achieved.append(value(ev(prompt(zoo.load(start), start_value, target, i)), metric))
     matched = [p["sgd_steps_to_match"] for p in per_start]
     return {"best_train": best, "r2": r_squared(prompted, achieved), "prompted": prompted, "achieved": achieved,
             "mid_start": {"checkpoint": MID_START, "r2": r_squared(mid_prompted, mid_achieved) if mid_prompted else None,
                           "prompted": mid_prompted, "achieved": mid_achieved},
+            "train_start": {"runs": TRAIN_STARTS, "r2": r_squared(train_prompted, train_achieved) if train_prompted else None,
+                            "prompted": train_prompted, "achieved": train_achieved},
             "per_start": per_start,
             "sgd_steps_matched_median": statistics.median(s if s is not None else p["run_steps"] + 1
                                                           for s, p in zip(matched, per_start)),
@@ -196,14 +213,15 @@ def write(args, zoo_info: dict, results: list[dict], started: float) -> None:
                "zoo": zoo_info, "seconds": time.time() - started, "results": results}
     write_json("gpt_prompt", payload)
     plot(results)
-    lines = [f"| generator | metric | zoo runs | steps | prompt R² | R² from checkpoint {MID_START} | best training value | start (mean) | one step (mean) | SGD steps to match (median) "
+    lines = [f"| generator | metric | zoo runs | steps | prompt R² | R² from checkpoint {MID_START} | R² from {TRAIN_STARTS} training inits | best training value | start (mean) | one step (mean) | SGD steps to match (median) "
              "| run's own final (mean) | recursive rounds 1..5 (mean) | fit s | targets |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         j = r["judged"]
         ps = j["per_start"]
         lines.append(
             f"| {r['method']} | {r['metric']} | {r['zoo']['runs']} | {r['steps']} | {j['r2']:.3f} | {fmt((j.get('mid_start') or {}).get('r2'), '.3f')} "
+            f"| {fmt((j.get('train_start') or {}).get('r2'), '.3f')} "
             f"| {j['best_train']:.4f} | {statistics.fmean(p['start'] for p in ps):.4f} "
             f"| {statistics.fmean(p['one_step'] for p in ps):.4f} | {j['sgd_steps_matched_median']} "
             f"({j['starts_not_matched_by_sgd']} of {len(ps)} never matched) "
@@ -225,7 +243,8 @@ pairs; one generator per metric. `rpg`: RPG conditioned on the metric alone (`co
 d_model 128, x0 prediction, the same steps x 16 checkpoints x 16 tokens; no start, so no recursion. From each held-out run's initialization: {PROMPTS} prompts between the best
 training value and the start's value (R² against the identity line), the best prompt as one step (compared
 with the SGD steps the same run needed to get there), and {ROUNDS} rounds of recursive prompting. G.pt is
-also prompted from each held-out run's checkpoint {MID_START} (~100 SGD steps in; not a target, a diagnostic).
+also prompted from each held-out run's checkpoint {MID_START} (~100 SGD steps in) and from the initializations of
+{TRAIN_STARTS} training runs (pairs it was fitted on): diagnostics, not targets.
 Targets: R² ≥ 0.9; one step ≥ 100 SGD steps. Plot: docs/figures/gpt_prompt.png.
 
 {chr(10).join(lines)}
