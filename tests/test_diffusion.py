@@ -26,6 +26,23 @@ def _eps_oracle(d: Diffusion, x0: torch.Tensor):
     return denoise
 
 
+def _v_oracle(d: Diffusion, x0: torch.Tensor):
+    """The perfect v predictor (v = sqrt(abar) eps - sqrt(1 - abar) x0) for data that is always ``x0``."""
+    eps = _eps_oracle(d, x0)
+
+    def denoise(x_t, t):
+        a = _alpha_bar(d, t, x_t)
+        return a.sqrt() * eps(x_t, t) - (1 - a).sqrt() * x0
+    return denoise
+
+
+def _oracle(d: Diffusion, x0: torch.Tensor):
+    """The perfect predictor of ``d``'s kind for data that is always ``x0``."""
+    if d.prediction == "sample":
+        return lambda x, t: x0
+    return _eps_oracle(d, x0) if d.prediction == "epsilon" else _v_oracle(d, x0)
+
+
 class Counter:
     """A denoiser that counts its calls and returns ``fn(x, t)``."""
 
@@ -58,13 +75,16 @@ def test_schedulers_are_diffusers_with_the_published_schedule():
     assert x0.train_scheduler.config.prediction_type == "sample"
     with pytest.raises(ValueError, match=r"unknown sampler 'euler'.*ddpm, ddim"):
         d.scheduler("euler")
-    with pytest.raises(ValueError, match="'epsilon' or 'sample'"):
-        Diffusion(prediction="v_prediction")
+    v = Diffusion(prediction="v_prediction")
+    assert v.scheduler("ddim").config.prediction_type == "v_prediction"
+    assert v.scheduler("ddpm").config.prediction_type == "v_prediction"
+    with pytest.raises(ValueError, match="'epsilon', 'sample' \\(x0\\) or 'v_prediction', got 'mu'"):
+        Diffusion(prediction="mu")
 
 
 # -- loss -----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("prediction", ["epsilon", "sample"])
+@pytest.mark.parametrize("prediction", ["epsilon", "sample", "v_prediction"])
 def test_loss_is_the_mse_to_the_right_target(prediction):
     d = Diffusion(prediction=prediction)
     x0 = torch.randn(6, 2, 5, generator=torch.Generator().manual_seed(1))
@@ -79,29 +99,30 @@ def test_loss_is_the_mse_to_the_right_target(prediction):
     noise = torch.randn(x0.shape, generator=g)
     a = _alpha_bar(d, t, x0)
     x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
-    target = noise if prediction == "epsilon" else x0
+    target = {"epsilon": noise, "sample": x0, "v_prediction": a.sqrt() * noise - (1 - a).sqrt() * x0}[prediction]
     torch.testing.assert_close(got, ((0.5 * x_t - target) ** 2).mean())
 
 
-@pytest.mark.parametrize("prediction", ["epsilon", "sample"])
+@pytest.mark.parametrize("prediction", ["epsilon", "sample", "v_prediction"])
 def test_loss_of_a_perfect_and_of_a_zero_predictor(prediction):
     d = Diffusion(prediction=prediction)
     x0 = 3 + torch.randn(64, 1, 16, generator=torch.Generator().manual_seed(0))
-    perfect = _eps_oracle(d, x0) if prediction == "epsilon" else (lambda x, t: x0)
-    assert d.loss(perfect, x0, generator=torch.Generator().manual_seed(0)).item() < 1e-6
+    assert d.loss(_oracle(d, x0), x0, generator=torch.Generator().manual_seed(0)).item() < 1e-6
     zero = d.loss(lambda x, t: torch.zeros_like(x), x0, generator=torch.Generator().manual_seed(0)).item()
-    expected = 1.0 if prediction == "epsilon" else (x0**2).mean().item()  # E[eps^2] = 1, or mean(x0^2) ~ 10
+    a = d.train_scheduler.alphas_cumprod.mean().item()  # E[v^2] = E[abar] E[eps^2] + E[1 - abar] mean(x0^2)
+    expected = {"epsilon": 1.0, "sample": (x0**2).mean().item(),  # E[eps^2] = 1, or mean(x0^2) ~ 10
+                "v_prediction": a + (1 - a) * (x0**2).mean().item()}[prediction]
     assert zero == pytest.approx(expected, rel=0.15)
 
 
-@pytest.mark.parametrize("prediction", ["epsilon", "sample"])
+@pytest.mark.parametrize("prediction", ["epsilon", "sample", "v_prediction"])
 def test_masked_loss_ignores_masked_positions(prediction):
     d = Diffusion(prediction=prediction)
     x0 = torch.randn(8, 3, 10, generator=torch.Generator().manual_seed(0))
     mask = torch.ones(3, 10, dtype=torch.bool)  # (tokens, width): broadcast over the batch
     mask[0, 7:] = False
     mask[2, 4:] = False
-    perfect = _eps_oracle(d, x0) if prediction == "epsilon" else (lambda x, t: x0)
+    perfect = _oracle(d, x0)
 
     def garbage_on_padding(x, t):
         return torch.where(mask, perfect(x, t), torch.full_like(x, 1e3))
@@ -184,12 +205,12 @@ def test_ddim_default_steps_with_fewer_than_60_timesteps():
 
 
 @pytest.mark.parametrize("sampler,timesteps", [("ddim", 1000), ("ddpm", 100)])
-@pytest.mark.parametrize("prediction", ["sample", "epsilon"])
+@pytest.mark.parametrize("prediction", ["sample", "epsilon", "v_prediction"])
 def test_oracle_denoiser_recovers_x0(sampler, timesteps, prediction):
     d = Diffusion(timesteps=timesteps, prediction=prediction)
     x0 = torch.linspace(-2, 2, 12).view(1, 1, 12).expand(4, 1, 12).contiguous()
     for target in (x0, x0 + 1):  # lands on whatever the oracle knows, not on a fixed point
-        oracle = (lambda x, t: target) if prediction == "sample" else _eps_oracle(d, target)
+        oracle = _oracle(d, target)
         out = d.sample(oracle, (4, 1, 12), torch.Generator().manual_seed(0), sampler=sampler)
         torch.testing.assert_close(out, target, atol=1e-3, rtol=1e-3)
 

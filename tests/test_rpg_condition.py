@@ -196,6 +196,41 @@ def test_evaluate_codes_scores_each_code_on_its_own_task(fitted, tasks_zoo):
     assert s["worst_code"] in {r["code"] for r in rows}
 
 
+def test_code_regression_fits_the_training_codes_and_is_scored_beside_the_generator(fitted, tasks_zoo):
+    from weightgen.evaluate import evaluate_states, stack_states
+    from weightgen.evaluate.regression import CodeRegression
+    from weightgen.evaluate.tasks import evaluate_codes, summarize_codes
+    from weightgen.tasks import binary_subset, get_task
+
+    gen, train, heldout = fitted
+    with Zoo.open(tasks_zoo) as zoo:
+        untrained = CodeRegression.fit(zoo, gen.tokenizer, gen.reference, width=32, steps=0)
+        reg = CodeRegression.fit(zoo, gen.tokenizer, gen.reference, width=32, steps=400, lr=3e-3)
+        member = zoo.members("train")[0]
+        stored = zoo.load(member)
+        target = gen.tokenizer.tokenize(stored)
+
+        def error(model) -> float:
+            got = gen.tokenizer.tokenize(model.predict(member.condition["code"]))
+            return (((got - target) ** 2) * gen.tokenizer.mask).sum().item() / gen.tokenizer.mask.sum().item()
+
+        # Fitted by MSE on the training codes: a training code's network comes back (its two
+        # checkpoints differ a little, so not exactly), far closer than before the fit.
+        assert error(reg) < 0.05 * error(untrained), (error(reg), error(untrained))
+        predicted = reg.predict(heldout[0])
+        assert {k: v.shape for k, v in predicted.items()} == {k: v.shape for k, v in stored.items()}
+        rows = evaluate_codes(gen, zoo, heldout, n=2, steps=3, regression=reg)
+        net = zoo.build_net()
+    for r in rows:
+        task = binary_subset(get_task("digits"), r["code"])
+        want = evaluate_states(net, stack_states([reg.predict(r["code"])]), task).accuracy.item()
+        assert r["regression"]["n"] == 1 and r["regression"]["mean"] == pytest.approx(want)
+    s = summarize_codes(rows)
+    assert s["regression_mean"] == pytest.approx(sum(r["regression"]["mean"] for r in rows) / len(rows))
+    with pytest.raises(Exception, match="code"):
+        reg.predict("01")  # a code of the wrong length is refused, not padded
+
+
 # -- weightgen run on a tasks zoo ---------------------------------------------------------------
 def test_run_on_a_tasks_zoo_judges_every_code(tasks_zoo, tmp_path):
     import json

@@ -152,7 +152,9 @@ class DiffusionSpec(StrictModel):
     beta_start: float = Field(1e-4, gt=0)
     beta_end: float = Field(2e-2, gt=0)
     beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "linear"
-    prediction: Literal["epsilon", "sample"] = "epsilon"
+    # epsilon (DDPM, RPG, p-diff), sample (x0: G.pt) or v_prediction (ours: the input passes through
+    # near the data, so the last sampling steps cannot blur a precise network; see diffusion/schedule.py).
+    prediction: Literal["epsilon", "sample", "v_prediction"] = "epsilon"
 
 
 class PDiffSpec(StrictModel):

@@ -1,7 +1,7 @@
 """DDPM training and DDPM/DDIM sampling through diffusers' schedulers (no hand-written schedules).
 
 One ``Diffusion`` object serves every generator: it noises clean data for training,
-computes the (optionally masked) loss for epsilon or x0 prediction, and runs the
+computes the (optionally masked) loss for epsilon, x0 or v prediction, and runs the
 reverse process with a seeded generator.
 """
 from __future__ import annotations
@@ -12,14 +12,20 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
+# epsilon: the noise (DDPM, RPG and p-diff as published); sample: x0 (G.pt); v_prediction:
+# v = sqrt(abar) eps - sqrt(1 - abar) x0 (Salimans & Ho 2022), so x0 = sqrt(abar) x_t - sqrt(1 - abar) v:
+# near the data the input passes through and the model only corrects it, far from it the model
+# predicts x0 directly; its loss is the x0 error weighted by 1 / (1 - abar), which stresses the last,
+# most precise steps.
+PREDICTIONS = ("epsilon", "sample", "v_prediction")
 Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t, t) -> prediction
 
 
 class Diffusion:
     def __init__(self, timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 2e-2,
                  beta_schedule: str = "linear", prediction: str = "epsilon"):
-        if prediction not in ("epsilon", "sample"):
-            raise ValueError(f"prediction must be 'epsilon' or 'sample' (x0), got {prediction!r}")
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"prediction must be 'epsilon', 'sample' (x0) or 'v_prediction', got {prediction!r}")
         self.kwargs = dict(num_train_timesteps=timesteps, beta_start=beta_start, beta_end=beta_end,
                            beta_schedule=beta_schedule, prediction_type=prediction,
                            # Parameters are not images in [-1, 1]: never clip.
@@ -44,7 +50,12 @@ class Diffusion:
         t = torch.randint(0, self.timesteps, (x0.shape[0],), device=x0.device, generator=generator)
         noise = torch.randn(x0.shape, device=x0.device, generator=generator)
         x_t = self.train_scheduler.add_noise(x0, noise, t)
-        target = noise if self.prediction == "epsilon" else x0
+        if self.prediction == "epsilon":
+            target = noise
+        elif self.prediction == "v_prediction":
+            target = self.train_scheduler.get_velocity(x0, noise, t)
+        else:
+            target = x0
         err = (denoise(x_t, t) - target) ** 2
         if mask is None:
             return err.mean()

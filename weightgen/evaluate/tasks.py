@@ -6,7 +6,9 @@ or fine-tuned with ``zoo.init: pretrained``; held-out codes are trained and stor
 shown to the generator), and against the
 retrieval baseline: a copy of the zoo's networks for the nearest *seen* code (fewest
 differing bits). A generator that only looked up its training data would score like that
-copy; one that learned the map from code to weights should beat it on unseen codes.
+copy; one that learned the map from code to weights should beat it on unseen codes. When a
+``CodeRegression`` (``regression.py``) is given, its network for each code is scored too: what
+plain regression from the code gives, without diffusion.
 """
 from __future__ import annotations
 
@@ -35,9 +37,10 @@ def _stats(acc: torch.Tensor) -> dict:
 
 
 def evaluate_codes(gen, zoo, codes: list[str], n: int, seed: int = 0, sampler: str = "ddim",
-                   steps: int | None = None, split: str = "test") -> list[dict]:
-    """One row per code: generated vs trained (the zoo's recipe) vs nearest-seen-code copy, and the
-    seconds to generate one network vs to train one (the zoo run's optimizer time)."""
+                   steps: int | None = None, split: str = "test", regression=None) -> list[dict]:
+    """One row per code: generated vs trained (the zoo's recipe) vs nearest-seen-code copy (vs the
+    regression baseline, when given), and the seconds to generate one network vs to train one
+    (the zoo run's optimizer time)."""
     cfg = zoo.config
     base = get_task(cfg.task.name, cfg.task.code, **cfg.task.kwargs)
     net = zoo.build_net()
@@ -64,6 +67,8 @@ def evaluate_codes(gen, zoo, codes: list[str], n: int, seed: int = 0, sampler: s
             near = min(others, key=lambda c: (hamming(c, code), c))
             row["nearest_seen"] = {"code": near, "bits_differ": hamming(near, code),
                                    **_stats(ev(stack_states([zoo.load(m) for m in members[near]])).accuracy)}
+        if regression is not None:
+            row["regression"] = _stats(ev(stack_states([regression.predict(code)])).accuracy)
         rows.append(row)
     return rows
 
@@ -81,6 +86,7 @@ def summarize_codes(rows: list[dict]) -> dict:
     times = [r["train_seconds"] / r["generate_seconds_per_model"] for r in rows
              if r.get("train_seconds") and r["generate_seconds_per_model"]]
     return {"codes": len(rows), "generated_mean": g, "trained_mean": t, "nearest_seen_mean": mean_of("nearest_seen"),
+            "regression_mean": mean_of("regression"),
             "ratio": g / t if g is not None and t else None, "worst_code": worst[1], "worst_code_mean": worst[0],
             "codes_beating_nearest_seen": sum(1 for r in rows if r.get("nearest_seen") and r["generated"]["mean"]
                                               is not None and r["generated"]["mean"] > r["nearest_seen"]["mean"]),
