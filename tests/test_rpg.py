@@ -275,12 +275,13 @@ def same_state_zoo(tmp_path_factory):
     return path, state
 
 
-def test_learns_a_single_state(same_state_zoo):
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+def test_learns_a_single_state(same_state_zoo, prediction):
     path, state = same_state_zoo
     z = Zoo.open(path)
     try:
         spec = _spec(d_model=32, unet_channels=[16, 32], steps=500, lr=1e-2, batch_size=3, tokens_per_step=39,
-                     diffusion={"timesteps": 1000})
+                     diffusion={"timesteps": 1000, "prediction": prediction})
         gen = RPG.from_zoo(spec, z, TOKENS16)
         assert len(gen.runs) == 3
         target = gen.tokenizer.tokenize(state)
@@ -294,8 +295,10 @@ def test_learns_a_single_state(same_state_zoo):
         after = error()
     finally:
         z.close()
-    # Tokens are standardized per tensor: 0.1 is a tenth of the values' variance.
-    assert after < 0.1 and after < 0.01 * before, (before, after)
+    # Tokens are standardized per tensor: always answering the mean (0) scores ~1, and 0.1 is a
+    # tenth of the values' variance. The untrained generator is worse than the mean (its zero
+    # output means x0 = x_t / sqrt(abar) for epsilon, x0 = sqrt(abar) x_t for v).
+    assert before > 1 and after < 0.1, (before, after)
 
 
 # -- bad input ------------------------------------------------------------------------------------
