@@ -45,6 +45,7 @@ def settings() -> list[dict]:
     for net, z in ZOOS.items():
         variants = (("rpg", RPG, {"token_size": 64}),
                     ("rpg+x0", {**RPG, "diffusion": {"prediction": "sample"}}, {"token_size": 64}),
+                    ("rpg+v", {**RPG, "diffusion": {"prediction": "v_prediction"}}, {"token_size": 64}),
                     ("pdiff", PDIFF, {"token_size": "flat", "normalize": "none"}))
         for method, gen, tok in variants:
             out.append({"name": f"{net}-{method}", "zoo": f"rpg-whole-{net}", "config": {
@@ -103,7 +104,8 @@ Command: `{payload['command']}`; runs made on {where(rows)}.
 Zoo: 20 independent runs x last 5 checkpoints (one epoch apart) of each digits net, every parameter and
 BatchNorm statistic generated. RPG: 64-value tokens, 2 Mamba layers (d_model 256), 2D positions, permutation
 states, epsilon prediction, steps (in the table) x 4 checkpoints x 64 tokens (the paper trains far longer);
-`rpg+x0` is the same with x0 prediction (`diffusion.prediction: sample`, ours). p-diff: its autoencoder on
+`rpg+x0` is the same with x0 prediction (`diffusion.prediction: sample`, ours), `rpg+v` with v prediction
+(`diffusion.prediction: v_prediction`, ours). p-diff: its autoencoder on
 the flattened network, autoencoder + diffusion steps in the table. {SAMPLE['n']} samples each, DDIM
 {SAMPLE['steps']} steps. Targets: mean ≥ 99% of the originals' mean, best ≥ original best, lower max IoU than
 noise-added originals at the same accuracy.
