@@ -360,3 +360,13 @@ def test_train_steps_follows_its_lr_schedule(schedule):
 def test_train_steps_rejects_an_unknown_lr_schedule():
     with pytest.raises(ValueError, match="lr_schedule must be one of constant, cosine, got 'linear'"):
         train_steps(nn.Linear(1, 1), lambda s: torch.zeros(()), 1, lr=0.1, show_progress=False, lr_schedule="linear")
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "sample", "v_prediction"])
+def test_predict_x0_inverts_each_prediction_type(prediction):
+    d = Diffusion(prediction=prediction)
+    x0 = torch.randn(5, 1, 8, generator=torch.Generator().manual_seed(0))
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([0, 10, 300, 700, 999])
+    x_t = d.train_scheduler.add_noise(x0, noise, t)
+    torch.testing.assert_close(d.predict_x0(_oracle(d, x0)(x_t, t), x_t, t), x0, atol=1e-3, rtol=1e-3)

@@ -62,6 +62,16 @@ class Diffusion:
         mask = mask.expand_as(err).to(err.dtype)
         return (err * mask).sum() / mask.sum().clamp_min(1)
 
+    def predict_x0(self, prediction: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The clean data a model's output implies at ``x_t``, timestep ``t`` (one per row), for any
+        prediction type: what the sampler steps toward, and what a diagnostic compares with x0."""
+        a = self.train_scheduler.alphas_cumprod.to(x_t.device)[t].view(-1, *([1] * (x_t.dim() - 1))).to(x_t.dtype)
+        if self.prediction == "epsilon":
+            return (x_t - (1 - a).sqrt() * prediction) / a.sqrt()
+        if self.prediction == "v_prediction":
+            return a.sqrt() * x_t - (1 - a).sqrt() * prediction
+        return prediction
+
     @torch.no_grad()
     def sample(self, denoise: Denoise, shape: tuple[int, ...],
                generator: torch.Generator | list[torch.Generator] | None = None,
