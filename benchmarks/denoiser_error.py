@@ -8,8 +8,7 @@ tokens the model implies (``Diffusion.predict_x0``, whatever it predicts) agains
 error of the input alone (x_t / sqrt(abar)). Tokens are standardized per tensor, so 1 is
 the error of always answering the mean. Where the model's error is above the input's, the
 last sampling steps blur what the first ones found: the reason for v prediction
-(docs/results.md, unseen tasks). Reads generators fitted by benchmarks/unseen_tasks.py and
-benchmarks/rpg_whole.py; writes benchmarks/results/denoiser_error.json and a section of docs/results.md.
+(docs/results.md, unseen tasks). Reads generators fitted by benchmarks/unseen_tasks.py; writes benchmarks/results/denoiser_error.json and a section of docs/results.md.
 """
 from __future__ import annotations
 
@@ -30,7 +29,6 @@ GENERATORS = {
                                     "unseen-tasks-pretrained"),
     "unseen tasks, v, 8000 steps": ("bench-unseen-all, no permutation state, v prediction-pretrained-init-8000",
                                     "unseen-tasks-pretrained"),
-    "whole CNN, v, 8000 steps": ("bench-whole-cnn-rpg-v", "rpg-whole-cnn"),
 }
 TIMESTEPS = [999, 700, 300, 100, 50, 20, 5]
 MEMBERS = 64
