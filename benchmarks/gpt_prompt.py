@@ -90,23 +90,25 @@ def judge(gen, zoo: Zoo, metric: str) -> dict:
         runs[m.run].append(m)
     runs = dict(sorted(runs.items())[:JUDGED_RUNS])
     best = min(member_metric(m, metric) for m in zoo.members("train"))
+
+    def sweep(state, start_value: float) -> tuple[list[float], list[float]]:
+        """PROMPTS targets evenly spaced from the best training value to ``start_value``, and
+        the value each prompt's network achieves (prompt i sampled with seed i)."""
+        targets = [best + (start_value - best) * i / (PROMPTS - 1) for i in range(PROMPTS)]
+        return targets, [value(ev(prompt(state, start_value, t, i)), metric) for i, t in enumerate(targets)]
+
     prompted, achieved, per_start = [], [], []
     mid_prompted, mid_achieved = [], []
     for run, members in sorted(runs.items()):
         members.sort(key=lambda m: m.step)
         start, start_value = zoo.load(members[0]), member_metric(members[0], metric)
-        targets = [best + (start_value - best) * i / (PROMPTS - 1) for i in range(PROMPTS)]
-        got = []
-        for i, target in enumerate(targets):
-            got.append(value(ev(prompt(start, start_value, target, i)), metric))
+        targets, got = sweep(start, start_value)
         prompted += targets
         achieved += got
         if is_gpt and len(members) > MID_START:
-            mid, mid_value = zoo.load(members[MID_START]), member_metric(members[MID_START], metric)
-            for i in range(PROMPTS):
-                target = best + (mid_value - best) * i / (PROMPTS - 1)
-                mid_prompted.append(target)
-                mid_achieved.append(value(ev(prompt(mid, mid_value, target, i)), metric))
+            mid_targets, mid_got = sweep(zoo.load(members[MID_START]), member_metric(members[MID_START], metric))
+            mid_prompted += mid_targets
+            mid_achieved += mid_got
         one_step = got[0]  # the best prompt
         reached = next((m.step for m in members if member_metric(m, metric) <= one_step), None)
         rounds, state, current = [], start, start_value
@@ -123,11 +125,9 @@ def judge(gen, zoo: Zoo, metric: str) -> dict:
     train_prompted, train_achieved = [], []
     for run, members in (sorted(train_runs.items())[:TRAIN_STARTS] if is_gpt else []):
         start = min(members, key=lambda m: m.step)
-        start_value = member_metric(start, metric)
-        for i in range(PROMPTS):
-            target = best + (start_value - best) * i / (PROMPTS - 1)
-            train_prompted.append(target)
-            train_achieved.append(value(ev(prompt(zoo.load(start), start_value, target, i)), metric))
+        train_targets, train_got = sweep(zoo.load(start), member_metric(start, metric))
+        train_prompted += train_targets
+        train_achieved += train_got
     matched = [p["sgd_steps_to_match"] for p in per_start]
     return {"best_train": best, "r2": r_squared(prompted, achieved), "prompted": prompted, "achieved": achieved,
             "mid_start": {"checkpoint": MID_START, "r2": r_squared(mid_prompted, mid_achieved) if mid_prompted else None,
