@@ -40,7 +40,7 @@ def errors(gen, zoo: Zoo) -> dict[int, dict[str, float]]:
     net.eval()
     tok = gen.tokenizer
     members = random.Random(0).sample(zoo.members("train"), min(MEMBERS, len(zoo.members("train"))))
-    x0 = torch.stack([tok.tokenize(zoo.load(m, tok.names)) for m in members]).to(gen.device)  # (B, T, W)
+    x0 = tok.tokenize_batch(zoo.load(m, tok.names) for m in members).to(gen.device)  # (B, T, W)
     b, t_count, w = x0.shape
     codes = gen.member_codes(members)
     proto = net.prototypes(gen.state_index(members).to(gen.device), None,

@@ -32,7 +32,7 @@ class CodeRegression:
             batch_size: int = 64, lr: float = 1e-3, seed: int = 0, show_progress: bool = False) -> "CodeRegression":
         members = zoo.members("train")
         codes = torch.stack([code_bits(m.condition["code"]) for m in members]).float()
-        tokens = torch.stack([tokenizer.tokenize(zoo.load(m, tokenizer.names)) for m in members]).flatten(1)
+        tokens = tokenizer.tokenize_batch(zoo.load(m, tokenizer.names) for m in members).flatten(1)
         mask = tokenizer.mask.reshape(1, -1).float()  # padding is not a target
         model = cls(tokenizer, reference, codes.shape[1], width)
         gen = torch.Generator().manual_seed(seed)
