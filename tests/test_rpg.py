@@ -4,6 +4,7 @@ chunked sampling (same result, bounded memory), DDPM/DDIM, save/load, a learning
 and the config's generator union."""
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 
@@ -141,6 +142,15 @@ def test_one_permutation_state_per_run(zoo):
     idx = gen.state_index(members)
     for a, b in itertools.combinations(range(len(members)), 2):
         assert (idx[a] == idx[b]) == (members[a].run == members[b].run)
+    # a member of a run the generator was not fitted on (a held-out run) has no state: named, and
+    # the known runs summarized rather than listed in full (a tasks zoo has ~1000)
+    stranger = dataclasses.replace(members[0], run=999)
+    with pytest.raises(GeneratorError, match=r"run 999 has no permutation state.*knows runs \[0, 1\]"):
+        gen.state_index([stranger])
+    gen.runs = list(range(40))
+    with pytest.raises(GeneratorError, match=r"knows 40 runs \(0, 1, 2, 3, 4, \.\.\., 39\)"):
+        gen.state_index([stranger])
+    gen.runs = runs
     _jitter(gen)
     inputs = gen.net.inputs(idx)
     for a, b in itertools.combinations(range(len(members)), 2):

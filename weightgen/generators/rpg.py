@@ -279,8 +279,10 @@ class RPG(Generator):
         try:
             return torch.tensor([index[m.run] for m in members], dtype=torch.long)
         except KeyError as e:
-            raise GeneratorError(f"run {e.args[0]} has no permutation state; "
-                                 f"the generator knows runs {self.runs}") from None
+            known = (f"runs {self.runs}" if len(self.runs) <= 12 else
+                     f"{len(self.runs)} runs ({', '.join(map(str, self.runs[:5]))}, ..., {self.runs[-1]})")
+            raise GeneratorError(f"run {e.args[0]} has no permutation state (not a training run of "
+                                 f"this generator); the generator knows {known}") from None
 
     def _metric_condition(self, condition: Any) -> torch.Tensor:
         """A metric value (a number, or ``{'metric': value}``) -> a 0-d tensor; outside the
