@@ -46,6 +46,10 @@ def settings() -> list[dict]:
         variants = (("rpg", RPG, {"token_size": 64}),
                     ("rpg+x0", {**RPG, "diffusion": {"prediction": "sample"}}, {"token_size": 64}),
                     ("rpg+v", {**RPG, "diffusion": {"prediction": "v_prediction"}}, {"token_size": 64}),
+                    # ours, for a GPU: 16 checkpoints x every token per step (the small model is
+                    # launch-bound there, so a step costs about what 4 x 64 tokens do)
+                    ("rpg+x0+b16", {**RPG, "diffusion": {"prediction": "sample"}, "batch_size": 16,
+                                    "tokens_per_step": 256}, {"token_size": 64}),
                     ("pdiff", PDIFF, {"token_size": "flat", "normalize": "none"}))
         for method, gen, tok in variants:
             out.append({"name": f"{net}-{method}", "zoo": f"rpg-whole-{net}", "config": {
