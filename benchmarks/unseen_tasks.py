@@ -162,7 +162,8 @@ RPG: 64-value tokens, 2 Mamba layers (d_model 128), permutation states, x0 predi
 16 checkpoints x 16 tokens; the code's embedding reaches every token (`all`, ours) or the last 8 (RPG's released code);
 `no permutation state`: without RPG's per-run states; `EMA + cosine lr`: sampled from an exponential moving
 average (0.999) of the denoiser's weights, the learning rate decayed from 1e-3 to 0 over the fit; `v prediction`:
-the denoiser predicts v (diffusers' `v_prediction`) instead of x0 (all ours).
+the denoiser predicts v (diffusers' `v_prediction`) instead of x0; `batch 64`: 64 checkpoints x all 35 tokens
+per step instead of 16 x 16, fitted on the H100 named above (its fit s are GPU seconds) (all ours).
 {SAMPLES_PER_CODE} networks per code, DDIM {DDIM_STEPS} steps. "nearest-seen copy": the zoo's networks for the seen
 code with the fewest differing bits, scored on the asked code's task (what retrieval would give). "train / generate
 time": seconds of SGD for one network over seconds to generate one (median over codes). "regression from the code":
