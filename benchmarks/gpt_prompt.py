@@ -242,7 +242,7 @@ Zoos: the table's number of digits MLP [32] runs (SGD + momentum, 510 steps), 50
 initialization; the last 10% of the runs held out, the first {JUDGED_RUNS} of them judged (the paper had 10,728 runs).
 Zoo builds: {builds}.
 G.pt: d_model 128, 4 layers, 64-value tokens, x0 prediction, permutation augmentation, the table's steps of 64
-pairs; one generator per metric. `rpg`: RPG conditioned on the metric alone (`condition: metric`, ours),
+pairs; one generator per metric; `gpt-L`: 512 wide, 8 layers, 8 heads, batch 128 (sized for a GPU). `rpg`: RPG conditioned on the metric alone (`condition: metric`, ours),
 d_model 128, x0 prediction, the same steps x 16 checkpoints x 16 tokens; no start, so no recursion. From each held-out run's initialization: {PROMPTS} prompts between the best
 training value and the start's value (R² against the identity line), the best prompt as one step (compared
 with the SGD steps the same run needed to get there), and {ROUNDS} rounds of recursive prompting. G.pt is

@@ -42,27 +42,30 @@ ZOO = {"name": "bench-unseen-tasks", "seed": 0, "task": {"name": "digits"}, "net
        "tokenizer": {"include": ["*"], "token_size": 64}}
 GEN = {"method": "rpg", "d_model": 128, "layers": 2, "batch_size": 16, "tokens_per_step": 16, "lr": 1e-3,
        "condition": "task_code", "diffusion": {"prediction": "sample"}}
+# What the later variants share (ours): the code reaches every token, no per-run states (and v prediction).
+NO_STATE = {"condition_tokens": "all", "permutation_state": False}
+V = {**NO_STATE, "diffusion": {"prediction": "v_prediction"}}
 VARIANTS = {"all": {"condition_tokens": "all"}, "last-8": {"condition_tokens": 8},
             # With one run per code, a run's permutation state identifies its task as well as the
             # code does, and at sampling a random state (another task's) is drawn: without states
             # the code is the only thing that tells tasks apart.
-            "all, no permutation state": {"condition_tokens": "all", "permutation_state": False},
+            "all, no permutation state": NO_STATE,
             "last-8, no permutation state": {"condition_tokens": 8, "permutation_state": False},
             # Ours. The worst codes are as bad when seen, and a longer fit did not close the gap:
             # an average of the denoiser's weights (EMA) and a learning rate decayed to 0 take out
             # the noise of the last steps ...
-            "all, no permutation state, EMA + cosine lr": {"condition_tokens": "all", "permutation_state": False,
-                                                           "ema": 0.999, "lr_schedule": "cosine"},
+            "all, no permutation state, EMA + cosine lr": {**NO_STATE, "ema": 0.999, "lr_schedule": "cosine"},
             # ... or v prediction: with x0 prediction the denoiser, given a nearly clean token (t = 20),
             # returns it less precisely (x0 MSE 0.023) than the input already is (0.006), so the last
             # sampling steps blur the network; with v the input passes through near the data.
-            "all, no permutation state, v prediction": {"condition_tokens": "all", "permutation_state": False,
-                                                        "diffusion": {"prediction": "v_prediction"}},
+            "all, no permutation state, v prediction": V,
             # ... and on a GPU, where a step of 64 checkpoints x all 35 tokens costs about what a
             # step of 16 x 16 does (the small model is launch-bound): 9x the data per step.
-            "all, no permutation state, v prediction, batch 64": {
-                "condition_tokens": "all", "permutation_state": False, "diffusion": {"prediction": "v_prediction"},
-                "batch_size": 64, "tokens_per_step": 64}}
+            "all, no permutation state, v prediction, batch 64": {**V, "batch_size": 64, "tokens_per_step": 64},
+            # ... or, on the CPU, a cheaper recurrent model (~170 ms a step on one core against
+            # Mamba's ~300): more steps in the same time, and the backbone ablation for this task.
+            "all, no permutation state, v prediction, lstm": {**V, "backbone": "lstm"},
+            "all, no permutation state, v prediction, transformer": {**V, "backbone": "transformer"}}
 SAMPLES_PER_CODE, SEEN_CODES, DDIM_STEPS = 10, 50, 50
 # The baseline without diffusion: an MLP (two hidden layers of 512) from the code's bits to the
 # network's tokens, MSE, 5,000 steps of 64 checkpoints, cosine learning rate (~1 min on one core).
@@ -163,7 +166,8 @@ RPG: 64-value tokens, 2 Mamba layers (d_model 128), permutation states, x0 predi
 `no permutation state`: without RPG's per-run states; `EMA + cosine lr`: sampled from an exponential moving
 average (0.999) of the denoiser's weights, the learning rate decayed from 1e-3 to 0 over the fit; `v prediction`:
 the denoiser predicts v (diffusers' `v_prediction`) instead of x0; `batch 64`: 64 checkpoints x all 35 tokens
-per step instead of 16 x 16, fitted on the H100 named above (its fit s are GPU seconds) (all ours).
+per step instead of 16 x 16, fitted on the H100 named above (its fit s are GPU seconds); `lstm`, `transformer`:
+that recurrent model (2 layers, causal) in place of Mamba (all ours).
 {SAMPLES_PER_CODE} networks per code, DDIM {DDIM_STEPS} steps. "nearest-seen copy": the zoo's networks for the seen
 code with the fewest differing bits, scored on the asked code's task (what retrieval would give). "train / generate
 time": seconds of SGD for one network over seconds to generate one (median over codes). "regression from the code":
