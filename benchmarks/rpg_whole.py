@@ -46,8 +46,8 @@ def settings() -> list[dict]:
         variants = (("rpg", RPG, {"token_size": 64}),
                     ("rpg+x0", {**RPG, "diffusion": {"prediction": "sample"}}, {"token_size": 64}),
                     ("rpg+v", {**RPG, "diffusion": {"prediction": "v_prediction"}}, {"token_size": 64}),
-                    # ours, for a GPU: 16 checkpoints x every token per step (the small model is
-                    # launch-bound there, so a step costs about what 4 x 64 tokens do)
+                    # ours, for a GPU: 16 checkpoints x every token per step (on the H100 alone
+                    # 68 ms a step; 4 x 64 tokens took 25-32 ms while sharing it)
                     ("rpg+x0+b16", {**RPG, "diffusion": {"prediction": "sample"}, "batch_size": 16,
                                     "tokens_per_step": 256}, {"token_size": 64}),
                     ("pdiff", PDIFF, {"token_size": "flat", "normalize": "none"}))
