@@ -39,7 +39,8 @@ def errors(gen, zoo: Zoo) -> dict[int, dict[str, float]]:
     net = gen.sampling_module(gen.net)
     net.eval()
     tok = gen.tokenizer
-    members = random.Random(0).sample(zoo.members("train"), min(MEMBERS, len(zoo.members("train"))))
+    train = zoo.members("train")
+    members = random.Random(0).sample(train, min(MEMBERS, len(train)))
     x0 = tok.tokenize_batch(zoo.load(m, tok.names) for m in members).to(gen.device)  # (B, T, W)
     b, t_count, w = x0.shape
     codes = gen.member_codes(members)
