@@ -320,3 +320,89 @@ def test_cli_metric_writes_the_networks_asked_for(metric_gen, tmp_path):
     expected = next(gen.sample(1, float(str(lo)), seed=0))
     got = load_file(str(tmp_path / "s" / "sample_0000.safetensors"))
     assert all(torch.equal(got[k], expected[k][0]) for k in got)
+
+
+# -- classifier-free guidance (ours): condition_dropout in training, guidance_scale at sampling -----
+@pytest.mark.parametrize("change,match", [
+    ({"guidance_scale": 2.0}, "condition_dropout > 0"),
+    ({"condition": "none", "condition_dropout": 0.1}, "needs a condition to drop"),
+    ({"condition_dropout": 1.0}, "condition_dropout"),
+])
+def test_guidance_settings_that_cannot_work_are_refused(change, match):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=match):
+        RPGSpec.model_validate({**TINY, **change})
+
+
+def test_a_dropped_condition_is_the_null_condition_for_every_code():
+    gen = _standalone(condition_dropout=0.1)
+    states = torch.zeros(2, dtype=torch.long)
+    codes = torch.stack([code_bits(A), code_bits(B)])
+    with torch.no_grad():
+        kept = gen.net.prototypes(states, codes=codes)
+        dropped = gen.net.prototypes(states, codes=codes, drop=torch.ones(2, dtype=torch.bool))
+        mixed = gen.net.prototypes(states, codes=codes, drop=torch.tensor([True, False]))
+    assert not torch.allclose(kept[0], kept[1])
+    assert torch.equal(dropped[0], dropped[1])
+    assert torch.equal(mixed[0], dropped[0]) and torch.equal(mixed[1], kept[1])
+
+
+@pytest.fixture(scope="module")
+def guided(tasks_zoo):
+    cfg = parse({**TASKS_ZOO_CFG, "generator": {**TINY, "condition_dropout": 0.5}, "tokenizer": {"token_size": 16}})
+    with Zoo.open(tasks_zoo) as zoo:
+        gen, _ = fit_generator(cfg, zoo, show_progress=False)
+    return gen
+
+
+def test_fitting_with_condition_dropout_learns_the_null_condition(guided):
+    assert guided.net.null_condition.abs().sum() > 0  # started at zero: the dropped rows trained it
+
+
+@pytest.mark.parametrize("recurrent_input", ["positions", "tokens"])
+def test_guidance_mixes_the_conditional_and_null_predictions(guided, recurrent_input, tasks_zoo):
+    gen = guided
+    if recurrent_input == "tokens":
+        cfg = parse({**TASKS_ZOO_CFG, "tokenizer": {"token_size": 16},
+                     "generator": {**TINY, "condition_dropout": 0.5, "recurrent_input": "tokens"}})
+        with Zoo.open(tasks_zoo) as zoo:
+            gen, _ = fit_generator(cfg, zoo, show_progress=False)
+
+    def at(scale, code):
+        gen.spec.guidance_scale = scale
+        return next(gen.sample(2, code, seed=4))
+
+    plain_a, plain_b = at(1.0, A), at(1.0, B)
+    null_a, null_b = at(0.0, A), at(0.0, B)  # scale 0: the null prediction alone, blind to the code
+    double_a = at(2.0, A)
+    names = gen.tokenizer.names
+    assert any(not torch.allclose(plain_a[k], plain_b[k]) for k in names)
+    assert all(torch.equal(null_a[k], null_b[k]) for k in names)
+    assert any(not torch.allclose(double_a[k], plain_a[k]) for k in names)
+    assert all(torch.isfinite(v).all() for v in double_a.values() if v.is_floating_point())
+    gen.spec.guidance_scale = 1.0
+
+
+def test_cli_guidance_is_applied_and_refused_without_a_null_condition(guided, saved, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from weightgen.cli import app
+
+    guided.save(tmp_path / "g")
+    runner = CliRunner()
+    res = runner.invoke(app, ["sample", str(tmp_path / "g"), "-o", str(tmp_path / "s"), "-n", "1", "--task-code", A,
+                              "--guidance", "2"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "s" / "samples.json").read_text())["guidance_scale"] == 2.0
+    guided.spec.guidance_scale = 2.0
+    expected = next(guided.sample(1, A, seed=0))
+    guided.spec.guidance_scale = 1.0
+    got = load_file(str(tmp_path / "s" / "sample_0000.safetensors"))
+    assert all(torch.equal(got[k], expected[k][0]) for k in got)
+    res = runner.invoke(app, ["sample", str(saved), "-o", str(tmp_path / "x"), "-n", "1", "--task-code", A,
+                              "--guidance", "2"])
+    assert res.exit_code != 0 and "condition_dropout > 0" in " ".join(res.output.split()), res.output
+    assert not (tmp_path / "x" / "sample_0000.safetensors").exists()

@@ -198,7 +198,10 @@ def sample(generator: Path = typer.Argument(..., help="saved generator directory
                                         help="rpg with condition: metric: the metric value wanted (e.g. a test loss)"),
            start: Path = typer.Option(None, "--start", help="gpt: the checkpoint to start from (.safetensors)"),
            start_metric: float = typer.Option(None, "--start-metric", help="gpt: the start checkpoint's metric"),
-           target_metric: float = typer.Option(None, "--target-metric", help="gpt: the metric wanted")
+           target_metric: float = typer.Option(None, "--target-metric", help="gpt: the metric wanted"),
+           guidance: float = typer.Option(None, "--guidance", min=0,
+                                          help="rpg fitted with condition_dropout: classifier-free guidance scale "
+                                               "(1: the plain conditional model; default: the generator's own)")
            ) -> None:
     """Generate networks and write each as a safetensors file loadable into the net.
 
@@ -218,6 +221,12 @@ def sample(generator: Path = typer.Argument(..., help="saved generator directory
         fail(f"give one condition, not {' and '.join(given)}")
     try:
         gen = load_generator(generator)
+        if guidance is not None:
+            if not getattr(gen.spec, "condition_dropout", 0):
+                fail(f"--guidance needs an rpg generator fitted with condition_dropout > 0 (it learns the null "
+                     f"condition to guide against); {generator} is {gen.method}"
+                     + (" fitted with condition_dropout 0" if gen.method == "rpg" else ""))
+            gen.spec.guidance_scale = guidance
         condition = task_code if metric is None else metric
         if start is not None or start_metric is not None or target_metric is not None:
             condition = _gpt_prompt(start, start_metric, target_metric)

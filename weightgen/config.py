@@ -240,6 +240,12 @@ class RPGSpec(StrictModel):
     # Which tokens the condition reaches: "all" (ours, the default), or the last N tokens
     # only, as in RPG's released code (N = 8), where the body of the network ignores the task.
     condition_tokens: Literal["all"] | Annotated[int, Field(ge=1)] = "all"
+    # Classifier-free guidance (ours; Ho & Salimans 2022): in training, each checkpoint's
+    # condition is replaced by a learned null condition with probability ``condition_dropout``;
+    # sampling then mixes the two predictions, null + guidance_scale * (conditional - null).
+    # 1 is the plain conditional model; above 1 pushes each network further toward its condition.
+    condition_dropout: float = Field(0.0, ge=0, lt=1)
+    guidance_scale: float = Field(1.0, ge=0)
     # The released code predicts epsilon. diffusion.prediction: sample (x0) is our option: it
     # learns ~10x faster (digits MLP zoo: epsilon at chance after 1,000 steps, 97.4% of the
     # originals after 10,000; x0 84% and 99.9%; benchmarks/rpg_ablation.py, docs/results.md).
@@ -261,6 +267,11 @@ class RPGSpec(StrictModel):
             raise ValueError("unet_channels must be a non-empty list of positive channel counts")
         if self.kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd (same-length convolutions), got {self.kernel_size}")
+        if self.condition_dropout > 0 and self.condition == "none":
+            raise ValueError("condition_dropout needs a condition to drop: set condition to task_code or metric")
+        if self.guidance_scale != 1 and self.condition_dropout == 0:
+            raise ValueError(f"guidance_scale {self.guidance_scale} needs a null condition to guide against: fit "
+                             f"with condition_dropout > 0 (e.g. 0.1), or keep guidance_scale 1")
         return self
 
 

@@ -17,6 +17,10 @@ every token (``condition_tokens: all``, ours) or of the last N only (RPG's relea
 8, so the body of the network cannot depend on the task). ``condition: metric`` does the
 same with a checkpoint metric (e.g. test loss, embedded with sin/cos frequency features):
 sampling then asks for networks of a given loss, G.pt's prompt without a start checkpoint.
+Classifier-free guidance (ours, Ho & Salimans 2022): with ``condition_dropout`` > 0 a
+learned null condition replaces that share of the training checkpoints' conditions, and
+sampling at ``guidance_scale`` w denoises each token twice, with its prototype under the
+condition and under the null one, and takes null + w * (conditional - null).
 
 ``recurrent_input: tokens`` is the paper's wording (the recurrent model also reads the
 parameters): the previous token's clean values, projected, are added to the input;
@@ -140,33 +144,46 @@ class RPGNet(nn.Module):
             self.register_buffer("reach", (torch.arange(t) >= t - last).float()[:, None], persistent=False)
         self.backbone = Backbone(spec.backbone, spec.d_model, spec.layers, spec.mamba_d_state)
         self.denoiser = TokenUNet1d(width, spec.d_model, tuple(spec.unet_channels), spec.kernel_size)
+        # Classifier-free guidance: the embedding that stands in for a dropped condition.
+        self.null_condition = nn.Parameter(torch.zeros(spec.d_model)) if spec.condition_dropout > 0 else None
+
+    def condition_embedding(self, codes: torch.Tensor, drop: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, D)`` embedding of each row's condition; rows where ``drop`` ``(B,)`` is true get
+        the null condition instead (classifier-free guidance)."""
+        emb = self.code_in(codes)
+        if drop is None:
+            return emb
+        if self.null_condition is None:
+            raise ValueError("this RPG net has no null condition: it was fitted with condition_dropout 0")
+        return torch.where(drop[:, None], self.null_condition.to(emb.dtype), emb)
 
     def inputs(self, states: torch.Tensor, tokens: torch.Tensor | None = None,
-               codes: torch.Tensor | None = None) -> torch.Tensor:
+               codes: torch.Tensor | None = None, drop: torch.Tensor | None = None) -> torch.Tensor:
         """``(B, T, D)`` recurrent inputs; ``tokens`` ``(B, T, W)`` are shifted by one (teacher
-        forcing); ``codes`` ``(B, L)`` are the task codes' bits of a conditional generator."""
+        forcing); ``codes`` ``(B, L)`` are the task codes' bits (or ``(B,)`` metrics) of a
+        conditional generator, replaced by the null condition where ``drop`` ``(B,)`` is true."""
         x = self.pos.unsqueeze(0).expand(len(states), -1, -1)
         if self.states is not None:
             x = x + self.states(states)[:, None]
         if self.code_in is not None:
-            x = x + self.reach * self.code_in(codes)[:, None]
+            x = x + self.reach * self.condition_embedding(codes, drop)[:, None]
         if self.token_in is not None:
             prev = nn.functional.pad(tokens[:, :-1], (0, 0, 1, 0))  # token t reads token t-1; the first reads 0
             x = x + self.token_in(prev)
         return x
 
     def prototypes(self, states: torch.Tensor, tokens: torch.Tensor | None = None,
-                   codes: torch.Tensor | None = None) -> torch.Tensor:
-        return self.backbone(self.inputs(states, tokens, codes))
+                   codes: torch.Tensor | None = None, drop: torch.Tensor | None = None) -> torch.Tensor:
+        return self.backbone(self.inputs(states, tokens, codes, drop))
 
     def step_input(self, states: torch.Tensor, t: int, prev: torch.Tensor,
-                   codes: torch.Tensor | None = None) -> torch.Tensor:
+                   codes: torch.Tensor | None = None, drop: torch.Tensor | None = None) -> torch.Tensor:
         """The recurrent input of token ``t`` for each sample, given the previous token ``(B, W)``."""
         x = self.pos[t].expand(len(states), -1)
         if self.states is not None:
             x = x + self.states(states)
         if self.code_in is not None:
-            x = x + self.reach[t] * self.code_in(codes)
+            x = x + self.reach[t] * self.condition_embedding(codes, drop)
         return x + self.token_in(prev)
 
 
@@ -312,7 +329,10 @@ class RPG(Generator):
         chosen = torch.rand(b, t, generator=gen).argsort(1)[:, :k]  # (B, k), distinct per row
         mask = (torch.arange(w) < self.valid[chosen, None]).to(tokens.device).reshape(b * k, 1, w)
         pick = chosen.to(tokens.device)
-        proto = self.net.prototypes(states, tokens if self.spec.recurrent_input == "tokens" else None, codes)
+        drop = None
+        if codes is not None and self.spec.condition_dropout > 0:  # classifier-free guidance: learn the null too
+            drop = (torch.rand(b, generator=gen) < self.spec.condition_dropout).to(tokens.device)
+        proto = self.net.prototypes(states, tokens if self.spec.recurrent_input == "tokens" else None, codes, drop)
         x0 = tokens.gather(1, pick[..., None].expand(-1, -1, w)).reshape(b * k, 1, w)
         cond = proto.gather(1, pick[..., None].expand(-1, -1, proto.shape[-1])).reshape(b * k, -1)
         return self.diffusion.loss(lambda x, tt: self.net.denoiser(x, tt, cond), x0, mask, noise_gen)
@@ -339,21 +359,36 @@ class RPG(Generator):
 
     # -- sampling ----------------------------------------------------------------------------
     def _denoise(self, net: RPGNet, cond: torch.Tensor, seeds: torch.Tensor, sampler: str,
-                 steps: int | None) -> torch.Tensor:
+                 steps: int | None, null: torch.Tensor | None = None) -> torch.Tensor:
         """Reverse diffusion of one chunk of tokens ``(c, 1, W)`` given their prototypes ``(c, D)``.
 
         Every token draws all its noise (initial and per step) from its own generator, seeded
         by its (sample, token) index: a token's result does not depend on the chunking.
+        ``null``: the prototypes under the null condition, for classifier-free guidance.
         """
         gens = [torch.Generator().manual_seed(int(v)) for v in seeds]
-        x = self.diffusion.sample(lambda x_t, t: net.denoiser(x_t, t, cond), (len(cond), 1, self.tokenizer.width),
-                                  gens, sampler, steps, device=self.device)
+        w = self.spec.guidance_scale
+
+        def denoise(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            if null is None:
+                return net.denoiser(x_t, t, cond)
+            # Guidance is linear in the prediction, so it is the same for x0, epsilon and v.
+            c, u = net.denoiser(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([cond, null])).chunk(2)
+            return u + w * (c - u)
+
+        x = self.diffusion.sample(denoise, (len(cond), 1, self.tokenizer.width), gens, sampler, steps,
+                                  device=self.device)
         return x[:, 0]
 
-    def chunk_size(self) -> int:
+    def guided(self, code: torch.Tensor | None) -> bool:
+        """Whether sampling mixes in the null condition (classifier-free guidance)."""
+        return code is not None and self.spec.guidance_scale != 1
+
+    def chunk_size(self, guided: bool = False) -> int:
         """Tokens denoised at once: ``sample_chunk``, lowered so the denoiser's activations
-        stay within ``SAMPLE_ACTIVATION_BYTES`` (wide tokens of a large net)."""
-        per_token = self.net.denoiser.activation_bytes_per_token()
+        stay within ``SAMPLE_ACTIVATION_BYTES`` (wide tokens of a large net); guidance runs
+        the denoiser on two copies of each token."""
+        per_token = self.net.denoiser.activation_bytes_per_token() * (2 if guided else 1)
         return max(1, min(self.spec.sample_chunk, SAMPLE_ACTIVATION_BYTES // per_token))
 
     def _pieces(self, n: int, condition: Any, generator: torch.Generator, sampler: str,
@@ -361,30 +396,43 @@ class RPG(Generator):
         """Denoised tokens as ``(sample indices, token indices, (c, width) values)``, chunk by
         chunk, in (sample, token) order: the only copy of the diffusion state is one chunk's."""
         code = self.resolve_condition(condition)
+        guided = self.guided(code)
         net = self.sampling_module(self.net)
-        T, W, chunk = self.tokenizer.num_tokens, self.tokenizer.width, self.chunk_size()
+        T, W, chunk = self.tokenizer.num_tokens, self.tokenizer.width, self.chunk_size(guided)
         base = int(torch.randint(0, 2**62, (1,), generator=generator))
         states = torch.randint(len(self.runs), (n,), generator=generator).to(self.device)
         if self.spec.recurrent_input == "positions":
             # Prototypes depend on the permutation state only: one sequence per distinct state.
             used, which = states.unique(return_inverse=True)
-            proto = net.prototypes(used, codes=None if code is None else code.expand(len(used), *code.shape))  # (U, T, D)
+            codes = None if code is None else code.expand(len(used), *code.shape)
+            proto = net.prototypes(used, codes=codes)  # (U, T, D)
+            null = net.prototypes(used, codes=codes, drop=torch.ones(len(used), dtype=torch.bool,
+                                                                     device=self.device)) if guided else None
             for start in range(0, n * T, chunk):
                 ids = torch.arange(start, min(start + chunk, n * T))
                 s, t = ids // T, ids % T
-                cond = proto[which[s.to(self.device)], t.to(self.device)]
-                yield s, t, self._denoise(net, cond, base + ids, sampler, steps).cpu()
+                rows, cols = which[s.to(self.device)], t.to(self.device)
+                yield s, t, self._denoise(net, proto[rows, cols], base + ids, sampler, steps,
+                                          None if null is None else null[rows, cols]).cpu()
             return
         # tokens: autoregressive, token by token (a token's prototype needs its predecessor's values).
+        # With guidance the null-condition sequence runs beside the conditional one, on the same tokens.
+        codes = None if code is None else code.expand(n, *code.shape)
+        drop = torch.ones(n, dtype=torch.bool, device=self.device)
         state = net.backbone.begin(n, self.device)
+        null_state = net.backbone.begin(n, self.device) if guided else None
         prev = torch.zeros(n, W, device=self.device)
         for t in range(T):
-            codes = None if code is None else code.expand(n, *code.shape)
             cond, state = net.backbone.step(net.step_input(states, t, prev, codes), state)
+            null = None
+            if guided:
+                null, null_state = net.backbone.step(net.step_input(states, t, prev, codes, drop), null_state)
             real = (torch.arange(W) < self.valid[t]).float().to(self.device)  # fed back as in training: zero padding
             for start in range(0, n, chunk):
                 rows = torch.arange(start, min(start + chunk, n))
-                prev[rows] = self._denoise(net, cond[rows.to(self.device)], base + rows * T + t, sampler, steps) * real
+                r = rows.to(self.device)
+                prev[rows] = self._denoise(net, cond[r], base + rows * T + t, sampler, steps,
+                                           None if null is None else null[r]) * real
                 yield rows, torch.full_like(rows, t), prev[rows].cpu()
 
     @torch.no_grad()
