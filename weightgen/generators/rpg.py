@@ -380,10 +380,6 @@ class RPG(Generator):
                                   device=self.device)
         return x[:, 0]
 
-    def guided(self, code: torch.Tensor | None) -> bool:
-        """Whether sampling mixes in the null condition (classifier-free guidance)."""
-        return code is not None and self.spec.guidance_scale != 1
-
     def chunk_size(self, guided: bool = False) -> int:
         """Tokens denoised at once: ``sample_chunk``, lowered so the denoiser's activations
         stay within ``SAMPLE_ACTIVATION_BYTES`` (wide tokens of a large net); guidance runs
@@ -396,7 +392,7 @@ class RPG(Generator):
         """Denoised tokens as ``(sample indices, token indices, (c, width) values)``, chunk by
         chunk, in (sample, token) order: the only copy of the diffusion state is one chunk's."""
         code = self.resolve_condition(condition)
-        guided = self.guided(code)
+        guided = code is not None and self.spec.guidance_scale != 1  # classifier-free guidance: null beside code
         net = self.sampling_module(self.net)
         T, W, chunk = self.tokenizer.num_tokens, self.tokenizer.width, self.chunk_size(guided)
         base = int(torch.randint(0, 2**62, (1,), generator=generator))
@@ -418,9 +414,9 @@ class RPG(Generator):
         # tokens: autoregressive, token by token (a token's prototype needs its predecessor's values).
         # With guidance the null-condition sequence runs beside the conditional one, on the same tokens.
         codes = None if code is None else code.expand(n, *code.shape)
-        drop = torch.ones(n, dtype=torch.bool, device=self.device)
         state = net.backbone.begin(n, self.device)
         null_state = net.backbone.begin(n, self.device) if guided else None
+        drop = torch.ones(n, dtype=torch.bool, device=self.device) if guided else None
         prev = torch.zeros(n, W, device=self.device)
         for t in range(T):
             cond, state = net.backbone.step(net.step_input(states, t, prev, codes), state)
