@@ -370,3 +370,29 @@ def test_predict_x0_inverts_each_prediction_type(prediction):
     t = torch.tensor([0, 10, 300, 700, 999])
     x_t = d.train_scheduler.add_noise(x0, noise, t)
     torch.testing.assert_close(d.predict_x0(_oracle(d, x0)(x_t, t), x_t, t), x0, atol=1e-3, rtol=1e-3)
+
+
+def test_temperature_scales_the_starting_noise_of_deterministic_sampling(caplog):
+    # A zero epsilon makes DDIM (eta 0) linear in its starting noise, so the result scales with it.
+    d = Diffusion(timesteps=100)
+    zero = lambda x, t: torch.zeros_like(x)  # noqa: E731
+
+    def draw(temperature, sampler="ddim"):
+        return d.sample(zero, (3, 1, 8), torch.Generator().manual_seed(0), sampler=sampler, steps=10,
+                        temperature=temperature)
+
+    full = draw(1.0)
+    assert full.abs().max() > 0
+    torch.testing.assert_close(draw(0.5), 0.5 * full)
+    assert torch.equal(draw(0.0), torch.zeros_like(full))
+    assert not caplog.records
+    draw(0.5, "ddpm")  # per-step noise stays unscaled there: said, not hidden
+    assert any("DDPM adds unscaled noise" in r.getMessage() for r in caplog.records)
+
+
+def test_diffusion_from_spec_follows_the_config():
+    from weightgen.config import DiffusionSpec
+
+    d = Diffusion.from_spec(DiffusionSpec(timesteps=50, beta_schedule="squaredcos_cap_v2", prediction="v_prediction"))
+    assert d.timesteps == 50 and d.prediction == "v_prediction"
+    assert d.train_scheduler.config.beta_schedule == "squaredcos_cap_v2"

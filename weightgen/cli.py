@@ -201,7 +201,11 @@ def sample(generator: Path = typer.Argument(..., help="saved generator directory
            target_metric: float = typer.Option(None, "--target-metric", help="gpt: the metric wanted"),
            guidance: float = typer.Option(None, "--guidance", min=0,
                                           help="rpg fitted with condition_dropout: classifier-free guidance scale "
-                                               "(1: the plain conditional model; default: the generator's own)")
+                                               "(1: the plain conditional model; default: the generator's own)"),
+           temperature: float = typer.Option(None, "--temperature", min=0,
+                                             help="scale of the starting noise (below 1: networks nearer the centre "
+                                                  "of what the generator learned; use with --sampler ddim; default: "
+                                                  "the generator's own, 1)")
            ) -> None:
     """Generate networks and write each as a safetensors file loadable into the net.
 
@@ -227,6 +231,8 @@ def sample(generator: Path = typer.Argument(..., help="saved generator directory
                      f"condition to guide against); {generator} is {gen.method}"
                      + (" fitted with condition_dropout 0" if gen.method == "rpg" else ""))
             gen.spec.guidance_scale = guidance
+        if temperature is not None:
+            gen.spec.diffusion.temperature = temperature
         condition = task_code if metric is None else metric
         if start is not None or start_metric is not None or target_metric is not None:
             condition = _gpt_prompt(start, start_metric, target_metric)

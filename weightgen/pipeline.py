@@ -180,6 +180,7 @@ def write_samples(gen: Generator, out: Path, n: int, seed: int, batch_size: int,
         stream = gen.tokenizer.num_params >= STREAM_PARAMS
     meta = {"seed": seed, "sampler": sampler, "steps": steps, "method": gen.method, "stream": stream,
             "generated_names": gen.tokenizer.names, "net_build": gen.net_build, "condition": _describe(condition)}
+    meta["temperature"] = gen.spec.diffusion.temperature
     if getattr(gen.spec, "condition_dropout", 0):  # a generator that can be guided: say how it was
         meta["guidance_scale"] = gen.spec.guidance_scale
     if stream:

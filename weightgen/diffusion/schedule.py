@@ -6,6 +6,7 @@ reverse process with a seeded generator.
 """
 from __future__ import annotations
 
+import logging
 from typing import Callable
 
 import torch
@@ -18,6 +19,7 @@ from diffusers.utils.torch_utils import randn_tensor
 # predicts x0 directly; its loss is the x0 error weighted by 1 / (1 - abar), which stresses the last,
 # most precise steps.
 PREDICTIONS = ("epsilon", "sample", "v_prediction")
+log = logging.getLogger(__name__)
 Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t, t) -> prediction
 
 
@@ -33,6 +35,11 @@ class Diffusion:
         self.timesteps = timesteps
         self.prediction = prediction
         self.train_scheduler = DDPMScheduler(**self.kwargs)
+
+    @classmethod
+    def from_spec(cls, spec) -> "Diffusion":
+        """From a config's ``diffusion`` section (``weightgen.config.DiffusionSpec``)."""
+        return cls(spec.timesteps, spec.beta_start, spec.beta_end, spec.beta_schedule, spec.prediction)
 
     def scheduler(self, sampler: str = "ddpm"):
         if sampler == "ddpm":
@@ -76,8 +83,10 @@ class Diffusion:
     def sample(self, denoise: Denoise, shape: tuple[int, ...],
                generator: torch.Generator | list[torch.Generator] | None = None,
                sampler: str = "ddpm", steps: int | None = None, eta: float = 0.0,
-               device: torch.device | str = "cpu") -> torch.Tensor:
+               device: torch.device | str = "cpu", temperature: float = 1.0) -> torch.Tensor:
         """Run the reverse process from pure noise; ``steps`` defaults to T for DDPM, 60 for DDIM.
+
+        ``temperature`` scales the starting noise (``DiffusionSpec.temperature``).
 
         ``generator`` may be a list with one CPU generator per row of the batch: each row
         then draws all its noise from its own stream, so results do not depend on how rows
@@ -85,7 +94,10 @@ class Diffusion:
         """
         sched = self.scheduler(sampler)
         sched.set_timesteps(steps or (self.timesteps if sampler == "ddpm" else min(60, self.timesteps)))
-        x = randn_tensor(shape, generator=generator, device=torch.device(device))
+        if temperature != 1 and sampler == "ddpm":
+            log.warning("temperature %g scales only the starting noise; DDPM adds unscaled noise at every step, "
+                        "so it changes little there: sample with ddim for low-temperature sampling", temperature)
+        x = randn_tensor(shape, generator=generator, device=torch.device(device)) * temperature
         for t in sched.timesteps:
             tt = torch.full((shape[0],), int(t), device=device, dtype=torch.long)
             pred = denoise(x, tt)

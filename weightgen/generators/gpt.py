@@ -136,8 +136,7 @@ class GPT(Generator):
             torch.manual_seed(0)
             self.net = GPTNet(s, self.tokenizer.num_tokens, self.tokenizer.width).to(self.device)
         self.ema = make_ema(self.net, s.ema)
-        self.diffusion = Diffusion(s.diffusion.timesteps, s.diffusion.beta_start, s.diffusion.beta_end,
-                                   s.diffusion.beta_schedule, s.diffusion.prediction)
+        self.diffusion = Diffusion.from_spec(s.diffusion)
 
     def modules(self) -> dict[str, nn.Module]:
         return {"net": self.net, **({"ema": self.ema} if self.ema is not None else {})}
@@ -296,7 +295,7 @@ class GPT(Generator):
         sm = torch.full((n,), prompt.start_metric, device=self.device)
         tm = torch.full((n,), prompt.target_metric, device=self.device)
         x = self.diffusion.sample(lambda x_t, t: net(x_t, t, start, sm, tm), (n, *start.shape[1:]), generator,
-                                  sampler, steps, device=self.device)
+                                  sampler, steps, device=self.device, temperature=self.spec.diffusion.temperature)
         return x.cpu()
 
     @torch.no_grad()

@@ -102,8 +102,7 @@ class PDiff(Generator):
         self.ae = PDiffAutoencoder(self.tokenizer.width, s.fold_rate, s.kernel_size, s.enc_channels, s.dec_channels)
         self.latent_dim = math.prod(self.ae.latent_shape)
         self.denoiser = ConvDenoiser1d(1, tuple(s.denoiser_channels))
-        self.diffusion = Diffusion(s.diffusion.timesteps, s.diffusion.beta_start, s.diffusion.beta_end,
-                                   s.diffusion.beta_schedule, s.diffusion.prediction)
+        self.diffusion = Diffusion.from_spec(s.diffusion)
         self.ema = make_ema(self.denoiser, s.ema)
         self.scaler = LatentScaler(self.latent_dim)
         self.scaler.to(self.device)
@@ -166,6 +165,6 @@ class PDiff(Generator):
         net = self.sampling_module(self.denoiser)
         self.ae.eval()
         z = self.diffusion.sample(net, (n, 1, self.latent_dim), generator, sampler=sampler, steps=steps,
-                                  device=self.device)
+                                  device=self.device, temperature=self.spec.diffusion.temperature)
         x = self.ae.decode(self.scaler.inverse(z.view(n, -1)).view(n, *self.ae.latent_shape))
         return x.unsqueeze(1).cpu()

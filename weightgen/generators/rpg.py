@@ -224,8 +224,7 @@ class RPG(Generator):
         # Real values per token (the rest is padding): masks of chosen tokens without holding a
         # (tokens x width) mask, which would cost a byte per parameter of a large network.
         self.valid = self.tokenizer.valid_counts
-        self.diffusion = Diffusion(s.diffusion.timesteps, s.diffusion.beta_start, s.diffusion.beta_end,
-                                   s.diffusion.beta_schedule, s.diffusion.prediction)
+        self.diffusion = Diffusion.from_spec(s.diffusion)
 
     def modules(self) -> dict[str, nn.Module]:
         return {"net": self.net, **({"ema": self.ema} if self.ema is not None else {})}
@@ -377,7 +376,7 @@ class RPG(Generator):
             return u + w * (c - u)
 
         x = self.diffusion.sample(denoise, (len(cond), 1, self.tokenizer.width), gens, sampler, steps,
-                                  device=self.device)
+                                  device=self.device, temperature=self.spec.diffusion.temperature)
         return x[:, 0]
 
     def chunk_size(self, guided: bool = False) -> int:
