@@ -74,11 +74,14 @@ def fmt(v, spec: str = ".4f") -> str:
     return "–" if v is None else format(v, spec)
 
 
-def settings_args(doc: str):
-    """The options every settings benchmark takes: which settings, how many steps, reuse of finished runs."""
+def settings_args(doc: str, extra=None):
+    """The options every settings benchmark takes: which settings, how many steps, reuse of finished runs;
+    ``extra(parser)`` adds a benchmark's own."""
     import argparse
 
     ap = argparse.ArgumentParser(description=doc)
+    if extra is not None:
+        extra(ap)
     ap.add_argument("--only", nargs="*", help="setting names to run")
     ap.add_argument("--scale", type=float, default=1.0, help="multiply generator training steps")
     ap.add_argument("--scale-for", nargs="*", default=[], metavar="NAME=SCALE",
@@ -128,9 +131,22 @@ def same_config(path: Path, cfg) -> bool:
         return False
 
 
-def run_or_reuse(cfg, zoo_dir: Path, run_dir: Path, reuse: bool) -> dict:
-    """``weightgen run`` of ``cfg``; with ``reuse``, a finished run of exactly this config is read instead."""
-    from weightgen.config import dump_config
+def at_default_sampling(cfg):
+    """``cfg`` with the generator's sampling settings (temperature, guidance) at their defaults:
+    what decides the fit."""
+    plain = cfg.model_copy(deep=True)
+    plain.generator.diffusion.temperature = 1.0
+    if hasattr(plain.generator, "guidance_scale"):
+        plain.generator.guidance_scale = 1.0
+    return plain
+
+
+def run_or_reuse(cfg, zoo_dir: Path, run_dir: Path, reuse: bool, fitted_in: Path | None = None) -> dict:
+    """``weightgen run`` of ``cfg``; with ``reuse``, a finished run of exactly this config is read instead.
+
+    ``fitted_in``: a run whose generator was fitted with ``cfg`` at other sampling settings; with
+    ``reuse`` it is sampled at ``cfg``'s instead of fitting again (its fit time and machine kept)."""
+    from weightgen.generators import load_generator
     from weightgen.pipeline import run_experiment
 
     done, made_on = run_dir / "report.json", run_dir / "machine.json"
@@ -139,9 +155,15 @@ def run_or_reuse(cfg, zoo_dir: Path, run_dir: Path, reuse: bool) -> dict:
         report = json.loads(done.read_text())
         report["machine"] = json.loads(made_on.read_text()) if made_on.is_file() else None
         return report
-    report = run_experiment(cfg, zoo_dir, run_dir, show_progress=True)
-    made_on.write_text(json.dumps(machine(), indent=1))
-    report["machine"] = machine()
+    fitted, fit_machine = None, None
+    if reuse and fitted_in is not None and (fitted_in / "generator").is_dir() and (fitted_in / "report.json").is_file() and \
+            same_config(fitted_in / "config.yaml", at_default_sampling(cfg)):
+        fitted = (load_generator(fitted_in / "generator"), json.loads((fitted_in / "report.json").read_text())["fit"])
+        if (fitted_in / "machine.json").is_file():
+            fit_machine = json.loads((fitted_in / "machine.json").read_text())
+    report = run_experiment(cfg, zoo_dir, run_dir, show_progress=True, fitted=fitted)
+    report["machine"] = fit_machine or machine()  # where the generator was fitted
+    made_on.write_text(json.dumps(report["machine"], indent=1))
     return report
 
 

@@ -1,11 +1,13 @@
 """Whole networks from many seeds: RPG against p-diff on the same zoo (issue 4, item 3).
 
-    python benchmarks/rpg_whole.py [--only cnn-rpg ...] [--scale 1.0] [--reuse]
+    python benchmarks/rpg_whole.py [--only cnn-rpg ...] [--scale 1.0] [--reuse] [--temperature 0.5]
 
 Each zoo holds 20 independent runs (seeds) of one digits net, the last 5 checkpoints of
 each, 17 steps (one epoch) apart: 100 whole networks (BatchNorm running statistics
 included, so a generated CNN is complete). RPG and p-diff are fitted on the same zoo and
-judged by the same evaluator. ``--scale`` multiplies generator training steps.
+judged by the same evaluator. ``--scale`` multiplies generator training steps. ``--temperature``
+samples at that temperature (ours; the run folders and the table get a ``-tT`` suffix); with
+``--reuse`` the generator of the run at temperature 1 is sampled again instead of refitted.
 
 Targets (issue 4): generated mean accuracy >= 99% of the originals' mean, generated best
 >= original best, and lower max IoU than noise-added originals at the same accuracy.
@@ -61,8 +63,17 @@ def settings() -> list[dict]:
 STEP_KEYS = ("steps", "ae_steps", "diffusion_steps")
 
 
+def temperature_note(t: float) -> str:
+    if t == 1:
+        return ""
+    return (f" Sampled at temperature {t:g} (ours: DDIM's starting noise scaled by {t:g}) from the generators "
+            "fitted for the table at temperature 1 (fit s: theirs); sampled and judged on this machine's CPU.")
+
+
 def main() -> None:
-    args = settings_args(__doc__)
+    args = settings_args(__doc__, lambda ap: ap.add_argument(
+        "--temperature", type=float, default=1.0, help="sampling temperature (scale of DDIM's starting noise)"))
+    tag = "-".join(filter(None, [args.tag, f"t{args.temperature:g}" if args.temperature != 1 else ""]))
     rows, started = [], time.time()
     for s in settings():
         if args.only and s["name"] not in args.only:
@@ -71,9 +82,11 @@ def main() -> None:
         for k in STEP_KEYS:
             if k in raw["generator"]:
                 raw["generator"][k] = max(1, int(raw["generator"][k] * scale_of(args, s["name"])))
+        raw["generator"]["diffusion"] = {**raw["generator"].get("diffusion", {}), "temperature": args.temperature}
         cfg = parse_config(raw, s["name"])
         print(f"== {s['name']}", flush=True)
-        report = run_or_reuse(cfg, WORK / "zoos" / s["zoo"], WORK / "runs" / tagged(cfg.name, args.tag), args.reuse)
+        report = run_or_reuse(cfg, WORK / "zoos" / s["zoo"], WORK / "runs" / tagged(cfg.name, tag), args.reuse,
+                              fitted_in=WORK / "runs" / tagged(cfg.name, args.tag) if tag != args.tag else None)
         row = summarize(s["name"], report)
         o, g = row["original"], row["generated"]
         row["steps"] = {k: raw["generator"][k] for k in STEP_KEYS if k in raw["generator"]}
@@ -87,7 +100,7 @@ def main() -> None:
               f"original {fmt(o['best'])} / {fmt(o['mean'])} / {fmt(o['median'])}; {row['targets']}", flush=True)
     payload = {"benchmark": "rpg_whole", "command": command(), "machine": machine(), "scale": args.scale,
                "seconds": time.time() - started, "results": rows}
-    write_json(tagged("rpg_whole", args.tag), payload)
+    write_json(tagged("rpg_whole", tag), payload)
     lines = ["| setting | steps | params | original best / mean / median | weight avg | noise σ=0.01 / 0.05 mean acc "
              "| generated best / mean / median (worst) | max IoU orig / σ=0.05 / gen | nearest dist orig / gen "
              "| fit s | targets |", "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -102,7 +115,7 @@ def main() -> None:
             f"{fmt(g['max_iou_mean'], '.3f')} | {fmt(o['nearest_distance_mean'], '.3g')} / "
             f"{fmt(g['nearest_distance_mean'], '.3g')} | {fmt(r['timing'].get('fit_seconds'), '.0f')} | {ok} |")
     notes = "\n".join(f"- **{r['name']}** (steps {r['steps']}): " + "; ".join(r["notes"]) for r in rows)
-    write_section(tagged("rpg_whole", args.tag), f"""## Whole networks from 20 seeds: RPG vs p-diff (issue 4){' — ' + args.tag if args.tag else ''}
+    write_section(tagged("rpg_whole", tag), f"""## Whole networks from 20 seeds: RPG vs p-diff (issue 4){' — ' + tag if tag else ''}
 
 Command: `{payload['command']}`; runs made on {where(rows)}.
 Zoo: 20 independent runs x last 5 checkpoints (one epoch apart) of each digits net, every parameter and
@@ -112,7 +125,7 @@ states, epsilon prediction, steps (in the table) x 4 checkpoints x 64 tokens (th
 (`diffusion.prediction: v_prediction`, ours). p-diff: its autoencoder on
 the flattened network, autoencoder + diffusion steps in the table. {SAMPLE['n']} samples each, DDIM
 {SAMPLE['steps']} steps. Targets: mean ≥ 99% of the originals' mean, best ≥ original best, lower max IoU than
-noise-added originals at the same accuracy.
+noise-added originals at the same accuracy.{temperature_note(args.temperature)}
 
 {chr(10).join(lines)}
 
@@ -120,7 +133,7 @@ Notes written by the evaluator:
 
 {notes}
 """)
-    print(f"wrote benchmarks/results/{tagged('rpg_whole', args.tag)}.json ({time.time() - started:.0f} s)")
+    print(f"wrote benchmarks/results/{tagged('rpg_whole', tag)}.json ({time.time() - started:.0f} s)")
 
 
 if __name__ == "__main__":

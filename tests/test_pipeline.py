@@ -232,6 +232,25 @@ def test_run_end_to_end(tmp_path):
     assert _squash("report:") in _squash(res.output)
 
 
+def test_run_samples_a_fitted_generator_at_the_configs_temperature(tmp_path):
+    from weightgen.pipeline import run_experiment
+
+    cfg = parse(RUN_CFG)
+    first = run_experiment(cfg, tmp_path / "zoo", tmp_path / "t1", show_progress=False)
+    fitted = (load_generator(tmp_path / "t1" / "generator"), first["fit"])
+    cold_cfg = cfg.model_copy(deep=True)
+    cold_cfg.generator.diffusion.temperature = 0.0
+    cold = run_experiment(cold_cfg, tmp_path / "zoo", tmp_path / "t0", show_progress=False, fitted=fitted)
+    assert cold["fit"] == first["fit"]  # not fitted again
+    assert load_generator(tmp_path / "t0" / "generator").spec.diffusion.temperature == 0.0
+    assert load_config(tmp_path / "t0" / "config.yaml") == cold_cfg
+    warm, cold_acc = first["groups"]["generated"], cold["groups"]["generated"]
+    assert warm["n"] == cold_acc["n"] == 5
+    # At temperature 0 DDIM has no noise left: one network, five times (to float rounding: batches of 2, 2, 1).
+    spread = lambda v: max(v) - min(v)  # noqa: E731
+    assert spread(warm["nearest_distance"]) > 0.05 and spread(cold_acc["nearest_distance"]) < 1e-3
+
+
 def test_train_sample_eval(pdiff_zoo, tmp_path):
     cfg_file = write_config(tmp_path / "cfg.yaml", PDIFF_ZOO_CFG)
     gen_dir, samples = tmp_path / "gen", tmp_path / "samples"

@@ -91,7 +91,13 @@ def evaluate_samples(zoo: Zoo, batches: Iterable[dict], names: list[str], out_di
 
 
 def run_experiment(cfg: ExperimentConfig, zoo_dir: Path | None = None, run_dir: Path | None = None,
-                   show_progress: bool = True) -> dict:
+                   show_progress: bool = True, fitted: tuple[Generator, dict] | None = None) -> dict:
+    """Zoo (built or resumed) -> fit -> sample -> evaluate; the report is written to ``run_dir``.
+
+    ``fitted``: a generator already fitted on this zoo with ``cfg.generator`` and its fit stats;
+    it is sampled with ``cfg.generator``'s sampling settings (temperature, guidance) instead of
+    fitting again, so one fit can be judged at several of them.
+    """
     zoo_dir = Path(zoo_dir or Path("zoos") / cfg.name)
     run_dir = Path(run_dir or Path("runs") / cfg.name)
     # A generator that samples only from a prompt (G.pt: a start checkpoint and metrics) has
@@ -111,7 +117,13 @@ def run_experiment(cfg: ExperimentConfig, zoo_dir: Path | None = None, run_dir: 
         raise GeneratorError(f"zoo.mode 'tasks' needs a generator conditioned on the task code: set "
                              f"generator.condition: task_code (method rpg), not {cfg.generator.method!r} "
                              f"with condition {getattr(cfg.generator, 'condition', 'none')!r}")
-    gen, fit_stats = fit_generator(cfg, zoo, show_progress)
+    if fitted is None:
+        gen, fit_stats = fit_generator(cfg, zoo, show_progress)
+    else:
+        gen, fit_stats = fitted
+        gen.spec.diffusion.temperature = cfg.generator.diffusion.temperature
+        if hasattr(cfg.generator, "guidance_scale"):
+            gen.spec.guidance_scale = cfg.generator.guidance_scale
     gen.save(run_dir / "generator")
     s = cfg.sample
     if cfg.zoo.mode == "tasks":
