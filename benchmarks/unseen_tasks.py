@@ -69,7 +69,15 @@ VARIANTS = {"all": {"condition_tokens": "all"}, "last-8": {"condition_tokens": 8
             # ... and classifier-free guidance (ours): the code dropped for 10% of the checkpoints in
             # training, judged at the guidance scales of --guidance (1: the plain conditional model).
             "all, no permutation state, v prediction, transformer, guidance":
-                {**V, "backbone": "transformer", "condition_dropout": 0.1}}
+                {**V, "backbone": "transformer", "condition_dropout": 0.1},
+            # ... and, since 32,000 steps gave what 16,000 did, the step noise taken out (EMA 0.999 and
+            # a learning rate decayed to 0) ...
+            "all, no permutation state, v prediction, transformer, EMA + cosine lr":
+                {**V, "backbone": "transformer", "ema": 0.999, "lr_schedule": "cosine"},
+            # ... and with it a denoiser of twice the width (U-Net channels 64/128/256 for 32/64/128).
+            "all, no permutation state, v prediction, transformer, EMA + cosine lr, wide denoiser":
+                {**V, "backbone": "transformer", "ema": 0.999, "lr_schedule": "cosine",
+                 "unet_channels": [64, 128, 256]}}
 SAMPLES_PER_CODE, SEEN_CODES, DDIM_STEPS = 10, 50, 50
 # The baseline without diffusion: an MLP (two hidden layers of 512) from the code's bits to the
 # network's tokens, MSE, 5,000 steps of 64 checkpoints, cosine learning rate (~1 min on one core).
@@ -90,6 +98,8 @@ def main() -> None:
     ap.add_argument("--guidance", type=float, nargs="+", default=[1.0],
                     help="classifier-free guidance scales to judge a variant fitted with condition_dropout at "
                          "(one row each; the others are judged at 1)")
+    ap.add_argument("--temperature", type=float, nargs="+", default=[1.0],
+                    help="sampling temperatures (scale of DDIM's starting noise) to judge every fit at (one row each)")
     ap.add_argument("--codes", type=int, default=SEEN_CODES,
                     help="held-out and seen codes to judge (a quick check: 2; the table: all 50)")
     args = ap.parse_args()
@@ -121,18 +131,22 @@ def main() -> None:
             t0 = time.time()
             regression = CodeRegression.fit(zoo, gen.tokenizer, gen.reference, **REGRESSION)
             zoo_info["regression_fit_seconds"] = time.time() - t0
-        for scale in args.guidance if cfg.generator.condition_dropout > 0 else [1.0]:
-            gen.spec.guidance_scale = scale  # a sampling setting: one fit serves every scale
+        settings = [(g, temp) for g in (args.guidance if cfg.generator.condition_dropout > 0 else [1.0])
+                    for temp in args.temperature]
+        for scale, temp in settings:  # sampling settings: one fit serves every one
+            gen.spec.guidance_scale = scale
+            gen.spec.diffusion.temperature = temp
             rows = {split: evaluate_codes(gen, zoo, codes, SAMPLES_PER_CODE, seed=0, steps=DDIM_STEPS, regression=regression)
                     for split, codes in (("heldout", heldout), ("seen", seen))}
             summary = {split: summarize_codes(r) for split, r in rows.items()}
             h = summary["heldout"]
             targets = {"heldout_mean_ge_99pct_trained": h["ratio"] is not None and h["ratio"] >= 0.99,
                        "worst_heldout_code_ge_90pct": h["worst_code_mean"] is not None and h["worst_code_mean"] >= 0.90}
-            results.append({"name": name, "init": args.init, "steps": args.steps, "guidance": scale, "zoo": zoo_info,
+            results.append({"name": name, "init": args.init, "steps": args.steps, "guidance": scale,
+                            "temperature": temp, "zoo": zoo_info,
                             "generator": gen.spec.model_dump(mode="json"), "fit": stats,
                             "summary": summary, "targets": targets, "rows": rows, "machine": stats.get("machine")})
-            print(f"   guidance {scale}: held-out: generated {fmt(h['generated_mean'])} vs trained {fmt(h['trained_mean'])} "
+            print(f"   guidance {scale}, temperature {temp}: held-out: generated {fmt(h['generated_mean'])} vs trained {fmt(h['trained_mean'])} "
                   f"(ratio {fmt(h['ratio'], '.3f')}), nearest-seen copy {fmt(h['nearest_seen_mean'])}, "
                   f"worst code {h['worst_code']} {fmt(h['worst_code_mean'])}; {targets}", flush=True)
             write(args, zoo_info, results, started)
@@ -141,21 +155,23 @@ def main() -> None:
 def write(args, zoo_info: dict, results: list[dict], started: float) -> None:
     """JSON and the docs section, rewritten after each variant (a later failure keeps the earlier
     ones); variants measured by an earlier invocation (on either zoo, at any steps) are kept."""
-    # Rows from before --init are "run" rows; rows from before --guidance were judged at 1.
-    key = lambda r: (r.get("init", "run"), r["name"], r["steps"], r.get("guidance", 1.0))  # noqa: E731
+    # Rows from before --init are "run" rows; rows from before --guidance / --temperature were judged at 1.
+    key = lambda r: (r.get("init", "run"), r["name"], r["steps"], r.get("guidance", 1.0),  # noqa: E731
+                     r.get("temperature", 1.0))
     results = keep_earlier("unseen_tasks", results, key, fill=("zoo", "steps"))
-    results.sort(key=lambda r: (INITS.index(key(r)[0]), list(VARIANTS).index(r["name"]), r["steps"], key(r)[3]))
+    results.sort(key=lambda r: (INITS.index(key(r)[0]), list(VARIANTS).index(r["name"]), r["steps"], key(r)[3],
+                                -key(r)[4]))
     payload = {"benchmark": "unseen_tasks", "command": command(), "machine": machine(), "steps": args.steps, "zoo": zoo_info,
                "seconds": time.time() - started, "results": results}
     write_json("unseen_tasks", payload)
-    lines = ["| zoo init | condition reaches | steps | guidance | codes | generated mean (worst code) | trained (zoo recipe) | ratio "
+    lines = ["| zoo init | condition reaches | steps | guidance | temperature | codes | generated mean (worst code) | trained (zoo recipe) | ratio "
              "| nearest-seen copy | codes where generated > copy | regression from the code (no diffusion) | train / generate time | fit s | targets |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         for split in ("heldout", "seen"):
             s = r["summary"][split]
             ok = " ".join(("✔" if v else "✘") + k for k, v in r["targets"].items()) if split == "heldout" else ""
-            lines.append(f"| {key(r)[0]} | {r['name']} | {r['steps']} | {fmt(key(r)[3], '.1f')} | {s['codes']} {split} | {fmt(s['generated_mean'])} ({fmt(s['worst_code_mean'])}) "
+            lines.append(f"| {key(r)[0]} | {r['name']} | {r['steps']} | {fmt(key(r)[3], '.1f')} | {fmt(key(r)[4], '.2f')} | {s['codes']} {split} | {fmt(s['generated_mean'])} ({fmt(s['worst_code_mean'])}) "
                          f"| {fmt(s['trained_mean'])} | {fmt(s['ratio'], '.3f')} | {fmt(s['nearest_seen_mean'])} "
                          f"| {s['codes_beating_nearest_seen']}/{s['codes']} | {fmt(s.get('regression_mean'))} "
                          f"| {fmt(s['train_over_generate_time'], '.1f')}x "
@@ -180,8 +196,11 @@ the denoiser predicts v (diffusers' `v_prediction`) instead of x0; `batch 64`: 6
 per step instead of 16 x 16, fitted on the H100 named above (its fit s are GPU seconds); `lstm`, `transformer`:
 that recurrent model (2 layers, causal) in place of Mamba; `guidance`: classifier-free guidance, the code replaced
 by a learned null code for 10% of the checkpoints in training, sampled as null + scale x (code - null) at the
-table's guidance scale (all ours).
-{SAMPLES_PER_CODE} networks per code, DDIM {DDIM_STEPS} steps. "nearest-seen copy": the zoo's networks for the seen
+table's guidance scale; `EMA + cosine lr` on the transformer: as above; `wide denoiser`: U-Net channels
+64/128/256 instead of 32/64/128 (all ours).
+{SAMPLES_PER_CODE} networks per code, DDIM {DDIM_STEPS} steps (eta 0), started from noise of the table's
+temperature (its standard deviation; below 1 draws networks nearer the centre of what the generator learned, 0
+gives one network per code). "nearest-seen copy": the zoo's networks for the seen
 code with the fewest differing bits, scored on the asked code's task (what retrieval would give). "train / generate
 time": seconds of SGD for one network over seconds to generate one (median over codes). "regression from the code":
 the baseline without diffusion (weightgen/evaluate/regression.py): an MLP (2 x 512) from the code's bits to the
