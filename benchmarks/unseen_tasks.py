@@ -100,6 +100,9 @@ def main() -> None:
                          "(one row each; the others are judged at 1)")
     ap.add_argument("--temperature", type=float, nargs="+", default=[1.0],
                     help="sampling temperatures (scale of DDIM's starting noise) to judge every fit at (one row each)")
+    ap.add_argument("--fit-seed", type=int, default=0,
+                    help="the generator's seed (its initial weights, batches and noise; the zoo keeps seed 0): "
+                         "a second fit of a variant, to see how much the table's numbers vary from fit to fit")
     ap.add_argument("--codes", type=int, default=SEEN_CODES,
                     help="held-out and seen codes to judge (a quick check: 2; the table: all 50)")
     args = ap.parse_args()
@@ -120,9 +123,10 @@ def main() -> None:
     for name, change in VARIANTS.items():
         if args.only and name not in args.only:
             continue
-        cfg = parse_config({**zoo_cfg, "generator": {**GEN, **change, "steps": args.steps}}, name)
+        cfg = parse_config({**zoo_cfg, "seed": args.fit_seed, "generator": {**GEN, **change, "steps": args.steps}}, name)
         print(f"== condition reaches {name} tokens ({args.init} init)", flush=True)
-        suffix = ("" if args.init == "run" else f"-{args.init}-init") + f"-{args.steps}"
+        suffix = ("" if args.init == "run" else f"-{args.init}-init") + f"-{args.steps}" + \
+            (f"-seed{args.fit_seed}" if args.fit_seed else "")
         gen, stats = fit_or_reuse(cfg, zoo, WORK / "runs" / f"bench-unseen-{name}{suffix}", args.reuse)
         if args.fit_only:
             print(f"   fitted in {stats['fit_seconds']:.0f} s (loss {stats['diffusion_loss']:.4f}); not judged (--fit-only)", flush=True)
@@ -143,7 +147,7 @@ def main() -> None:
             targets = {"heldout_mean_ge_99pct_trained": h["ratio"] is not None and h["ratio"] >= 0.99,
                        "worst_heldout_code_ge_90pct": h["worst_code_mean"] is not None and h["worst_code_mean"] >= 0.90}
             results.append({"name": name, "init": args.init, "steps": args.steps, "guidance": scale,
-                            "temperature": temp, "zoo": zoo_info,
+                            "temperature": temp, "fit_seed": args.fit_seed, "zoo": zoo_info,
                             "generator": gen.spec.model_dump(mode="json"), "fit": stats,
                             "summary": summary, "targets": targets, "rows": rows, "machine": stats.get("machine")})
             print(f"   guidance {scale}, temperature {temp}: held-out: generated {fmt(h['generated_mean'])} vs trained {fmt(h['trained_mean'])} "
@@ -157,10 +161,10 @@ def write(args, zoo_info: dict, results: list[dict], started: float) -> None:
     ones); variants measured by an earlier invocation (on either zoo, at any steps) are kept."""
     # Rows from before --init are "run" rows; rows from before --guidance / --temperature were judged at 1.
     key = lambda r: (r.get("init", "run"), r["name"], r["steps"], r.get("guidance", 1.0),  # noqa: E731
-                     r.get("temperature", 1.0))
+                     r.get("temperature", 1.0), r.get("fit_seed", 0))
     results = keep_earlier("unseen_tasks", results, key, fill=("zoo", "steps"))
     results.sort(key=lambda r: (INITS.index(key(r)[0]), list(VARIANTS).index(r["name"]), r["steps"], key(r)[3],
-                                -key(r)[4]))
+                                -key(r)[4], key(r)[5]))
     payload = {"benchmark": "unseen_tasks", "command": command(), "machine": machine(), "steps": args.steps, "zoo": zoo_info,
                "seconds": time.time() - started, "results": results}
     write_json("unseen_tasks", payload)
@@ -171,7 +175,8 @@ def write(args, zoo_info: dict, results: list[dict], started: float) -> None:
         for split in ("heldout", "seen"):
             s = r["summary"][split]
             ok = " ".join(("✔" if v else "✘") + k for k, v in r["targets"].items()) if split == "heldout" else ""
-            lines.append(f"| {key(r)[0]} | {r['name']} | {r['steps']} | {fmt(key(r)[3], '.1f')} | {fmt(key(r)[4], '.2f')} | {s['codes']} {split} | {fmt(s['generated_mean'])} ({fmt(s['worst_code_mean'])}) "
+            seed = f" (fit seed {key(r)[5]})" if key(r)[5] else ""
+            lines.append(f"| {key(r)[0]} | {r['name']}{seed} | {r['steps']} | {fmt(key(r)[3], '.1f')} | {fmt(key(r)[4], '.2f')} | {s['codes']} {split} | {fmt(s['generated_mean'])} ({fmt(s['worst_code_mean'])}) "
                          f"| {fmt(s['trained_mean'])} | {fmt(s['ratio'], '.3f')} | {fmt(s['nearest_seen_mean'])} "
                          f"| {s['codes_beating_nearest_seen']}/{s['codes']} | {fmt(s.get('regression_mean'))} "
                          f"| {fmt(s['train_over_generate_time'], '.1f')}x "
