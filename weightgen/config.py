@@ -157,8 +157,8 @@ class DiffusionSpec(StrictModel):
     prediction: Literal["epsilon", "sample", "v_prediction"] = "epsilon"
     # A sampling setting (ours): the standard deviation of the starting noise. Below 1 draws each
     # network nearer the centre of what the generator learned (low-temperature sampling; 0: one
-    # network per condition, and per permutation state for RPG). With DDIM (eta 0) the starting noise is the only noise; DDPM adds
-    # unscaled noise at every step, so there it changes little.
+    # network per condition, and per permutation state for RPG). With DDIM (eta 0) the starting
+    # noise is the only noise; DDPM adds unscaled noise at every step, so there it changes little.
     temperature: float = Field(1.0, ge=0)
 
 
