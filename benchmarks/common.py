@@ -134,10 +134,10 @@ def same_config(path: Path, cfg) -> bool:
 def at_default_sampling(cfg):
     """``cfg`` with the generator's sampling settings (temperature, guidance) at their defaults:
     what decides the fit."""
+    from weightgen.generators import set_sampling
+
     plain = cfg.model_copy(deep=True)
-    plain.generator.diffusion.temperature = 1.0
-    if hasattr(plain.generator, "guidance_scale"):
-        plain.generator.guidance_scale = 1.0
+    set_sampling(plain.generator, 1.0, 1.0)
     return plain
 
 

@@ -34,6 +34,7 @@ from common import WORK, command, fit_or_reuse, fmt, keep_earlier, machine, wher
 from weightgen.config import parse_config
 from weightgen.evaluate.regression import CodeRegression
 from weightgen.evaluate.tasks import evaluate_codes, summarize_codes
+from weightgen.generators import set_sampling
 from weightgen.zoo import Zoo, build_zoo
 
 ZOO = {"name": "bench-unseen-tasks", "seed": 0, "task": {"name": "digits"}, "net": {"name": "mlp", "hidden": [32]},
@@ -138,8 +139,7 @@ def main() -> None:
         settings = [(g, temp) for g in (args.guidance if cfg.generator.condition_dropout > 0 else [1.0])
                     for temp in args.temperature]
         for scale, temp in settings:  # sampling settings: one fit serves every one
-            gen.spec.guidance_scale = scale
-            gen.spec.diffusion.temperature = temp
+            set_sampling(gen.spec, temp, scale)
             rows = {split: evaluate_codes(gen, zoo, codes, SAMPLES_PER_CODE, seed=0, steps=DDIM_STEPS, regression=regression)
                     for split, codes in (("heldout", heldout), ("seen", seen))}
             summary = {split: summarize_codes(r) for split, r in rows.items()}

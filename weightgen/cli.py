@@ -213,7 +213,7 @@ def sample(generator: Path = typer.Argument(..., help="saved generator directory
     only once it is complete. A generator fitted on a ``tasks`` zoo makes a network for
     the binary task given by --classes or --task-code, seen in training or not.
     """
-    from weightgen.generators import GeneratorError, load_generator
+    from weightgen.generators import GeneratorError, load_generator, set_sampling
     from weightgen.pipeline import write_samples
     from weightgen.tasks import code_from_classes
 
@@ -230,9 +230,7 @@ def sample(generator: Path = typer.Argument(..., help="saved generator directory
                 fail(f"--guidance needs an rpg generator fitted with condition_dropout > 0 (it learns the null "
                      f"condition to guide against); {generator} is {gen.method}"
                      + (" fitted with condition_dropout 0" if gen.method == "rpg" else ""))
-            gen.spec.guidance_scale = guidance
-        if temperature is not None:
-            gen.spec.diffusion.temperature = temperature
+        set_sampling(gen.spec, temperature, guidance)
         condition = task_code if metric is None else metric
         if start is not None or start_metric is not None or target_metric is not None:
             condition = _gpt_prompt(start, start_metric, target_metric)

@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from weightgen.config import ExperimentConfig, dump_config
 from weightgen.evaluate import compare, stack_states
 from weightgen.evaluate.batched import check_stacked
-from weightgen.generators import GENERATORS, Generator, GeneratorError
+from weightgen.generators import GENERATORS, Generator, GeneratorError, set_sampling
 from weightgen.tasks import Task, get_task
 from weightgen.zoo import Zoo, build_zoo
 
@@ -121,9 +121,7 @@ def run_experiment(cfg: ExperimentConfig, zoo_dir: Path | None = None, run_dir: 
         gen, fit_stats = fit_generator(cfg, zoo, show_progress)
     else:
         gen, fit_stats = fitted
-        gen.spec.diffusion.temperature = cfg.generator.diffusion.temperature
-        if hasattr(cfg.generator, "guidance_scale"):
-            gen.spec.guidance_scale = cfg.generator.guidance_scale
+        set_sampling(gen.spec, cfg.generator.diffusion.temperature, getattr(cfg.generator, "guidance_scale", None))
     gen.save(run_dir / "generator")
     s = cfg.sample
     if cfg.zoo.mode == "tasks":

@@ -253,6 +253,18 @@ def member_metric(member, name: str) -> float:
     return 1.0 - value if name.endswith("_error") else value
 
 
+def set_sampling(spec, temperature: float | None = None, guidance_scale: float | None = None) -> None:
+    """Set a generator spec's sampling settings (None: leave as is). They change no fitted weight,
+    so one fit serves every value; a guidance scale other than 1 needs a method that has guidance."""
+    if temperature is not None:
+        spec.diffusion.temperature = temperature
+    if guidance_scale is not None:
+        if hasattr(spec, "guidance_scale"):
+            spec.guidance_scale = guidance_scale
+        elif guidance_scale != 1:
+            raise GeneratorError(f"method {spec.method!r} has no classifier-free guidance (rpg has)")
+
+
 def load_generator(directory: str | Path) -> Generator:
     """Rebuild a saved generator of any registered method."""
     from .registry import GENERATORS
