@@ -13,7 +13,7 @@ from torch import nn
 from conftest import TRAJECTORY_ZOO_CFG, build, parse, tiny_cfg
 from weightgen.config import ConfigError, GPTSpec, TokenizerSpec, parse_config
 from weightgen.generators import GENERATORS, GeneratorError, load_generator
-from weightgen.generators.gpt import GPT, member_metric, training_pairs
+from weightgen.generators.gpt import GPT, PairSampler, member_metric, training_pairs
 from weightgen.nets import build_net
 from weightgen.nets.permute import PermutationError, hidden_groups, permute_state, random_permutations
 from weightgen.tokens import Tokenizer
@@ -231,12 +231,34 @@ def test_pairs_come_from_one_run_and_move_forward(trajectory_zoo):
         assert steps.index(members[j].step) == steps.index(members[i].step) + 1
 
 
+@pytest.mark.parametrize("max_gap", [None, 5])
+def test_uniform_gap_sampling_makes_every_gap_equally_likely(max_gap):
+    """G.pt's released sampler: a gap uniform over 1..n-1 (or max_gap), then a start; all-pairs
+    sampling makes the longest gap (initialization -> end) n-1 times rarer than the shortest."""
+    runs = [list(range(r * 50, r * 50 + 50)) for r in range(3)]  # 3 runs of 50 checkpoints
+    n = 60000
+    gaps = {}
+    for policy in ("uniform_gap", "uniform_pair"):
+        pairs = PairSampler(runs, policy, max_gap).sample(n, torch.Generator().manual_seed(0))
+        assert ((pairs[:, 0] // 50) == (pairs[:, 1] // 50)).all() and (pairs[:, 1] > pairs[:, 0]).all()
+        gaps[policy] = torch.bincount(pairs[:, 1] - pairs[:, 0], minlength=50)[1:].float() / n
+    widest = 49 if max_gap is None else max_gap
+    assert gaps["uniform_gap"][widest:].sum() == 0 and gaps["uniform_pair"][widest:].sum() == 0
+    assert torch.allclose(gaps["uniform_gap"][:widest], torch.full((widest,), 1 / widest), atol=0.01)
+    share = torch.tensor([50.0 - g for g in range(1, widest + 1)])  # n - g pairs of gap g per run
+    assert torch.allclose(gaps["uniform_pair"][:widest], share / share.sum(), atol=0.01)
+    # a start of gap g is uniform over the 50 - g places it fits
+    pairs = PairSampler(runs, "uniform_gap", max_gap).sample(n, torch.Generator().manual_seed(1))
+    last = pairs[(pairs[:, 1] - pairs[:, 0]) == widest][:, 0] % 50
+    assert set(last.tolist()) == set(range(50 - widest))
+
+
 def test_a_zoo_without_pairs_is_refused():
     states = _toy_states(2)
     gen = _standalone(_spec(), states)
     stacked = {k: torch.stack([s[k] for s in states]) for k in gen.tokenizer.names}
     with pytest.raises(GeneratorError, match="trajectory"):
-        gen.fit_pairs(stacked, torch.zeros(2), training_pairs([]), show_progress=False)
+        gen.fit_pairs(stacked, torch.zeros(2), [], show_progress=False)
 
 
 # -- fitting, sampling, persistence ------------------------------------------------------------------------
@@ -266,6 +288,27 @@ def test_sampling_shapes_finite_and_seeded(fitted, trajectory_zoo):
     assert not torch.equal(other["1.weight"], again["1.weight"])
     ddpm = next(gen.sample(2, prompt, seed=0))["1.weight"]  # T = 20 steps
     assert ddpm.shape == (2, 8, 64) and torch.isfinite(ddpm).all()
+
+
+def test_one_target_per_network(fitted, trajectory_zoo):
+    """A list of targets gives one network per target, across batches, each the network a
+    single-target prompt gives (at temperature 0 DDIM draws no noise, so seeds do not matter)."""
+    gen = load_generator(fitted[0])
+    gen.spec.diffusion.temperature = 0.0
+    prompt = _prompt(trajectory_zoo)
+    targets = [0.5, 1.0, 2.0]
+    batches = list(gen.sample(3, {**prompt, "target_metric": targets}, batch_size=2, sampler="ddim", steps=3))
+    together = torch.cat([b["1.weight"] for b in batches])
+    for i, t in enumerate(targets):
+        alone = next(gen.sample(1, {**prompt, "target_metric": t}, seed=7, sampler="ddim", steps=3))["1.weight"][0]
+        assert torch.allclose(together[i], alone, atol=1e-5)
+    assert not torch.allclose(together[0], together[2])  # the targets reach the networks
+    with pytest.raises(GeneratorError, match="3 target metrics, one per network, but 2"):
+        next(gen.sample(2, {**prompt, "target_metric": targets}))
+    with pytest.raises(GeneratorError, match="empty"):
+        next(gen.sample(1, {**prompt, "target_metric": []}))
+    with pytest.raises(GeneratorError, match="finite"):
+        next(gen.sample(2, {**prompt, "target_metric": [0.5, float("nan")]}))
 
 
 def test_entries_not_generated_come_from_the_start(trajectory_zoo, tmp_path):
@@ -356,7 +399,7 @@ def test_learns_to_move_toward_the_later_checkpoint():
     tok = gen.tokenizer
     stacked = {k: torch.stack([s[k] for s in starts + laters]) for k in tok.names}
     metrics = torch.tensor([1.0] * 8 + [0.2] * 8)
-    pairs = torch.tensor([[i, i + 8] for i in range(8)])
+    pairs = [[i, i + 8] for i in range(8)]  # eight two-checkpoint runs
     theta, target = tok.tokenize_batch(starts), tok.tokenize_batch(laters)
     mask = tok.mask
 

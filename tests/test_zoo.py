@@ -24,7 +24,7 @@ from weightgen.nets import build_net, parameter_names
 from weightgen.tasks import all_codes, get_task
 from weightgen.zoo import Zoo, ZooCorruptError, ZooError, plan_runs
 from weightgen.zoo import store as store_mod
-from weightgen.zoo.build import make_schedule, pretrain, start_from
+from weightgen.zoo.build import make_schedule, pretrain, start_from, trajectory_steps
 from weightgen.zoo.train import train_member
 
 METRIC_KEYS = {f"{s}_{m}" for s in ("train", "val", "test") for m in ("loss", "accuracy")}
@@ -284,6 +284,27 @@ def test_schedule_errors():
         make_schedule(parse(tiny_cfg(zoo={"mode": "seeds", "checkpoints": 10, "every": 5})), STEPS_PER_EPOCH_64)
     with pytest.raises(ZooError, match="checkpoints"):
         make_schedule(parse(tiny_cfg(zoo={"mode": "trajectory", "checkpoints": 30})), STEPS_PER_EPOCH_64)
+
+
+@pytest.mark.parametrize("k", [2, 3, 10, 18])
+def test_trajectory_spacing(k):
+    """Both spacings keep the initialization and the last step, k distinct steps in order;
+    quadratic puts more of them early (the first half of training gets about 70%)."""
+    main = 17  # one epoch of the tiny config
+    for spacing in ("linear", "quadratic"):
+        steps = make_schedule(parse(tiny_cfg(train={**tiny_cfg()["train"], "epochs": 1},
+                                             zoo={"mode": "trajectory", "checkpoints": k, "spacing": spacing})),
+                              STEPS_PER_EPOCH_64).keep
+        assert len(steps) == k and steps[0] == 0 and steps[-1] == main and steps == sorted(set(steps))
+    assert trajectory_steps(510, 50, "linear") == [round(i * 510 / 49) for i in range(50)]
+    quad = trajectory_steps(510, 50, "quadratic")
+    assert quad[:6] == [0, 1, 2, 3, 4, 5] and quad[-1] == 510 and sum(s <= 255 for s in quad) == 35
+    assert sum(s <= 255 for s in trajectory_steps(510, 50, "linear")) == 25
+
+
+def test_spacing_is_only_for_trajectories():
+    with pytest.raises(ValueError, match="spacing"):
+        parse(tiny_cfg(zoo={"mode": "seeds", "spacing": "quadratic"}))
 
 
 def test_tail_patterns_must_match(tmp_path):

@@ -95,7 +95,7 @@ class ZooSpec(StrictModel):
     """How checkpoints are collected.
 
     - ``seeds``: ``runs`` independent runs; the last ``checkpoints`` states of each, ``every`` steps apart.
-    - ``trajectory``: ``runs`` runs; ``checkpoints`` states evenly spaced along training, from the init.
+    - ``trajectory``: ``runs`` runs; ``checkpoints`` states along training from the init, spaced by ``spacing``.
     - ``tail``: train, then keep training only the parameters matching ``tail`` and save
       ``checkpoints`` states ``every`` steps apart (p-diff).
     - ``tasks``: runs for class-subset ``codes`` of the task, the code stored as the condition.
@@ -120,9 +120,16 @@ class ZooSpec(StrictModel):
     codes: Literal["all"] | int | list[str] = "all"
     heldout: int | list[str] = 0
     init: Literal["run", "shared", "pretrained"] = "run"
+    # ``trajectory`` only: where along training the checkpoints fall. ``linear``: evenly spaced
+    # steps (G.pt saves at random steps, evenly spread). ``quadratic`` (ours): step i of k at
+    # last_step * (i / (k - 1))^2, so early training, where the loss falls fastest, is sampled
+    # densely (the density falls as 1 / sqrt(step); never one step twice).
+    spacing: Literal["linear", "quadratic"] = "linear"
 
     @model_validator(mode="after")
     def _check(self) -> "ZooSpec":
+        if self.spacing != "linear" and self.mode != "trajectory":
+            raise ValueError(f"'spacing' applies to mode 'trajectory' only, not '{self.mode}'")
         if self.mode == "tail" and not self.tail:
             raise ValueError("mode 'tail' needs 'tail': glob patterns of the parameters that keep training")
         if self.mode != "tail" and self.tail:
@@ -317,6 +324,13 @@ class GPTSpec(StrictModel):
     permutation_augmentation: bool = True
     # Ours, optional: theta' at most this many checkpoints after theta in its run (None: any later one).
     max_gap: int | None = Field(None, ge=1)
+    # How a step draws its pairs. ``uniform_gap`` (G.pt's released code): a run, then a gap g
+    # between 1 and the run's last index (or max_gap), then theta uniformly among the
+    # checkpoints g before the end; every gap is equally likely, so long jumps (an
+    # initialization to a trained network) are as common as short ones. ``uniform_pair``
+    # (ours, this library's first version): every pair of a run equally likely, which
+    # makes a gap g rarer the larger it is (C(n, 2) pairs, n - g of gap g).
+    pair_sampling: Literal["uniform_gap", "uniform_pair"] = "uniform_gap"
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
     @model_validator(mode="after")

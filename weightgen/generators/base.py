@@ -156,8 +156,14 @@ class Generator(ABC):
         batch_size = self.memory_capped_batch(batch_size)
         gen = torch.Generator().manual_seed(seed)
         for start in range(0, n, batch_size):
-            tokens = self.sample_tokens(min(batch_size, n - start), condition, gen, sampler, steps)
+            stop = min(start + batch_size, n)
+            tokens = self.sample_tokens(stop - start, self.condition_rows(condition, start, stop), gen, sampler, steps)
             yield self.to_states(tokens)
+
+    def condition_rows(self, condition: Any, start: int, stop: int) -> Any:
+        """The part of ``condition`` for samples ``start:stop`` of a call to ``sample``: the
+        whole condition, unless a generator takes one condition per sample (G.pt's targets)."""
+        return condition
 
     def stream_tokens(self, condition: Any, generator: torch.Generator, sampler: str = "ddpm",
                       steps: int | None = None) -> Iterator[tuple[int, torch.Tensor]]:

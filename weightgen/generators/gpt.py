@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import torch
@@ -41,9 +41,20 @@ log = logging.getLogger(__name__)
 
 PROMPT_KEYS = ("start", "start_metric", "target_metric")
 PROMPT_HELP = ("G.pt generates from a prompt: pass condition={'start': a state_dict of the zoo's net (full, or "
-               "only the generated tensors), 'start_metric': its metric, 'target_metric': the metric wanted}. "
+               "only the generated tensors), 'start_metric': its metric, 'target_metric': the metric wanted, "
+               "or a list of one per network}. "
                "`weightgen run` has no prompt to give: use `weightgen sample GENERATOR --start ckpt.safetensors "
                "--start-metric X --target-metric Y`, or Python (benchmarks/gpt_prompt.py)")
+
+
+def _finite(value: Any, key: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise GeneratorError(f"condition {key!r} must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise GeneratorError(f"condition {key!r} must be finite, got {number}")
+    return number
 
 
 class TokenLinear(nn.Module):
@@ -92,28 +103,76 @@ class GPTNet(nn.Module):
 
 @dataclass
 class Prompt:
-    """A checked condition: theta's tokens ``(T, W)``, both metrics, and the entries not generated."""
+    """A checked condition: theta's tokens ``(T, W)``, both metrics, and the entries not
+    generated. ``target_metric`` is one value for every network, or an ``(n,)`` tensor of
+    one per network."""
 
     start: torch.Tensor
     start_metric: float
-    target_metric: float
+    target_metric: float | torch.Tensor
     fixed: dict[str, torch.Tensor]
+
+    def targets(self, n: int) -> torch.Tensor:
+        """``(n,)`` the target of each of ``n`` networks."""
+        if isinstance(self.target_metric, torch.Tensor):
+            if len(self.target_metric) != n:
+                raise GeneratorError(f"the prompt gives {len(self.target_metric)} target metrics, one per network, "
+                                     f"but {n} networks were asked for")
+            return self.target_metric
+        return torch.full((n,), self.target_metric)
+
+
+def training_runs(members) -> list[list[int]]:
+    """Indices into ``members`` of each run with two or more checkpoints, ordered by step."""
+    by_run: dict[int, list[int]] = {}
+    for i, m in enumerate(members):
+        by_run.setdefault(m.run, []).append(i)
+    runs = [sorted(idx, key=lambda i: members[i].step) for idx in by_run.values()]
+    return [idx for idx in runs if len(idx) > 1]
+
+
+def all_pairs(runs: list[list[int]], max_gap: int | None = None) -> torch.Tensor:
+    """``(P, 2)`` every (theta, theta') of each chain in ``runs`` with theta' later, at most
+    ``max_gap`` places after theta when given."""
+    pairs = [(idx[a], idx[b]) for idx in runs for a in range(len(idx))
+             for b in range(a + 1, len(idx) if max_gap is None else min(len(idx), a + 1 + max_gap))]
+    return torch.tensor(pairs, dtype=torch.long).reshape(-1, 2)
 
 
 def training_pairs(members, max_gap: int | None = None) -> torch.Tensor:
     """``(P, 2)`` indices into ``members`` of every (theta, theta') of one run with theta' later,
     at most ``max_gap`` checkpoints after theta when given."""
-    by_run: dict[int, list[int]] = {}
-    for i, m in enumerate(members):
-        by_run.setdefault(m.run, []).append(i)
-    pairs = []
-    for idx in by_run.values():
-        idx.sort(key=lambda i: members[i].step)
-        for a, i in enumerate(idx):
-            for b in range(a + 1, len(idx) if max_gap is None else min(len(idx), a + 1 + max_gap)):
-                if members[idx[b]].step > members[i].step:
-                    pairs.append((i, idx[b]))
-    return torch.tensor(pairs, dtype=torch.long).reshape(-1, 2)
+    return all_pairs(training_runs(members), max_gap)
+
+
+class PairSampler:
+    """Draws a step's (theta, theta') index pairs from chains of checkpoints (one per run, in
+    step order): ``uniform_pair`` picks among all pairs, ``uniform_gap`` (G.pt's released
+    code) picks a run, a gap, then a start (see ``GPTSpec.pair_sampling``)."""
+
+    def __init__(self, runs: list[list[int]], policy: str = "uniform_gap", max_gap: int | None = None):
+        self.policy, self.max_gap = policy, max_gap
+        self.pairs = all_pairs(runs, max_gap)
+        if len(self.pairs) == 0:
+            raise GeneratorError("G.pt trains on pairs of checkpoints from one run, the second later: the zoo has "
+                                 "no run with two checkpoints (use zoo.mode: trajectory with checkpoints >= 2)")
+        longest = max(len(idx) for idx in runs)
+        self.lengths = torch.tensor([len(idx) for idx in runs])
+        self.chains = torch.tensor([idx + [idx[-1]] * (longest - len(idx)) for idx in runs], dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def sample(self, n: int, gen: torch.Generator) -> torch.Tensor:
+        """``(n, 2)`` pairs, drawn with replacement."""
+        if self.policy == "uniform_pair":
+            return self.pairs[torch.randint(len(self.pairs), (n,), generator=gen)]
+        run = torch.randint(len(self.chains), (n,), generator=gen)
+        length = self.lengths[run]
+        widest = length - 1 if self.max_gap is None else (length - 1).clamp(max=self.max_gap)
+        gap = 1 + (torch.rand(n, generator=gen) * widest).long().clamp(max=widest - 1)
+        first = (torch.rand(n, generator=gen) * (length - gap)).long().clamp(max=length - gap - 1)
+        return torch.stack([self.chains[run, first], self.chains[run, first + gap]], 1)
 
 
 @GENERATORS.register("gpt")
@@ -199,14 +258,13 @@ class GPT(Generator):
         return self.diffusion.loss(lambda x, t: self.net(x, t, start, start_metric, target_metric), target, mask,
                                    noise_gen)
 
-    def fit_pairs(self, stacked: dict[str, torch.Tensor], metrics: torch.Tensor, pairs: torch.Tensor,
+    def fit_pairs(self, stacked: dict[str, torch.Tensor], metrics: torch.Tensor, runs: list[list[int]],
                   show_progress: bool = True, seed: int = 0) -> list[float]:
         """Train on checkpoints ``stacked`` (``name -> (M, *shape)``, the generated tensors) with
-        ``metrics`` ``(M,)`` and index pairs ``(P, 2)`` (theta, theta'); returns the losses."""
+        ``metrics`` ``(M,)``, pairs (theta, theta') drawn from ``runs`` (chains of indices into
+        the checkpoints, one per run, in step order) by ``spec.pair_sampling``; returns the losses."""
         s = self.spec
-        if len(pairs) == 0:
-            raise GeneratorError("G.pt trains on pairs of checkpoints from one run, the second later: the zoo has "
-                                 "no run with two checkpoints (use zoo.mode: trajectory with checkpoints >= 2)")
+        sampler = PairSampler(runs, s.pair_sampling, s.max_gap)
         gen = torch.Generator().manual_seed(seed)
         noise_gen = torch.Generator(self.device).manual_seed(seed)
         tokens = None
@@ -217,10 +275,10 @@ class GPT(Generator):
         metrics = metrics.to(self.device)
 
         def step_loss(_: int) -> torch.Tensor:
-            pick = torch.randint(len(pairs), (min(s.batch_size, len(pairs)),), generator=gen)
-            p = pairs[pick].to(self.device)
+            picked = sampler.sample(min(s.batch_size, len(sampler)), gen)
+            p = picked.to(self.device)
             if tokens is None:  # a fresh permutation per pair and step
-                start, target = (t.to(self.device) for t in self.pair_tokens(stacked, pairs[pick], gen))
+                start, target = (t.to(self.device) for t in self.pair_tokens(stacked, picked, gen))
             else:
                 start, target = tokens[p[:, 0]], tokens[p[:, 1]]
             return self.loss(start, target, metrics[p[:, 0]], metrics[p[:, 1]], noise_gen)
@@ -234,9 +292,10 @@ class GPT(Generator):
         states = [zoo.load(m, names) for m in members]
         stacked = {k: torch.stack([st[k] for st in states]) for k in names}
         metrics = torch.tensor([member_metric(m, self.spec.metric) for m in members], dtype=torch.float32)
-        pairs = training_pairs(members, self.spec.max_gap)
-        losses = self.fit_pairs(stacked, metrics, pairs, show_progress, seed)
-        return {"diffusion_loss": losses[-1] if losses else None, "num_train": len(members), "num_pairs": len(pairs),
+        runs = training_runs(members)
+        losses = self.fit_pairs(stacked, metrics, runs, show_progress, seed)
+        return {"diffusion_loss": losses[-1] if losses else None, "num_train": len(members),
+                "num_pairs": len(all_pairs(runs, self.spec.max_gap)), "pair_sampling": self.spec.pair_sampling,
                 "num_tokens": self.tokenizer.num_tokens, "metric": self.spec.metric,
                 "metric_range": list(self.metric_range) if self.metric_range else None,
                 "permuted_layers": len(self.groups)}
@@ -271,20 +330,26 @@ class GPT(Generator):
         else:  # a full state_dict: every entry must fit the net
             self.check_state(start, "start checkpoint")
             fixed = {k: start[k].detach().cpu() for k in self.reference}
-        metrics = {}
-        for key in ("start_metric", "target_metric"):
-            try:
-                metrics[key] = float(condition[key])
-            except (TypeError, ValueError):
-                raise GeneratorError(f"condition {key!r} must be a number, got {condition[key]!r}") from None
-            if not math.isfinite(metrics[key]):
-                raise GeneratorError(f"condition {key!r} must be finite, got {metrics[key]}")
+        start_metric = _finite(condition["start_metric"], "start_metric")
+        target = condition["target_metric"]
+        many = isinstance(target, (list, tuple)) or (isinstance(target, torch.Tensor) and target.dim() == 1)
+        targets = [_finite(v, "target_metric") for v in target] if many else [_finite(target, "target_metric")]
+        if not targets:
+            raise GeneratorError("condition 'target_metric' is an empty list: give one number, or one per network")
         if self.metric_range is not None:
             lo, hi = self.metric_range
-            if not lo <= metrics["target_metric"] <= hi:
+            outside = [v for v in targets if not lo <= v <= hi]
+            if outside:
                 log.warning("target %s %.4g is outside the range the training checkpoints cover [%.4g, %.4g]; "
-                            "G.pt extrapolates there", self.spec.metric, metrics["target_metric"], lo, hi)
-        return Prompt(self.tokenizer.tokenize(start), metrics["start_metric"], metrics["target_metric"], fixed)
+                            "G.pt extrapolates there", self.spec.metric, outside[0], lo, hi)
+        return Prompt(self.tokenizer.tokenize(start), start_metric,
+                      torch.tensor(targets, dtype=torch.float32) if many else targets[0], fixed)
+
+    def condition_rows(self, condition: Any, start: int, stop: int) -> Any:
+        """A prompt with one target per network passes the targets of samples ``start:stop``."""
+        if isinstance(condition, Prompt) and isinstance(condition.target_metric, torch.Tensor):
+            return replace(condition, target_metric=condition.target_metric[start:stop])
+        return condition
 
     @torch.no_grad()
     def sample_tokens(self, n: int, condition: Any, generator: torch.Generator, sampler: str = "ddpm",
@@ -293,7 +358,7 @@ class GPT(Generator):
         net = self.sampling_module(self.net)
         start = prompt.start.to(self.device).expand(n, -1, -1)
         sm = torch.full((n,), prompt.start_metric, device=self.device)
-        tm = torch.full((n,), prompt.target_metric, device=self.device)
+        tm = prompt.targets(n).to(self.device)
         x = self.diffusion.sample(lambda x_t, t: net(x_t, t, start, sm, tm), (n, *start.shape[1:]), generator,
                                   sampler, steps, device=self.device, temperature=self.spec.diffusion.temperature)
         return x.cpu()
@@ -304,6 +369,7 @@ class GPT(Generator):
         """As ``Generator.sample``; entries that are not generated come from the start checkpoint
         (when the prompt gives a full one), not from the zoo's reference: G.pt updates *that* network."""
         prompt = self.resolve_condition(condition)
+        prompt.targets(n)  # one target, or one per network
         for states in super().sample(n, prompt, seed, batch_size, sampler, steps):
             b = next(iter(states.values())).shape[0]
             yield {k: prompt.fixed[k].unsqueeze(0).expand(b, *prompt.fixed[k].shape) if k in prompt.fixed else v
@@ -313,6 +379,7 @@ class GPT(Generator):
     def sample_to_file(self, path, condition: Any = None, seed: int = 0, sampler: str = "ddpm",
                        steps: int | None = None, metadata: dict[str, str] | None = None) -> dict[str, Any]:
         prompt = self.resolve_condition(condition)
+        prompt.targets(1)  # one network: one target
         reference, self.reference = self.reference, prompt.fixed  # the file's fixed entries: the start's
         try:
             return super().sample_to_file(path, prompt, seed, sampler, steps, metadata)

@@ -79,15 +79,27 @@ def plan_runs(cfg: ExperimentConfig) -> list[RunPlan]:
     return [RunPlan(i, cfg.seed + i, None, "heldout" if i >= z.runs - z.heldout else "train") for i in range(z.runs)]
 
 
+def trajectory_steps(main: int, k: int, spacing: str) -> list[int]:
+    """``k`` distinct steps from 0 to ``main`` (both kept): ``main * (i / (k - 1))^p`` for
+    ``p`` 1 (``linear``) or 2 (``quadratic``); needs ``2 <= k <= main + 1``."""
+    power = {"linear": 1, "quadratic": 2}[spacing]
+    # Rounding can crowd the first steps together: each step is pushed past the one before,
+    # and kept below the room the later ones need, which still leaves ``main`` last.
+    steps: list[int] = []
+    for i in range(k):
+        s = round(main * (i / (k - 1)) ** power)
+        steps.append(min(max(s, steps[-1] + 1 if steps else 0), main - (k - 1 - i)))
+    return steps
+
+
 def make_schedule(cfg: ExperimentConfig, spe: int) -> Schedule:
     z, main = cfg.zoo, cfg.train.epochs * spe
     if z.mode == "trajectory":
         if z.checkpoints == 1:
             return Schedule(main, [main])
-        keep = sorted({round(i * main / (z.checkpoints - 1)) for i in range(z.checkpoints)})
-        if len(keep) < z.checkpoints:
+        if z.checkpoints > main + 1:
             raise ZooError(f"zoo.checkpoints ({z.checkpoints}) exceeds the {main + 1} states of a {main}-step run")
-        return Schedule(main, keep)
+        return Schedule(main, trajectory_steps(main, z.checkpoints, z.spacing))
     if z.mode == "tail":
         return Schedule(main, [main + z.every * (i + 1) for i in range(z.checkpoints)],
                         tail_steps=z.every * z.checkpoints, tail=tuple(z.tail))
