@@ -50,9 +50,10 @@ GENERATORS = {
 SETTINGS = ["gpt test_loss", "gpt test_error", "gpt-L test_loss", "rpg test_loss"]
 PROMPTS, ROUNDS, DDIM_STEPS = 20, 5, 50
 # G.pt is judged from each held-out run's initialization (as published; the targets). A second
-# start, the run's 11th checkpoint (~100 SGD steps in), tells apart "learned nothing" from
-# "learned to move a trained network but not an untrained one" (the hard first phase).
-MID_START = 10
+# start, the run's first checkpoint at or after SGD step 100 (the 11th of a linear zoo), tells
+# apart "learned nothing" from "learned to move a trained network but not an untrained one"
+# (the hard first phase).
+MID_STEP = 100
 # Held-out runs judged: the 200-run zoo holds out 20; a larger zoo's first 20 keep the judging
 # time (and the number of prompts behind each R²) the same.
 JUDGED_RUNS = 20
@@ -71,11 +72,11 @@ def r_squared(prompted: list[float], achieved: list[float]) -> float:
     return 1.0 - ss_res / ss_tot if ss_tot else float("nan")
 
 
-def value(scores, metric: str) -> float:
+def values(scores, metric: str) -> list[float]:
+    """The metric of every network scored."""
     if metric.endswith("_loss"):
-        return float(scores.loss[0])
-    acc = float(scores.accuracy[0])
-    return 1.0 - acc if metric.endswith("_error") else acc
+        return [float(v) for v in scores.loss]
+    return [1.0 - float(a) if metric.endswith("_error") else float(a) for a in scores.accuracy]
 
 
 def judge(gen, zoo: Zoo, metric: str) -> dict:
@@ -83,9 +84,14 @@ def judge(gen, zoo: Zoo, metric: str) -> dict:
     the target alone, so it has no start to improve and no recursive prompting."""
     is_gpt = gen.method == "gpt"
 
-    def prompt(state, current: float, target: float, seed: int) -> dict:
-        condition = {"start": state, "start_metric": current, "target_metric": target} if is_gpt else target
-        return next(gen.sample(1, condition, seed=seed, sampler="ddim", steps=DDIM_STEPS))
+    def prompt(state, current: float, targets: list[float], seed: int) -> dict:
+        """One network per target: G.pt takes them in one batch; RPG, one target per call (seed i + seed)."""
+        if is_gpt:
+            condition = {"start": state, "start_metric": current, "target_metric": targets}
+            return next(gen.sample(len(targets), condition, seed=seed, batch_size=len(targets), sampler="ddim",
+                                   steps=DDIM_STEPS))
+        nets = [next(gen.sample(1, t, seed=seed + i, sampler="ddim", steps=DDIM_STEPS)) for i, t in enumerate(targets)]
+        return {k: torch.cat([n[k] for n in nets]) for k in nets[0]}
 
     ev = Evaluator(zoo.build_net(), zoo_task(zoo), metric.split("_")[0])
     runs = defaultdict(list)
@@ -96,9 +102,9 @@ def judge(gen, zoo: Zoo, metric: str) -> dict:
 
     def sweep(state, start_value: float) -> tuple[list[float], list[float]]:
         """PROMPTS targets evenly spaced from the best training value to ``start_value``, and
-        the value each prompt's network achieves (prompt i sampled with seed i)."""
+        the value each prompt's network achieves."""
         targets = [best + (start_value - best) * i / (PROMPTS - 1) for i in range(PROMPTS)]
-        return targets, [value(ev(prompt(state, start_value, t, i)), metric) for i, t in enumerate(targets)]
+        return targets, values(ev(prompt(state, start_value, targets, 0)), metric)
 
     prompted, achieved, per_start = [], [], []
     mid_prompted, mid_achieved = [], []
@@ -108,16 +114,17 @@ def judge(gen, zoo: Zoo, metric: str) -> dict:
         targets, got = sweep(start, start_value)
         prompted += targets
         achieved += got
-        if is_gpt and len(members) > MID_START:
-            mid_targets, mid_got = sweep(zoo.load(members[MID_START]), member_metric(members[MID_START], metric))
+        mid = next((m for m in members if m.step >= MID_STEP), None)
+        if is_gpt and mid is not None:
+            mid_targets, mid_got = sweep(zoo.load(mid), member_metric(mid, metric))
             mid_prompted += mid_targets
             mid_achieved += mid_got
         one_step = got[0]  # the best prompt
         reached = next((m.step for m in members if member_metric(m, metric) <= one_step), None)
         rounds, state, current = [], start, start_value
         for r in range(ROUNDS if is_gpt else 0):
-            batch = prompt(state, current, best, 100 + r)
-            state, current = {k: v[0] for k, v in batch.items()}, value(ev(batch), metric)
+            batch = prompt(state, current, [best], 100 + r)
+            state, current = {k: v[0] for k, v in batch.items()}, values(ev(batch), metric)[0]
             rounds.append(current)
         per_start.append({"run": run, "start": start_value, "one_step": one_step, "sgd_steps_to_match": reached,
                           "run_steps": members[-1].step, "run_final": member_metric(members[-1], metric),
@@ -133,7 +140,7 @@ def judge(gen, zoo: Zoo, metric: str) -> dict:
         train_achieved += train_got
     matched = [p["sgd_steps_to_match"] for p in per_start]
     return {"best_train": best, "r2": r_squared(prompted, achieved), "prompted": prompted, "achieved": achieved,
-            "mid_start": {"checkpoint": MID_START, "r2": r_squared(mid_prompted, mid_achieved) if mid_prompted else None,
+            "mid_start": {"step": MID_STEP, "r2": r_squared(mid_prompted, mid_achieved) if mid_prompted else None,
                           "prompted": mid_prompted, "achieved": mid_achieved},
             "train_start": {"runs": TRAIN_STARTS, "r2": r_squared(train_prompted, train_achieved) if train_prompted else None,
                             "prompted": train_prompted, "achieved": train_achieved},
@@ -158,7 +165,7 @@ def plot(results: list[dict]) -> None:
         mid = j.get("mid_start") or {}
         if mid.get("prompted"):
             ax.scatter(mid["prompted"], mid["achieved"], s=8, alpha=0.6,
-                       label=f"from checkpoint {mid['checkpoint']}: R² {mid['r2']:.3f}")
+                       label=f"from SGD step {mid.get('step', 100)}: R² {mid['r2']:.3f}")
             ax.legend(fontsize=7)
         everything = j["prompted"] + j["achieved"] + mid.get("prompted", []) + mid.get("achieved", [])
         lo, hi = min(everything), max(everything)
@@ -176,29 +183,39 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=200)
     ap.add_argument("--only", nargs="*", choices=SETTINGS)
     ap.add_argument("--reuse", action="store_true", help="reuse a fitted generator of the same config")
+    ap.add_argument("--spacing", choices=["linear", "quadratic"], default="linear",
+                    help="zoo.spacing: where along each run its 50 checkpoints fall")
+    ap.add_argument("--pairs", choices=["uniform_gap", "uniform_pair"], default="uniform_gap",
+                    help="G.pt's pair_sampling (uniform_gap: the released code's)")
     args = ap.parse_args()
     started = time.time()
-    zoo_cfg = {**ZOO, "zoo": {**ZOO["zoo"], "runs": args.runs, "heldout": max(1, args.runs // 10)}}
+    zoo_cfg = {**ZOO, "zoo": {**ZOO["zoo"], "runs": args.runs, "heldout": max(1, args.runs // 10),
+                              "spacing": args.spacing}}
+    zoo_dir = WORK / "zoos" / (f"gpt-mlp-{args.runs}" + ("" if args.spacing == "linear" else f"-{args.spacing}"))
     t0 = time.time()
-    build_zoo(parse_config(zoo_cfg, "zoo"), WORK / "zoos" / f"gpt-mlp-{args.runs}")
+    build_zoo(parse_config(zoo_cfg, "zoo"), zoo_dir)
     zoo_seconds = time.time() - t0
-    zoo = Zoo.open(WORK / "zoos" / f"gpt-mlp-{args.runs}")
+    zoo = Zoo.open(zoo_dir)
     zoo_info = {"runs": args.runs, "heldout": max(1, args.runs // 10), "members": len(zoo.members(None)),
-                "build_seconds": zoo_seconds}
+                "build_seconds": zoo_seconds, "spacing": args.spacing}
     results = []
     for setting in SETTINGS:
         if args.only and setting not in args.only:
             continue
         method, metric = setting.split()
-        cfg = parse_config({**zoo_cfg, "generator": {**GENERATORS[method], "metric": metric, "steps": args.steps}},
-                           setting)
+        extra = {"pair_sampling": args.pairs} if method.startswith("gpt") else {}
+        cfg = parse_config({**zoo_cfg, "generator": {**GENERATORS[method], "metric": metric, "steps": args.steps,
+                                                     **extra}}, setting)
         print(f"== {method} prompted by {metric}", flush=True)
         name = f"bench-gpt-{metric}" if method == "gpt" else f"bench-prompt-{method}-{metric}"
-        run_dir = WORK / "runs" / (f"{name}-{args.steps}" + ("" if args.runs == 200 else f"-{args.runs}-runs"))
+        run_dir = WORK / "runs" / (f"{name}-{args.steps}" + ("" if args.runs == 200 else f"-{args.runs}-runs")
+                                   + ("" if args.spacing == "linear" else f"-{args.spacing}")
+                                   + (f"-{args.pairs}" if extra else ""))
         gen, stats = fit_or_reuse(cfg, zoo, run_dir, args.reuse)
         t1 = time.time()
         judged = judge(gen, zoo, metric)
-        results.append({"method": method, "metric": metric, "steps": args.steps, "zoo": zoo_info, "fit": stats, "judge_seconds": time.time() - t1, "judged": judged,
+        results.append({"method": method, "metric": metric, "steps": args.steps, "zoo": zoo_info, "fit": stats,
+                        "pairs": args.pairs if extra else None, "judge_seconds": time.time() - t1, "judged": judged,
                         "targets": {"r2_ge_0.9": judged["r2"] >= 0.9,
                                     "one_step_ge_100_sgd_steps": judged["sgd_steps_matched_median"] >= 100}})
         print(f"   R² {judged['r2']:.3f}; one step matches SGD's {judged['sgd_steps_matched_median']} steps (median); "
@@ -206,30 +223,40 @@ def main() -> None:
         write(args, zoo_info, results, started)
 
 
+def spacing_of(row: dict) -> str:
+    return row["zoo"].get("spacing", "linear")  # rows from before zoo.spacing: linear
+
+
+def pairs_of(row: dict) -> str | None:
+    """G.pt's pair sampling; rows from before the option drew every pair alike (uniform_pair)."""
+    return row.get("pairs", "uniform_pair") if row["method"].startswith("gpt") else None
+
+
 def write(args, zoo_info: dict, results: list[dict], started: float) -> None:
     """JSON, plot and docs section, rewritten after each setting; settings measured by an earlier
     invocation are kept, one row per setting, zoo size and steps: a learning curve."""
-    key = lambda r: (r["method"], r["metric"], r["zoo"]["runs"], r["steps"])  # noqa: E731
+    key = lambda r: (r["method"], r["metric"], r["zoo"]["runs"], r["steps"], spacing_of(r), pairs_of(r))  # noqa: E731
     results = keep_earlier("gpt_prompt", results, key, fill=("steps", "zoo"))
-    results.sort(key=lambda r: (SETTINGS.index(f"{r['method']} {r['metric']}"), r["zoo"]["runs"], r["steps"]))
+    results.sort(key=lambda r: (SETTINGS.index(f"{r['method']} {r['metric']}"), r["zoo"]["runs"], spacing_of(r),
+                                str(pairs_of(r)), r["steps"]))
     payload = {"benchmark": "gpt_prompt", "command": command(), "machine": machine(), "steps": args.steps,
                "zoo": zoo_info, "seconds": time.time() - started, "results": results}
     write_json("gpt_prompt", payload)
     plot(results)
-    lines = [f"| generator | metric | zoo runs | steps | prompt R² | R² from checkpoint {MID_START} | R² from {TRAIN_STARTS} training inits | best training value | start (mean) | one step (mean) | SGD steps to match (median) "
+    lines = [f"| generator | metric | zoo runs | zoo spacing | pairs | steps | prompt R² | R² from step {MID_STEP} | R² from {TRAIN_STARTS} training inits | best training value | start (mean) | one step (mean) | SGD steps to match (median) "
              "| run's own final (mean) | recursive rounds 1..5 (mean) | fit s | targets |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         j = r["judged"]
         ps = j["per_start"]
         lines.append(
-            f"| {r['method']} | {r['metric']} | {r['zoo']['runs']} | {r['steps']} | {j['r2']:.3f} | {fmt((j.get('mid_start') or {}).get('r2'), '.3f')} "
+            f"| {r['method']} | {r['metric']} | {r['zoo']['runs']} | {spacing_of(r)} | {pairs_of(r) or '–'} | {r['steps']} | {j['r2']:.3f} | {fmt((j.get('mid_start') or {}).get('r2'), '.3f')} "
             f"| {fmt((j.get('train_start') or {}).get('r2'), '.3f')} "
             f"| {j['best_train']:.4f} | {statistics.fmean(p['start'] for p in ps):.4f} "
             f"| {statistics.fmean(p['one_step'] for p in ps):.4f} | {j['sgd_steps_matched_median']} "
             f"({j['starts_not_matched_by_sgd']} of {len(ps)} never matched) "
             f"| {statistics.fmean(p['run_final'] for p in ps):.4f} | {' / '.join(f'{v:.4f}' for v in j['recursive_mean']) or '–'} "
-            f"| {fmt(r['fit'].get('fit_seconds'), '.0f')} | "
+            f"| {fmt(r['fit'].get('fit_seconds'), '.0f')}{' (GPU)' if (r['fit'].get('machine') or {}).get('cuda') else ''} | "
             + " ".join(("✔" if v else "✘") + k for k, v in r["targets"].items()) + " |")
     m = payload["machine"]
     builds = "; ".join(sorted({f"{r['zoo']['runs']} runs, {r['zoo'].get('members', '?')} checkpoints: "
@@ -239,14 +266,19 @@ def write(args, zoo_info: dict, results: list[dict], started: float) -> None:
 
 Command: `{payload['command']}` on {m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']} ({m['date']}).
 Zoos: the table's number of digits MLP [32] runs (SGD + momentum, 510 steps), 50 checkpoints each from the
-initialization; the last 10% of the runs held out, the first {JUDGED_RUNS} of them judged (the paper had 10,728 runs).
+initialization, at evenly spaced steps (`linear`) or at step 510 (i / 49)² (`quadratic`, ours: `zoo.spacing`; the
+loss falls from 2.3 to 0.55 in the first 52 steps, which a linear zoo samples 6 times and a quadratic one 17);
+the last 10% of the runs held out, the first {JUDGED_RUNS} of them judged (the paper had 10,728 runs).
 Zoo builds: {builds}.
 G.pt: d_model 128, 4 layers, 64-value tokens, x0 prediction, permutation augmentation, the table's steps of 64
-pairs; one generator per metric; `gpt-L`: 512 wide, 8 layers, 8 heads, batch 128 (sized for a GPU). `rpg`: RPG conditioned on the metric alone (`condition: metric`, ours),
+pairs drawn as the table's `pairs` says (`uniform_gap`: a run, a gap, then a start, as G.pt's released code, so an
+initialization-to-trained pair is as likely as a one-checkpoint step; `uniform_pair`: every pair alike, which
+makes gap g of a 50-checkpoint run (50 - g) times likelier than gap 49: the rows from before
+`gpt.pair_sampling`); one generator per metric; `gpt-L`: 512 wide, 8 layers, 8 heads, batch 128 (sized for a GPU). `rpg`: RPG conditioned on the metric alone (`condition: metric`, ours),
 d_model 128, x0 prediction, the same steps x 16 checkpoints x 16 tokens; no start, so no recursion. From each held-out run's initialization: {PROMPTS} prompts between the best
 training value and the start's value (R² against the identity line), the best prompt as one step (compared
 with the SGD steps the same run needed to get there), and {ROUNDS} rounds of recursive prompting. G.pt is
-also prompted from each held-out run's checkpoint {MID_START} (~100 SGD steps in) and from the initializations of
+also prompted from each held-out run's first checkpoint at SGD step {MID_STEP} or later (checkpoint 10 of a linear zoo) and from the initializations of
 {TRAIN_STARTS} training runs (pairs it was fitted on): diagnostics, not targets.
 Targets: R² ≥ 0.9; one step ≥ 100 SGD steps. Plot: docs/figures/gpt_prompt.png.
 
