@@ -146,6 +146,7 @@ def run_or_reuse(cfg, zoo_dir: Path, run_dir: Path, reuse: bool, fitted_in: Path
 
     ``fitted_in``: a run whose generator was fitted with ``cfg`` at other sampling settings; with
     ``reuse`` it is sampled at ``cfg``'s instead of fitting again (its fit time and machine kept)."""
+    from weightgen.evaluate.report import notes
     from weightgen.generators import load_generator
     from weightgen.pipeline import run_experiment
 
@@ -153,6 +154,7 @@ def run_or_reuse(cfg, zoo_dir: Path, run_dir: Path, reuse: bool, fitted_in: Path
     same = same_config(run_dir / "config.yaml", cfg)
     if reuse and done.is_file() and same:
         report = json.loads(done.read_text())
+        report["notes"] = notes(report["groups"])  # today's evaluator's reading of the stored numbers
         report["machine"] = json.loads(made_on.read_text()) if made_on.is_file() else None
         return report
     fitted, fit_machine = None, None

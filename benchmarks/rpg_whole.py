@@ -56,6 +56,10 @@ def settings() -> list[dict]:
                     # which took the step noise out of the unseen-task generator (0.9588 -> 0.9633)
                     ("rpg+x0+ema-cos", {**RPG, "diffusion": {"prediction": "sample"}, "ema": 0.999,
                                         "lr_schedule": "cosine"}, {"token_size": 64}),
+                    # ... and without permutation states: every network from noise alone, none tied to a run
+                    ("rpg+x0+ema-cos-nostate", {**RPG, "diffusion": {"prediction": "sample"}, "ema": 0.999,
+                                                "lr_schedule": "cosine", "permutation_state": False},
+                     {"token_size": 64}),
                     ("pdiff", PDIFF, {"token_size": "flat", "normalize": "none"}))
         for method, gen, tok in variants:
             out.append({"name": f"{net}-{method}", "zoo": f"rpg-whole-{net}", "config": {
@@ -126,7 +130,8 @@ Zoo: 20 independent runs x last 5 checkpoints (one epoch apart) of each digits n
 BatchNorm statistic generated. RPG: 64-value tokens, 2 Mamba layers (d_model 256), 2D positions, permutation
 states, epsilon prediction, steps (in the table) x 4 checkpoints x 64 tokens (the paper trains far longer);
 `rpg+x0` is the same with x0 prediction (`diffusion.prediction: sample`, ours), `rpg+v` with v prediction
-(`diffusion.prediction: v_prediction`, ours). p-diff: its autoencoder on
+(`diffusion.prediction: v_prediction`, ours); `+ema-cos`: x0, sampled from an EMA (0.999) of the weights, the
+learning rate decayed to 0 by a cosine (ours); `-nostate`: the same without permutation states. p-diff: its autoencoder on
 the flattened network, autoencoder + diffusion steps in the table. {SAMPLE['n']} samples each, DDIM
 {SAMPLE['steps']} steps. Targets: mean ≥ 99% of the originals' mean, best ≥ original best, lower max IoU than
 noise-added originals at the same accuracy.{temperature_note(args.temperature)}

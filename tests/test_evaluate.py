@@ -232,6 +232,21 @@ def test_novelty_note_at_equal_accuracy():
     assert "not more novel" in text
 
 
+def test_novelty_note_counts_noise_within_the_standard_error_as_equally_accurate():
+    """Generated 0.9889 +- 0.0006 against noise at 0.9886 (IoU 0.895) and 0.9887 (IoU 0.981): the
+    bar is 0.895, not "more accurate than every noise level" (the whole-CNN case of issue 4)."""
+    base = {"original": _g(0.9887, 0.97), "weight_average": _g(0.1, 0.2, 1),
+            "noise_0.001": _g(0.9887, 0.981), "noise_0.003": _g(0.9886, 0.895), "noise_0.01": _g(0.9667, 0.597)}
+    spread = _g(0.9889, 0.916, n=50)
+    spread["accuracy"] = [0.9861, 0.9917] * 25  # standard error 0.0004
+    text = " ".join(notes({**base, "generated": spread}))
+    assert "not more novel" in text and "0.895" in text and "standard error" in text
+    spread["max_iou_mean"] = 0.85
+    assert "LOWER max IoU" in " ".join(notes({**base, "generated": spread}))
+    exact = _g(0.9889, 0.916, n=50)  # no spread: 0.9889 is more accurate than every noise level
+    assert "no noise level is that accurate" in " ".join(notes({**base, "generated": exact}))
+
+
 @pytest.fixture(scope="module")
 def tiny_zoo(tmp_path_factory):
     cfg = parse_config({"task": {"name": "digits"}, "net": {"name": "mlp", "hidden": [16]},
