@@ -187,6 +187,8 @@ def main() -> None:
                     help="zoo.spacing: where along each run its 50 checkpoints fall")
     ap.add_argument("--pairs", choices=["uniform_gap", "uniform_pair"], default="uniform_gap",
                     help="G.pt's pair_sampling (uniform_gap: the released code's)")
+    ap.add_argument("--lr-schedule", choices=["cosine", "constant"], default="cosine",
+                    help="G.pt's lr_schedule (cosine: the released config's)")
     args = ap.parse_args()
     started = time.time()
     zoo_cfg = {**ZOO, "zoo": {**ZOO["zoo"], "runs": args.runs, "heldout": max(1, args.runs // 10),
@@ -203,19 +205,19 @@ def main() -> None:
         if args.only and setting not in args.only:
             continue
         method, metric = setting.split()
-        extra = {"pair_sampling": args.pairs} if method.startswith("gpt") else {}
+        extra = {"pair_sampling": args.pairs, "lr_schedule": args.lr_schedule} if method.startswith("gpt") else {}
         cfg = parse_config({**zoo_cfg, "generator": {**GENERATORS[method], "metric": metric, "steps": args.steps,
                                                      **extra}}, setting)
         print(f"== {method} prompted by {metric}", flush=True)
         name = f"bench-gpt-{metric}" if method == "gpt" else f"bench-prompt-{method}-{metric}"
         run_dir = WORK / "runs" / (f"{name}-{args.steps}" + ("" if args.runs == 200 else f"-{args.runs}-runs")
                                    + ("" if args.spacing == "linear" else f"-{args.spacing}")
-                                   + (f"-{args.pairs}" if extra else ""))
+                                   + (f"-{args.pairs}-{args.lr_schedule}" if extra else ""))
         gen, stats = fit_or_reuse(cfg, zoo, run_dir, args.reuse)
         t1 = time.time()
         judged = judge(gen, zoo, metric)
         results.append({"method": method, "metric": metric, "steps": args.steps, "zoo": zoo_info, "fit": stats,
-                        "pairs": args.pairs if extra else None, "judge_seconds": time.time() - t1, "judged": judged,
+                        "pairs": args.pairs if extra else None, "lr_schedule": cfg.generator.lr_schedule, "judge_seconds": time.time() - t1, "judged": judged,
                         "targets": {"r2_ge_0.9": judged["r2"] >= 0.9,
                                     "one_step_ge_100_sgd_steps": judged["sgd_steps_matched_median"] >= 100}})
         print(f"   R² {judged['r2']:.3f}; one step matches SGD's {judged['sgd_steps_matched_median']} steps (median); "
@@ -228,8 +230,11 @@ def spacing_of(row: dict) -> str:
 
 
 def pairs_of(row: dict) -> str | None:
-    """G.pt's pair sampling; rows from before the option drew every pair alike (uniform_pair)."""
-    return row.get("pairs", "uniform_pair") if row["method"].startswith("gpt") else None
+    """G.pt's pair sampling and lr schedule; rows from before those options drew every pair
+    alike (uniform_pair) at a constant rate."""
+    if not row["method"].startswith("gpt"):
+        return None
+    return f"{row.get('pairs', 'uniform_pair')}, {row.get('lr_schedule', 'constant')}"
 
 
 def write(args, zoo_info: dict, results: list[dict], started: float) -> None:
@@ -243,7 +248,7 @@ def write(args, zoo_info: dict, results: list[dict], started: float) -> None:
                "zoo": zoo_info, "seconds": time.time() - started, "results": results}
     write_json("gpt_prompt", payload)
     plot(results)
-    lines = [f"| generator | metric | zoo runs | zoo spacing | pairs | steps | prompt R² | R² from step {MID_STEP} | R² from {TRAIN_STARTS} training inits | best training value | start (mean) | one step (mean) | SGD steps to match (median) "
+    lines = [f"| generator | metric | zoo runs | zoo spacing | pairs, lr | steps | prompt R² | R² from step {MID_STEP} | R² from {TRAIN_STARTS} training inits | best training value | start (mean) | one step (mean) | SGD steps to match (median) "
              "| run's own final (mean) | recursive rounds 1..5 (mean) | fit s | targets |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
@@ -274,7 +279,8 @@ G.pt: d_model 128, 4 layers, 64-value tokens, x0 prediction, permutation augment
 pairs drawn as the table's `pairs` says (`uniform_gap`: a run, a gap, then a start, as G.pt's released code, so an
 initialization-to-trained pair is as likely as a one-checkpoint step; `uniform_pair`: every pair alike, which
 makes gap g of a 50-checkpoint run (50 - g) times likelier than gap 49: the rows from before
-`gpt.pair_sampling`); one generator per metric; `gpt-L`: 512 wide, 8 layers, 8 heads, batch 128 (sized for a GPU). `rpg`: RPG conditioned on the metric alone (`condition: metric`, ours),
+`gpt.pair_sampling`) and at the table's learning-rate schedule (`cosine` to 0 with gradients clipped at 0.75, as
+the released MNIST config; `constant` with a clip of 1.0, the rows from before that default); one generator per metric; `gpt-L`: 512 wide, 8 layers, 8 heads, batch 128 (sized for a GPU). `rpg`: RPG conditioned on the metric alone (`condition: metric`, ours),
 d_model 128, x0 prediction, the same steps x 16 checkpoints x 16 tokens; no start, so no recursion. From each held-out run's initialization: {PROMPTS} prompts between the best
 training value and the start's value (R² against the identity line), the best prompt as one step (compared
 with the SGD steps the same run needed to get there), and {ROUNDS} rounds of recursive prompting. G.pt is

@@ -86,6 +86,8 @@ def test_spec_defaults_and_validation():
     assert (s.diffusion.prediction, s.diffusion.timesteps, s.diffusion.beta_schedule) == ("sample", 1000, "linear")
     assert (s.lr, s.weight_decay, s.metric, s.permutation_augmentation, s.max_gap) == \
         (4e-4, 0.1, "test_loss", True, None)
+    # as G.pt's released code and MNIST config: pairs by gap, cosine lr, gradients clipped at 0.75
+    assert (s.pair_sampling, s.lr_schedule, s.grad_clip) == ("uniform_gap", "cosine", 0.75)
 
     def error(generator: dict) -> str:
         with pytest.raises(ConfigError) as e:

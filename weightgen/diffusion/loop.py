@@ -29,9 +29,10 @@ def train_steps(model: nn.Module, loss_fn: Callable[[int], torch.Tensor], steps:
     """AdamW for ``steps`` steps on ``loss_fn(step)``; returns the loss every step.
 
     ``loss_fn`` draws its own batch, so the loop does not care how data is stored.
-    ``lr_schedule``: ``constant`` (every published method), or ``cosine`` (ours): the rate
-    follows a half cosine from ``lr`` to 0 over ``steps``, so the last steps stop
-    bouncing around the minimum instead of ending wherever the last batch left them.
+    ``lr_schedule``: ``constant`` (p-diff, RPG), or ``cosine`` (G.pt's released configs;
+    ours elsewhere): the rate follows a half cosine from ``lr`` to 0 over ``steps``, so the
+    last steps stop bouncing around the minimum instead of ending wherever the last batch
+    left them. ``grad_clip``: the gradient-norm bound (None: none).
     """
     if lr_schedule not in LR_SCHEDULES:
         raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {lr_schedule!r}")

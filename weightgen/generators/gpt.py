@@ -284,7 +284,7 @@ class GPT(Generator):
             return self.loss(start, target, metrics[p[:, 0]], metrics[p[:, 1]], noise_gen)
 
         return train_steps(self.net, step_loss, s.steps, s.lr, s.weight_decay, ema=self.ema, desc="G.pt",
-                           show_progress=show_progress, lr_schedule=s.lr_schedule)
+                           show_progress=show_progress, grad_clip=s.grad_clip, lr_schedule=s.lr_schedule)
 
     def fit(self, zoo, show_progress: bool = True, seed: int = 0) -> dict[str, Any]:
         members = self.use_zoo(zoo)
