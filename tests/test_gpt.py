@@ -13,7 +13,7 @@ from torch import nn
 from conftest import TRAJECTORY_ZOO_CFG, build, parse, tiny_cfg
 from weightgen.config import ConfigError, GPTSpec, TokenizerSpec, parse_config
 from weightgen.generators import GENERATORS, GeneratorError, load_generator
-from weightgen.generators.gpt import GPT, PairSampler, member_metric, training_pairs
+from weightgen.generators.gpt import GPT, PairSampler, all_pairs, member_metric, pair_count, training_runs
 from weightgen.nets import build_net
 from weightgen.nets.permute import PermutationError, hidden_groups, permute_state, random_permutations
 from weightgen.tokens import Tokenizer
@@ -222,12 +222,14 @@ def test_a_layer_partly_outside_the_generated_tensors_is_not_permuted():
 def test_pairs_come_from_one_run_and_move_forward(trajectory_zoo):
     members = trajectory_zoo.members("train")
     assert len({m.run for m in members}) == 2 and len(members) == 8
-    pairs = training_pairs(members)
-    assert len(pairs) == 2 * 6  # 4 checkpoints per run: C(4, 2) pairs each
+    runs = training_runs(members)
+    pairs = all_pairs(runs)
+    assert len(pairs) == pair_count(runs) == 2 * 6  # 4 checkpoints per run: C(4, 2) pairs each
     for i, j in pairs.tolist():
         assert members[i].run == members[j].run and members[j].step > members[i].step
-    near = training_pairs(members, max_gap=1)
-    assert len(near) == 2 * 3
+    near = all_pairs(runs, max_gap=1)
+    assert len(near) == pair_count(runs, max_gap=1) == 2 * 3
+    assert pair_count([list(range(50))], max_gap=5) == len(all_pairs([list(range(50))], max_gap=5)) == 49 + 48 + 47 + 46 + 45
     steps = sorted({m.step for m in members})
     for i, j in near.tolist():
         assert steps.index(members[j].step) == steps.index(members[i].step) + 1

@@ -139,10 +139,10 @@ def all_pairs(runs: list[list[int]], max_gap: int | None = None) -> torch.Tensor
     return torch.tensor(pairs, dtype=torch.long).reshape(-1, 2)
 
 
-def training_pairs(members, max_gap: int | None = None) -> torch.Tensor:
-    """``(P, 2)`` indices into ``members`` of every (theta, theta') of one run with theta' later,
-    at most ``max_gap`` checkpoints after theta when given."""
-    return all_pairs(training_runs(members), max_gap)
+def pair_count(runs: list[list[int]], max_gap: int | None = None) -> int:
+    """How many pairs ``all_pairs(runs, max_gap)`` holds, without making them: a chain of n has
+    n - g pairs of gap g."""
+    return sum(n - g for n in map(len, runs) for g in range(1, n if max_gap is None else min(n, max_gap + 1)))
 
 
 class PairSampler:
@@ -152,16 +152,17 @@ class PairSampler:
 
     def __init__(self, runs: list[list[int]], policy: str = "uniform_gap", max_gap: int | None = None):
         self.policy, self.max_gap = policy, max_gap
-        self.pairs = all_pairs(runs, max_gap)
-        if len(self.pairs) == 0:
+        self.count = pair_count(runs, max_gap)
+        if self.count == 0:
             raise GeneratorError("G.pt trains on pairs of checkpoints from one run, the second later: the zoo has "
                                  "no run with two checkpoints (use zoo.mode: trajectory with checkpoints >= 2)")
+        self.pairs = all_pairs(runs, max_gap) if policy == "uniform_pair" else None  # drawn from directly
         longest = max(len(idx) for idx in runs)
         self.lengths = torch.tensor([len(idx) for idx in runs])
         self.chains = torch.tensor([idx + [idx[-1]] * (longest - len(idx)) for idx in runs], dtype=torch.long)
 
     def __len__(self) -> int:
-        return len(self.pairs)
+        return self.count
 
     def sample(self, n: int, gen: torch.Generator) -> torch.Tensor:
         """``(n, 2)`` pairs, drawn with replacement."""
@@ -295,7 +296,7 @@ class GPT(Generator):
         runs = training_runs(members)
         losses = self.fit_pairs(stacked, metrics, runs, show_progress, seed)
         return {"diffusion_loss": losses[-1] if losses else None, "num_train": len(members),
-                "num_pairs": len(all_pairs(runs, self.spec.max_gap)), "pair_sampling": self.spec.pair_sampling,
+                "num_pairs": pair_count(runs, self.spec.max_gap), "pair_sampling": self.spec.pair_sampling,
                 "num_tokens": self.tokenizer.num_tokens, "metric": self.spec.metric,
                 "metric_range": list(self.metric_range) if self.metric_range else None,
                 "permuted_layers": len(self.groups)}
