@@ -178,7 +178,7 @@ def plot(rows: list[dict]) -> None:
         lo, hi = min(everything), max(everything)
         ax.plot([lo, hi], [lo, hi], "k--", lw=1)
         ax.set(xlabel=f"prompted {r['metric']}", ylabel=f"achieved {r['metric']}")
-        ax.set_title(f"{r.get('method', 'gpt')}, {spacing_of(r)} zoo, {pairs_of(r) + ', ' if pairs_of(r) else ''}"
+        ax.set_title(f"{r.get('method', 'gpt')} ({prediction_of(r)}), {spacing_of(r)} zoo, {pairs_of(r) + ', ' if pairs_of(r) else ''}"
                      f"{r['steps']} steps\nheld-out starts: R² {j['r2']:.3f}", fontsize=9)
     path = ROOT / "docs" / "figures" / "gpt_prompt.png"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -197,6 +197,8 @@ def main() -> None:
                     help="G.pt's pair_sampling (uniform_gap: the released code's)")
     ap.add_argument("--lr-schedule", choices=["cosine", "constant"], default="cosine",
                     help="G.pt's lr_schedule (cosine: the released config's)")
+    ap.add_argument("--prediction", choices=["sample", "v_prediction"], default="sample",
+                    help="G.pt's diffusion.prediction (sample: x0, as published; v_prediction: ours)")
     args = ap.parse_args()
     started = time.time()
     zoo_cfg = {**ZOO, "zoo": {**ZOO["zoo"], "runs": args.runs, "heldout": max(1, args.runs // 10),
@@ -213,18 +215,21 @@ def main() -> None:
         if args.only and setting not in args.only:
             continue
         method, metric = setting.split()
-        extra = {"pair_sampling": args.pairs, "lr_schedule": args.lr_schedule} if method.startswith("gpt") else {}
+        extra = {"pair_sampling": args.pairs, "lr_schedule": args.lr_schedule,
+                 "diffusion": {"prediction": args.prediction}} if method.startswith("gpt") else {}
         cfg = parse_config({**zoo_cfg, "generator": {**GENERATORS[method], "metric": metric, "steps": args.steps,
                                                      **extra}}, setting)
         print(f"== {method} prompted by {metric}", flush=True)
         name = f"bench-gpt-{metric}" if method == "gpt" else f"bench-prompt-{method}-{metric}"
         run_dir = WORK / "runs" / (f"{name}-{args.steps}" + ("" if args.runs == 200 else f"-{args.runs}-runs")
                                    + ("" if args.spacing == "linear" else f"-{args.spacing}")
-                                   + (f"-{args.pairs}-{args.lr_schedule}" if extra else ""))
+                                   + (f"-{args.pairs}-{args.lr_schedule}" if extra else "")
+                                   + ("-v" if extra and args.prediction == "v_prediction" else ""))
         gen, stats = fit_or_reuse(cfg, zoo, run_dir, args.reuse)
         t1 = time.time()
         judged = judge(gen, zoo, metric)
         results.append({"method": method, "metric": metric, "steps": args.steps, "zoo": zoo_info, "fit": stats,
+                        "prediction": cfg.generator.diffusion.prediction,
                         "pairs": args.pairs if extra else None, "lr_schedule": cfg.generator.lr_schedule, "judge_seconds": time.time() - t1, "judged": judged,
                         "targets": {"r2_ge_0.9": judged["r2"] >= 0.9,
                                     "one_step_ge_100_sgd_steps": judged["sgd_steps_matched_median"] >= 100}})
@@ -245,25 +250,32 @@ def pairs_of(row: dict) -> str | None:
     return f"{row.get('pairs', 'uniform_pair')}, {row.get('lr_schedule', 'constant')}"
 
 
+def prediction_of(row: dict) -> str:
+    """What the denoiser predicts: x0 (``sample``: G.pt as published, and every row from before
+    the option) or v (ours)."""
+    return {"sample": "x0", "v_prediction": "v"}.get(row.get("prediction", "sample"), row.get("prediction"))
+
+
 def write(args, zoo_info: dict, results: list[dict], started: float) -> None:
     """JSON, plot and docs section, rewritten after each setting; settings measured by an earlier
     invocation are kept, one row per setting, zoo size and steps: a learning curve."""
-    key = lambda r: (r["method"], r["metric"], r["zoo"]["runs"], r["steps"], spacing_of(r), pairs_of(r))  # noqa: E731
+    key = lambda r: (r["method"], r["metric"], r["zoo"]["runs"], r["steps"], spacing_of(r), pairs_of(r),  # noqa: E731
+                     prediction_of(r))
     results = keep_earlier("gpt_prompt", results, key, fill=("steps", "zoo"))
     results.sort(key=lambda r: (SETTINGS.index(f"{r['method']} {r['metric']}"), r["zoo"]["runs"], spacing_of(r),
-                                str(pairs_of(r)), r["steps"]))
+                                str(pairs_of(r)), prediction_of(r), r["steps"]))
     payload = {"benchmark": "gpt_prompt", "command": command(), "machine": machine(), "steps": args.steps,
                "zoo": zoo_info, "seconds": time.time() - started, "results": results}
     write_json("gpt_prompt", payload)
     plot(results)
-    lines = [f"| generator | metric | zoo runs | zoo spacing | pairs, lr | steps | prompt R² | R² from step {MID_STEP} | R² from {TRAIN_STARTS} training inits | best training value | start (mean) | one step (mean) | SGD steps to match (median) "
+    lines = [f"| generator | metric | zoo runs | zoo spacing | pairs, lr | predicts | steps | prompt R² | R² from step {MID_STEP} | R² from {TRAIN_STARTS} training inits | best training value | start (mean) | one step (mean) | SGD steps to match (median) "
              "| run's own final (mean) | recursive rounds 1..5 (mean) | fit s | targets |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         j = r["judged"]
         ps = j["per_start"]
         lines.append(
-            f"| {r['method']} | {r['metric']} | {r['zoo']['runs']} | {spacing_of(r)} | {pairs_of(r) or '–'} | {r['steps']} | {j['r2']:.3f} | {fmt((j.get('mid_start') or {}).get('r2'), '.3f')} "
+            f"| {r['method']} | {r['metric']} | {r['zoo']['runs']} | {spacing_of(r)} | {pairs_of(r) or '–'} | {prediction_of(r)} | {r['steps']} | {j['r2']:.3f} | {fmt((j.get('mid_start') or {}).get('r2'), '.3f')} "
             f"| {fmt((j.get('train_start') or {}).get('r2'), '.3f')} "
             f"| {j['best_train']:.4f} | {statistics.fmean(p['start'] for p in ps):.4f} "
             f"| {statistics.fmean(p['one_step'] for p in ps):.4f} | {j['sgd_steps_matched_median']} "
@@ -283,7 +295,8 @@ initialization, at evenly spaced steps (`linear`) or at step 510 (i / 49)² (`qu
 loss falls from 2.3 to 0.55 in the first 52 steps, which a linear zoo samples 6 times and a quadratic one 17);
 the last 10% of the runs held out, the first {JUDGED_RUNS} of them judged (the paper had 10,728 runs).
 Zoo builds: {builds}.
-G.pt: d_model 128, 4 layers, 64-value tokens, x0 prediction, permutation augmentation, the table's steps of 64
+G.pt: d_model 128, 4 layers, 64-value tokens, x0 prediction as published (`v`: v prediction with theta kept in the
+output, ours: an untrained model gives the posterior mean of theta' around theta), permutation augmentation, the table's steps of 64
 pairs drawn as the table's `pairs` says (`uniform_gap`: a run, a gap, then a start, as G.pt's released code, so an
 initialization-to-trained pair is as likely as a one-checkpoint step; `uniform_pair`: every pair alike, which
 makes gap g of a 50-checkpoint run (50 - g) times likelier than gap 49: the rows from before

@@ -127,6 +127,22 @@ def test_untrained_model_predicts_the_start():
     assert not torch.allclose(gen.net(noisy, torch.tensor([3, 17]), start, torch.ones(2), torch.zeros(2)), start)
 
 
+def test_untrained_v_model_gives_the_posterior_mean_around_the_start():
+    """v prediction (ours): the zero heads imply theta' = (1 - abar) theta + sqrt(abar) x_t, the
+    posterior mean under a unit Gaussian prior on theta: theta at pure noise, the input near the data."""
+    states = _toy_states(4)
+    gen = _standalone(_spec(diffusion={"timesteps": 1000, "prediction": "v_prediction"}), states)
+    start, target = gen.tokenizer.tokenize_batch(states[:2]), gen.tokenizer.tokenize_batch(states[2:])
+    t = torch.tensor([999, 5])
+    noisy = gen.diffusion.train_scheduler.add_noise(target, torch.randn(target.shape), t)
+    with torch.no_grad():
+        x0 = gen.diffusion.predict_x0(gen.net(noisy, t, start, torch.ones(2), torch.zeros(2)), noisy, t)
+    a = gen.diffusion.train_scheduler.alphas_cumprod[t].view(-1, 1, 1)
+    torch.testing.assert_close(x0, (1 - a) * start + a.sqrt() * noisy)
+    assert (x0[0] - start[0]).abs().max() < 0.02  # pure noise: the start
+    assert ((x0[1] - target[1]) ** 2).mean() < 0.01 * ((start[1] - target[1]) ** 2).mean()  # nearly clean: the input
+
+
 def test_untrained_ddim_returns_the_start_weights():
     states = _toy_states(3)
     gen = _standalone(_spec(diffusion={"timesteps": 1000, "prediction": "sample"}), states)
@@ -392,14 +408,15 @@ def test_weightgen_run_asks_for_a_prompt(tmp_path):
 
 # -- learning ---------------------------------------------------------------------------------------------
 
-def test_learns_to_move_toward_the_later_checkpoint():
+@pytest.mark.parametrize("prediction", ["sample", "v_prediction"])
+def test_learns_to_move_toward_the_later_checkpoint(prediction):
     """Toy runs where theta' = theta + a fixed update: after a short fit the x0 prediction from a
     noisy theta' is much closer to theta' than the untrained identity (which predicts theta)."""
     starts = _toy_states(8, seed=0)
     delta = _toy_states(1, seed=1)[0]
     laters = [{k: v + delta[k] for k, v in s.items()} for s in starts]
     gen = _standalone(_spec(d_model=32, heads=4, steps=150, lr=2e-3, batch_size=8, weight_decay=0.0,
-                            diffusion={"timesteps": 100, "prediction": "sample"}), starts + laters)
+                            diffusion={"timesteps": 100, "prediction": prediction}), starts + laters)
     tok = gen.tokenizer
     stacked = {k: torch.stack([s[k] for s in starts + laters]) for k in tok.names}
     metrics = torch.tensor([1.0] * 8 + [0.2] * 8)
@@ -416,7 +433,8 @@ def test_learns_to_move_toward_the_later_checkpoint():
     identity = error(theta)
     gen.fit_pairs(stacked, metrics, pairs, show_progress=False)
     with torch.no_grad():
-        fitted = error(gen.net.eval()(noisy, t, theta, torch.ones(8), torch.full((8,), 0.2)))
+        pred = gen.net.eval()(noisy, t, theta, torch.ones(8), torch.full((8,), 0.2))
+        fitted = error(gen.diffusion.predict_x0(pred, noisy, t))
     assert fitted < 0.2 * identity, (identity, fitted)
 
 

@@ -311,6 +311,8 @@ class GPTSpec(StrictModel):
     frequencies: int = Field(32, ge=1)
     max_freq_log2: float = Field(8.0, ge=0)
     # Published: x0 prediction ("sample"), which is what makes the residual to theta an identity at init.
+    # v_prediction (ours) keeps theta in the output too: untrained, the model gives the posterior mean
+    # of theta' around theta (weightgen/generators/gpt.py); epsilon has no residual.
     diffusion: DiffusionSpec = Field(default_factory=lambda: DiffusionSpec(prediction="sample"))
     steps: int = Field(20000, ge=0)  # ours: a short fit for small zoos; the paper trains far longer
     lr: float = Field(4e-4, gt=0)

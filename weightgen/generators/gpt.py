@@ -13,6 +13,14 @@ embeddings. Every theta' position has its own output head, started at zero, and 
 prediction of theta' (x0, as published) is theta plus the heads' output: an untrained
 model predicts theta' = theta, so training starts from "no update".
 
+With v prediction (``diffusion.prediction: v_prediction``, ours) the output is
+v = heads - sqrt(1 - abar_t) theta, so the clean theta' it implies is
+(1 - abar_t) theta + sqrt(abar_t) x_t - sqrt(1 - abar_t) heads: an untrained model gives the
+posterior mean of theta' under a unit Gaussian prior centred on theta (theta at pure noise,
+the noisy input itself near the data). The x0 model must learn to pass a nearly clean input
+through, and at 6,000 steps had not: at t = 20 its theta' was 11x further off than its input
+(docs/results.md), so the last sampling steps blurred every network.
+
 Permutation augmentation (``weightgen.nets.permute``): each pair gets a random
 permutation of hidden units, the same for theta and theta'. It is applied to the
 denormalized tensors (``Tokenizer.tensors``) and the pair is tokenized again, because
@@ -73,11 +81,12 @@ class TokenLinear(nn.Module):
 class GPTNet(nn.Module):
     """Everything G.pt learns, in one module so that the EMA (and the optimizer) covers all of it."""
 
-    def __init__(self, spec: GPTSpec, tokens: int, width: int):
+    def __init__(self, spec: GPTSpec, tokens: int, width: int, alphas_cumprod: torch.Tensor):
         super().__init__()
         d = spec.d_model
         self.tokens = tokens
-        self.residual = spec.diffusion.prediction == "sample"  # theta + update is an x0 prediction
+        self.prediction = spec.diffusion.prediction  # how theta enters the output (module docstring)
+        self.register_buffer("start_weight", (1 - alphas_cumprod).sqrt().float(), persistent=False)
         self.noisy_in = TokenLinear(tokens, width, d)
         self.start_in = TokenLinear(tokens, width, d)
         self.start_metric_in = FrequencyEmbedding(spec.frequencies, spec.max_freq_log2, d)
@@ -98,7 +107,11 @@ class GPTNet(nn.Module):
                        self.time_in(timestep_embedding(t, d))[:, None]], 1)
         h = self.blocks(x + self.pos)[:, : self.tokens]
         out = self.head(h)
-        return start + out if self.residual else out
+        if self.prediction == "sample":
+            return start + out
+        if self.prediction == "v_prediction":
+            return out - self.start_weight[t].view(-1, 1, 1) * start
+        return out
 
 
 @dataclass
@@ -192,11 +205,12 @@ class GPT(Generator):
         s = self.spec
         # The permutable hidden layers, found now so that an unsupported net fails before any fitting.
         self.groups = self.permutation_groups() if s.permutation_augmentation else []
+        self.diffusion = Diffusion.from_spec(s.diffusion)
         with torch.random.fork_rng(devices=[]):  # the same spec always starts from the same weights
             torch.manual_seed(0)
-            self.net = GPTNet(s, self.tokenizer.num_tokens, self.tokenizer.width).to(self.device)
+            self.net = GPTNet(s, self.tokenizer.num_tokens, self.tokenizer.width,
+                              self.diffusion.train_scheduler.alphas_cumprod).to(self.device)
         self.ema = make_ema(self.net, s.ema)
-        self.diffusion = Diffusion.from_spec(s.diffusion)
 
     def modules(self) -> dict[str, nn.Module]:
         return {"net": self.net, **({"ema": self.ema} if self.ema is not None else {})}
