@@ -199,6 +199,8 @@ def main() -> None:
                     help="G.pt's lr_schedule (cosine: the released config's)")
     ap.add_argument("--prediction", choices=["sample", "v_prediction"], default="sample",
                     help="G.pt's diffusion.prediction (sample: x0, as published; v_prediction: ours)")
+    ap.add_argument("--preconditioning", choices=["residual", "posterior"], default="residual",
+                    help="G.pt's preconditioning of an x0 prediction (residual: as published; posterior: ours)")
     args = ap.parse_args()
     started = time.time()
     zoo_cfg = {**ZOO, "zoo": {**ZOO["zoo"], "runs": args.runs, "heldout": max(1, args.runs // 10),
@@ -216,7 +218,8 @@ def main() -> None:
             continue
         method, metric = setting.split()
         extra = {"pair_sampling": args.pairs, "lr_schedule": args.lr_schedule,
-                 "diffusion": {"prediction": args.prediction}} if method.startswith("gpt") else {}
+                 "diffusion": {"prediction": args.prediction},
+                 "preconditioning": args.preconditioning} if method.startswith("gpt") else {}
         cfg = parse_config({**zoo_cfg, "generator": {**GENERATORS[method], "metric": metric, "steps": args.steps,
                                                      **extra}}, setting)
         print(f"== {method} prompted by {metric}", flush=True)
@@ -224,12 +227,14 @@ def main() -> None:
         run_dir = WORK / "runs" / (f"{name}-{args.steps}" + ("" if args.runs == 200 else f"-{args.runs}-runs")
                                    + ("" if args.spacing == "linear" else f"-{args.spacing}")
                                    + (f"-{args.pairs}-{args.lr_schedule}" if extra else "")
-                                   + ("-v" if extra and args.prediction == "v_prediction" else ""))
+                                   + ("-v" if extra and args.prediction == "v_prediction" else "")
+                                   + ("-posterior" if extra and args.preconditioning == "posterior" else ""))
         gen, stats = fit_or_reuse(cfg, zoo, run_dir, args.reuse)
         t1 = time.time()
         judged = judge(gen, zoo, metric)
         results.append({"method": method, "metric": metric, "steps": args.steps, "zoo": zoo_info, "fit": stats,
                         "prediction": cfg.generator.diffusion.prediction,
+                        "preconditioning": getattr(cfg.generator, "preconditioning", None),
                         "pairs": args.pairs if extra else None, "lr_schedule": cfg.generator.lr_schedule, "judge_seconds": time.time() - t1, "judged": judged,
                         "targets": {"r2_ge_0.9": judged["r2"] >= 0.9,
                                     "one_step_ge_100_sgd_steps": judged["sgd_steps_matched_median"] >= 100}})
@@ -252,8 +257,9 @@ def pairs_of(row: dict) -> str | None:
 
 def prediction_of(row: dict) -> str:
     """What the denoiser predicts: x0 (``sample``: G.pt as published, and every row from before
-    the option) or v (ours)."""
-    return {"sample": "x0", "v_prediction": "v"}.get(row.get("prediction", "sample"), row.get("prediction"))
+    the option) or v (ours), and, for x0, ``posterior`` preconditioning (ours)."""
+    name = {"sample": "x0", "v_prediction": "v"}.get(row.get("prediction", "sample"), row.get("prediction"))
+    return name + (", posterior" if row.get("preconditioning") == "posterior" else "")
 
 
 def write(args, zoo_info: dict, results: list[dict], started: float) -> None:
@@ -296,7 +302,9 @@ loss falls from 2.3 to 0.55 in the first 52 steps, which a linear zoo samples 6 
 the last 10% of the runs held out, the first {JUDGED_RUNS} of them judged (the paper had 10,728 runs).
 Zoo builds: {builds}.
 G.pt: d_model 128, 4 layers, 64-value tokens, x0 prediction as published (`v`: v prediction with theta kept in the
-output, ours: an untrained model gives the posterior mean of theta' around theta), permutation augmentation, the table's steps of 64
+output, ours: an untrained model gives the posterior mean of theta' around theta under a unit prior; `x0, posterior`:
+x0 prediction and loss with that posterior mean built in, its prior scale the zoo's mean squared update, ours),
+permutation augmentation, the table's steps of 64
 pairs drawn as the table's `pairs` says (`uniform_gap`: a run, a gap, then a start, as G.pt's released code, so an
 initialization-to-trained pair is as likely as a one-checkpoint step; `uniform_pair`: every pair alike, which
 makes gap g of a 50-checkpoint run (50 - g) times likelier than gap 49: the rows from before

@@ -143,6 +143,42 @@ def test_untrained_v_model_gives_the_posterior_mean_around_the_start():
     assert ((x0[1] - target[1]) ** 2).mean() < 0.01 * ((start[1] - target[1]) ** 2).mean()  # nearly clean: the input
 
 
+def test_posterior_preconditioning_passes_theta_then_the_input():
+    """preconditioning: posterior (ours): zero heads give theta + c(t) (x_t / sqrt(abar) - theta),
+    c = abar s² / (abar s² + 1 - abar): theta at pure noise, the input's estimate near the data."""
+    states = _toy_states(4)
+    gen = _standalone(_spec(diffusion={"timesteps": 1000, "prediction": "sample"}, preconditioning="posterior"), states)
+    gen.set_update_var(0.25)
+    start, target = gen.tokenizer.tokenize_batch(states[:2]), gen.tokenizer.tokenize_batch(states[2:])
+    t = torch.tensor([999, 3])
+    noisy = gen.diffusion.train_scheduler.add_noise(target, torch.randn(target.shape), t)
+    with torch.no_grad():
+        x0 = gen.net(noisy, t, start, torch.ones(2), torch.zeros(2))
+    a = gen.diffusion.train_scheduler.alphas_cumprod[t].view(-1, 1, 1)
+    torch.testing.assert_close(x0, start + a * 0.25 / (a * 0.25 + 1 - a) * (noisy / a.sqrt() - start))
+    assert (x0[0] - start[0]).abs().max() < 0.01
+    assert ((x0[1] - target[1]) ** 2).mean() < 0.01 * ((start[1] - target[1]) ** 2).mean()
+    with pytest.raises(ConfigError, match="preconditioning 'posterior' shapes an x0 prediction"):
+        parse_config({**tiny_cfg(), "generator": {**TINY_GPT, "preconditioning": "posterior",
+                                                  "diffusion": {"prediction": "v_prediction"}}})
+
+
+def test_posterior_scale_is_the_mean_squared_update_and_is_saved(tmp_path):
+    starts = _toy_states(6, seed=0)
+    delta = _toy_states(1, seed=1)[0]
+    laters = [{k: v + delta[k] for k, v in st.items()} for st in starts]
+    gen = _standalone(_spec(preconditioning="posterior", ema=0.9, steps=2), starts + laters)
+    stacked = {k: torch.stack([st[k] for st in starts + laters]) for k in gen.tokenizer.names}
+    gen.fit_pairs(stacked, torch.tensor([1.0] * 6 + [0.2] * 6), [[i, i + 6] for i in range(6)], show_progress=False)
+    tok = gen.tokenizer
+    diff = tok.tokenize_batch(laters) - tok.tokenize_batch(starts)
+    expected = float((diff ** 2 * tok.mask).sum() / (tok.mask.sum() * len(diff)))
+    assert float(gen.net.update_var) == pytest.approx(expected, rel=1e-5)
+    assert float(gen.ema.module.update_var) == pytest.approx(expected, rel=1e-5)  # the EMA samples with it too
+    loaded = load_generator(gen.save(tmp_path / "g"))
+    assert float(loaded.net.update_var) == pytest.approx(expected, rel=1e-5)
+
+
 def test_untrained_ddim_returns_the_start_weights():
     states = _toy_states(3)
     gen = _standalone(_spec(diffusion={"timesteps": 1000, "prediction": "sample"}), states)
@@ -408,15 +444,17 @@ def test_weightgen_run_asks_for_a_prompt(tmp_path):
 
 # -- learning ---------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("prediction", ["sample", "v_prediction"])
-def test_learns_to_move_toward_the_later_checkpoint(prediction):
+@pytest.mark.parametrize("prediction,preconditioning", [("sample", "residual"), ("v_prediction", "residual"),
+                                                        ("sample", "posterior")])
+def test_learns_to_move_toward_the_later_checkpoint(prediction, preconditioning):
     """Toy runs where theta' = theta + a fixed update: after a short fit the x0 prediction from a
     noisy theta' is much closer to theta' than the untrained identity (which predicts theta)."""
     starts = _toy_states(8, seed=0)
     delta = _toy_states(1, seed=1)[0]
     laters = [{k: v + delta[k] for k, v in s.items()} for s in starts]
     gen = _standalone(_spec(d_model=32, heads=4, steps=150, lr=2e-3, batch_size=8, weight_decay=0.0,
-                            diffusion={"timesteps": 100, "prediction": prediction}), starts + laters)
+                            diffusion={"timesteps": 100, "prediction": prediction},
+                            preconditioning=preconditioning), starts + laters)
     tok = gen.tokenizer
     stacked = {k: torch.stack([s[k] for s in starts + laters]) for k in tok.names}
     metrics = torch.tensor([1.0] * 8 + [0.2] * 8)

@@ -314,6 +314,12 @@ class GPTSpec(StrictModel):
     # v_prediction (ours) keeps theta in the output too: untrained, the model gives the posterior mean
     # of theta' around theta (weightgen/generators/gpt.py); epsilon has no residual.
     diffusion: DiffusionSpec = Field(default_factory=lambda: DiffusionSpec(prediction="sample"))
+    # How theta enters an x0 prediction. ``residual`` (published): theta' = theta + heads. ``posterior``
+    # (ours): theta' = theta + c(t) (x_t / sqrt(abar_t) - theta) + c_out(t) heads, c and c_out the
+    # posterior mean weight and standard deviation of theta' - theta ~ N(0, s²) given x_t, s² the
+    # mean squared update of the zoo's pairs (measured at fit, as EDM's sigma_data): theta at pure
+    # noise, the noisy input itself near the data, so the last sampling steps need not be learned.
+    preconditioning: Literal["residual", "posterior"] = "residual"
     steps: int = Field(20000, ge=0)  # ours: a short fit for small zoos; the paper trains far longer
     lr: float = Field(4e-4, gt=0)
     weight_decay: float = Field(0.1, ge=0)
@@ -343,6 +349,9 @@ class GPTSpec(StrictModel):
     def _check(self) -> "GPTSpec":
         if self.d_model % self.heads:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by heads ({self.heads})")
+        if self.preconditioning == "posterior" and self.diffusion.prediction != "sample":
+            raise ValueError("preconditioning 'posterior' shapes an x0 prediction: set diffusion.prediction: sample "
+                             f"(got {self.diffusion.prediction!r})")
         return self
 
 

@@ -20,6 +20,8 @@ posterior mean of theta' under a unit Gaussian prior centred on theta (theta at 
 the noisy input itself near the data). The x0 model must learn to pass a nearly clean input
 through, and at 6,000 steps had not: at t = 20 its theta' was 11x further off than its input
 (docs/results.md), so the last sampling steps blurred every network.
+``preconditioning: posterior`` (ours) keeps x0 prediction and its loss and builds the same
+pass-through into the output, with a prior scale measured on the zoo (``GPTSpec``).
 
 Permutation augmentation (``weightgen.nets.permute``): each pair gets a random
 permutation of hidden units, the same for theta and theta'. It is applied to the
@@ -86,7 +88,10 @@ class GPTNet(nn.Module):
         d = spec.d_model
         self.tokens = tokens
         self.prediction = spec.diffusion.prediction  # how theta enters the output (module docstring)
-        self.register_buffer("start_weight", (1 - alphas_cumprod).sqrt().float(), persistent=False)
+        self.register_buffer("abar", alphas_cumprod.float(), persistent=False)
+        self.posterior = spec.preconditioning == "posterior"
+        if self.posterior:  # s², the mean squared update theta' - theta: set by GPT.fit_pairs, saved with the weights
+            self.register_buffer("update_var", torch.ones(()))
         self.noisy_in = TokenLinear(tokens, width, d)
         self.start_in = TokenLinear(tokens, width, d)
         self.start_metric_in = FrequencyEmbedding(spec.frequencies, spec.max_freq_log2, d)
@@ -107,10 +112,15 @@ class GPTNet(nn.Module):
                        self.time_in(timestep_embedding(t, d))[:, None]], 1)
         h = self.blocks(x + self.pos)[:, : self.tokens]
         out = self.head(h)
+        a = self.abar[t].view(-1, 1, 1)
+        if self.posterior:
+            s2 = self.update_var
+            keep = a * s2 / (a * s2 + 1 - a)  # the posterior mean's weight on the noisy input's estimate
+            return start + keep * (noisy / a.sqrt() - start) + (s2 * (1 - a) / (a * s2 + 1 - a)).sqrt() * out
         if self.prediction == "sample":
             return start + out
         if self.prediction == "v_prediction":
-            return out - self.start_weight[t].view(-1, 1, 1) * start
+            return out - (1 - a).sqrt() * start
         return out
 
 
@@ -288,6 +298,8 @@ class GPT(Generator):
             tokens = self.tokenizer.tokenize_batch({k: v[i] for k, v in stacked.items()} for i in range(m))
             tokens = tokens.to(self.device)
         metrics = metrics.to(self.device)
+        if self.net.posterior:
+            self.set_update_var(self.mean_squared_update(stacked, sampler, tokens, gen))
 
         def step_loss(_: int) -> torch.Tensor:
             picked = sampler.sample(min(s.batch_size, len(sampler)), gen)
@@ -301,6 +313,24 @@ class GPT(Generator):
         return train_steps(self.net, step_loss, s.steps, s.lr, s.weight_decay, ema=self.ema, desc="G.pt",
                            show_progress=show_progress, grad_clip=s.grad_clip, lr_schedule=s.lr_schedule)
 
+    def mean_squared_update(self, stacked: dict[str, torch.Tensor], sampler: PairSampler,
+                            tokens: torch.Tensor | None, gen: torch.Generator, pairs: int = 1024) -> float:
+        """s² for ``preconditioning: posterior``: the mean squared difference of the two checkpoints'
+        tokens (padding excluded) over ``pairs`` pairs drawn as in training."""
+        picked = sampler.sample(pairs, gen)
+        if tokens is None:
+            start, target = self.pair_tokens(stacked, picked, gen)
+        else:
+            start, target = tokens[picked[:, 0].to(tokens.device)].cpu(), tokens[picked[:, 1].to(tokens.device)].cpu()
+        mask = self.tokenizer.mask.expand_as(start).float()
+        return float(((target - start) ** 2 * mask).sum() / mask.sum())
+
+    def set_update_var(self, value: float) -> None:
+        """Sets s² in the model and its EMA copy (whose buffers would otherwise drift to it slowly)."""
+        for module in (self.net, self.ema.module if self.ema is not None else None):
+            if module is not None:
+                module.update_var.fill_(value)
+
     def fit(self, zoo, show_progress: bool = True, seed: int = 0) -> dict[str, Any]:
         members = self.use_zoo(zoo)
         names = self.tokenizer.names
@@ -313,7 +343,8 @@ class GPT(Generator):
                 "num_pairs": pair_count(runs, self.spec.max_gap), "pair_sampling": self.spec.pair_sampling,
                 "num_tokens": self.tokenizer.num_tokens, "metric": self.spec.metric,
                 "metric_range": list(self.metric_range) if self.metric_range else None,
-                "permuted_layers": len(self.groups)}
+                "permuted_layers": len(self.groups),
+                **({"update_var": float(self.net.update_var)} if self.net.posterior else {})}
 
     # -- prompts and sampling ---------------------------------------------------------------
     def resolve_condition(self, condition: Any) -> Prompt:
