@@ -1,14 +1,17 @@
-"""How well a fitted RPG denoiser recovers a training checkpoint's tokens at each noise level.
+"""How well a fitted RPG or G.pt denoiser recovers a training checkpoint's tokens at each noise level.
 
     python benchmarks/denoiser_error.py [--only NAME ...]
 
-For 64 training checkpoints of the generator's zoo, each token is noised to timestep t and
-denoised once, given its prototype; the table gives the mean squared error of the clean
+RPG: for 64 training checkpoints of the generator's zoo, each token is noised to timestep t and
+denoised once, given its prototype. G.pt: for 64 training runs, the last checkpoint (theta') is
+noised and denoised once given the run's initialization (theta), its metric and theta''s
+metric, the pair a prompt from an initialization asks for. The table gives the mean squared error of the clean
 tokens the model implies (``Diffusion.predict_x0``, whatever it predicts) against the
 error of the input alone (x_t / sqrt(abar)). Tokens are standardized per tensor, so 1 is
 the error of always answering the mean. Where the model's error is above the input's, the
 last sampling steps blur what the first ones found: the reason for v prediction
-(docs/results.md, unseen tasks). Reads generators fitted by benchmarks/unseen_tasks.py; writes benchmarks/results/denoiser_error.json and a section of docs/results.md.
+(docs/results.md, unseen tasks, and G.pt). Reads generators fitted by benchmarks/unseen_tasks.py and
+benchmarks/gpt_prompt.py; writes benchmarks/results/denoiser_error.json and a section of docs/results.md.
 """
 from __future__ import annotations
 
@@ -30,8 +33,48 @@ GENERATORS = {
     "unseen tasks, v, 8000 steps": ("bench-unseen-all, no permutation state, v prediction-pretrained-init-8000",
                                     "unseen-tasks-pretrained"),
 }
+# G.pt: (run folder, zoo folder), each judged on two kinds of pair (see GPT_PAIRS).
+for _steps in (1500, 6000):
+    for _label, _suffix in (("x0", ""), ("v", "-v"), ("x0, posterior", "-posterior")):
+        GENERATORS[f"G.pt test loss, {_label}, {_steps} steps"] = (
+            f"bench-gpt-test_loss-{_steps}-uniform_gap-cosine{_suffix}", "gpt-mlp-200")
+# Which checkpoints of a run make the pair: the initialization to the last (what a prompt from an
+# initialization asks; a large update), and checkpoint 20 to 30 (a short step late in training).
+GPT_PAIRS = {"init -> last": (0, -1), "checkpoint 20 -> 30": (20, 30)}
 TIMESTEPS = [999, 700, 300, 100, 50, 20, 5]
 MEMBERS = 64
+
+
+def noised_errors(gen, x0: torch.Tensor, mask: torch.Tensor, denoise) -> dict[int, dict[str, float]]:
+    """At each timestep: the error of the clean data ``denoise(x_t, t)`` implies, and of ``x_t`` alone."""
+    out = {}
+    for t in TIMESTEPS:
+        noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(t)).to(gen.device)
+        tt = torch.full((len(x0),), t, device=gen.device, dtype=torch.long)
+        x_t = gen.diffusion.train_scheduler.add_noise(x0, noise, tt)
+        model = gen.diffusion.predict_x0(denoise(x_t, tt), x_t, tt)
+        a = gen.diffusion.train_scheduler.alphas_cumprod[t]
+        mse = lambda guess: float(((guess - x0) ** 2 * mask).sum() / mask.sum())  # noqa: E731
+        out[t] = {"model": mse(model), "input": mse(x_t / a.sqrt())}
+    return out
+
+
+@torch.no_grad()
+def gpt_errors(gen, zoo: Zoo, first_at: int, last_at: int) -> dict[int, dict[str, float]]:
+    """G.pt: checkpoint ``last_at`` of up to MEMBERS training runs, given checkpoint ``first_at``."""
+    from weightgen.generators.base import member_metric
+    from weightgen.generators.gpt import training_runs
+
+    net = gen.sampling_module(gen.net)
+    net.eval()
+    tok, train = gen.tokenizer, zoo.members("train")
+    runs = random.Random(0).sample(training_runs(train), min(MEMBERS, len(training_runs(train))))
+    first, last = [train[idx[first_at]] for idx in runs], [train[idx[last_at]] for idx in runs]
+    start, x0 = (tok.tokenize_batch(zoo.load(m, tok.names) for m in ms).to(gen.device) for ms in (first, last))
+    sm, tm = (torch.tensor([member_metric(m, gen.spec.metric) for m in ms], device=gen.device) for ms in (first, last))
+    mask = tok.mask.to(gen.device).expand_as(x0).float()
+    errs = noised_errors(gen, x0, mask, lambda x_t, tt: net(x_t, tt, start, sm, tm))
+    return {"start_alone": float(((start - x0) ** 2 * mask).sum() / mask.sum()), **errs}
 
 
 @torch.no_grad()
@@ -48,16 +91,7 @@ def errors(gen, zoo: Zoo) -> dict[int, dict[str, float]]:
                            codes.to(gen.device) if codes is not None else None)
     cond, flat = proto.reshape(b * t_count, -1), x0.reshape(b * t_count, 1, w)
     mask = tok.mask.to(gen.device).reshape(1, t_count, w).expand(b, -1, -1).reshape(b * t_count, 1, w).float()
-    out = {}
-    for t in TIMESTEPS:
-        noise = torch.randn(flat.shape, generator=torch.Generator().manual_seed(t)).to(gen.device)
-        tt = torch.full((len(flat),), t, device=gen.device, dtype=torch.long)
-        x_t = gen.diffusion.train_scheduler.add_noise(flat, noise, tt)
-        model = gen.diffusion.predict_x0(net.denoiser(x_t, tt, cond), x_t, tt)
-        a = gen.diffusion.train_scheduler.alphas_cumprod[t]
-        mse = lambda guess: float(((guess - flat) ** 2 * mask).sum() / mask.sum())  # noqa: E731
-        out[t] = {"model": mse(model), "input": mse(x_t / a.sqrt())}
-    return out
+    return noised_errors(gen, flat, mask, lambda x_t, tt: net.denoiser(x_t, tt, cond))
 
 
 def main() -> None:
@@ -74,10 +108,14 @@ def main() -> None:
             continue
         gen = load_generator(path)
         with Zoo.open(WORK / "zoos" / zoo_dir) as zoo:
-            rows.append({"name": name, "run": run, "prediction": gen.spec.diffusion.prediction,
-                         "errors": errors(gen, zoo)})
-        print(f"== {name}: " + ", ".join(f"t={t} {e['model']:.4f} (input {e['input']:.4f})"
-                                        for t, e in rows[-1]["errors"].items()), flush=True)
+            measured = ({f"{name}, {kind}": gpt_errors(gen, zoo, *at) for kind, at in GPT_PAIRS.items()}
+                        if gen.method == "gpt" else {name: errors(gen, zoo)})
+        for label, errs in measured.items():
+            start_alone = errs.pop("start_alone", None)  # G.pt: the error of answering theta itself
+            rows.append({"name": label, "run": run, "prediction": gen.spec.diffusion.prediction, "errors": errs,
+                         "start_alone": start_alone})
+            print(f"== {label}: " + ", ".join(f"t={t} {e['model']:.4f} (input {e['input']:.4f})"
+                                             for t, e in errs.items()), flush=True)
     payload = {"benchmark": "denoiser_error", "command": command(), "machine": machine(), "members": MEMBERS,
                "timesteps": TIMESTEPS, "results": rows}
     write_json("denoiser_error", payload)
@@ -89,12 +127,15 @@ def main() -> None:
             e = r["errors"][t]
             mark = " ✘" if e["model"] > e["input"] else ""
             cells.append(f"{e['model']:.4f} ({e['input']:.4f}){mark}")
-        lines.append(f"| {r['name']} | {r['prediction']} | " + " | ".join(cells) + " |")
+        name = r["name"] + (f" (theta alone: {r['start_alone']:.4f})" if r.get("start_alone") is not None else "")
+        lines.append(f"| {name} | {r['prediction']} | " + " | ".join(cells) + " |")
     m = payload["machine"]
-    write_section("denoiser_error", f"""## Denoiser error by noise level (RPG)
+    write_section("denoiser_error", f"""## Denoiser error by noise level (RPG and G.pt)
 
 Command: `{payload['command']}` on {m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']} ({m['date']}).
-{MEMBERS} training checkpoints of each generator's zoo, every token noised to timestep t and denoised once: mean
+RPG: {MEMBERS} training checkpoints of each generator's zoo, every token noised to timestep t and denoised once.
+G.pt: checkpoint j of {MEMBERS} training runs noised to t and denoised once given checkpoint i of the run and both
+metrics, for (i, j) = (initialization, last), what a prompt from an initialization asks, and (20, 30). Mean
 squared error of the clean tokens the model implies, and in brackets that of the input alone (x_t / sqrt(abar)).
 Tokens are standardized per tensor (1 = always answering the mean). ✘: the model is worse than its input, so
 sampling steps at that noise level blur the network.
