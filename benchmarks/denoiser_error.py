@@ -22,6 +22,8 @@ import torch
 
 from common import WORK, command, machine, write_json, write_section
 from weightgen.generators import load_generator
+from weightgen.generators.base import member_metric
+from weightgen.generators.gpt import training_runs
 from weightgen.zoo import Zoo
 
 # name -> (run folder under benchmarks/work/runs, zoo folder under benchmarks/work/zoos)
@@ -62,13 +64,11 @@ def noised_errors(gen, x0: torch.Tensor, mask: torch.Tensor, denoise) -> dict[in
 @torch.no_grad()
 def gpt_errors(gen, zoo: Zoo, first_at: int, last_at: int) -> dict[int, dict[str, float]]:
     """G.pt: checkpoint ``last_at`` of up to MEMBERS training runs, given checkpoint ``first_at``."""
-    from weightgen.generators.base import member_metric
-    from weightgen.generators.gpt import training_runs
-
     net = gen.sampling_module(gen.net)
     net.eval()
     tok, train = gen.tokenizer, zoo.members("train")
-    runs = random.Random(0).sample(training_runs(train), min(MEMBERS, len(training_runs(train))))
+    chains = training_runs(train)
+    runs = random.Random(0).sample(chains, min(MEMBERS, len(chains)))
     first, last = [train[idx[first_at]] for idx in runs], [train[idx[last_at]] for idx in runs]
     start, x0 = (tok.tokenize_batch(zoo.load(m, tok.names) for m in ms).to(gen.device) for ms in (first, last))
     sm, tm = (torch.tensor([member_metric(m, gen.spec.metric) for m in ms], device=gen.device) for ms in (first, last))
