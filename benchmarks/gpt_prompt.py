@@ -207,6 +207,8 @@ def main() -> None:
                     help="G.pt's diffusion.prediction (sample: x0, as published; v_prediction: ours)")
     ap.add_argument("--preconditioning", choices=["residual", "posterior"], default="residual",
                     help="G.pt's preconditioning of an x0 prediction (residual: as published; posterior: ours)")
+    ap.add_argument("--no-augmentation", action="store_true",
+                    help="G.pt without permutation augmentation (a diagnostic: can it fit its own pairs then?)")
     args = ap.parse_args()
     started = time.time()
     zoo_cfg = {**ZOO, "zoo": {**ZOO["zoo"], "runs": args.runs, "heldout": max(1, args.runs // 10),
@@ -225,7 +227,8 @@ def main() -> None:
         method, metric = setting.split()
         extra = {"pair_sampling": args.pairs, "lr_schedule": args.lr_schedule,
                  "diffusion": {"prediction": args.prediction},
-                 "preconditioning": args.preconditioning} if method.startswith("gpt") else {}
+                 "preconditioning": args.preconditioning,
+                 "permutation_augmentation": not args.no_augmentation} if method.startswith("gpt") else {}
         cfg = parse_config({**zoo_cfg, "generator": {**GENERATORS[method], "metric": metric, "steps": args.steps,
                                                      **extra}}, setting)
         print(f"== {method} prompted by {metric}", flush=True)
@@ -234,13 +237,15 @@ def main() -> None:
                                    + ("" if args.spacing == "linear" else f"-{args.spacing}")
                                    + (f"-{args.pairs}-{args.lr_schedule}" if extra else "")
                                    + ("-v" if extra and args.prediction == "v_prediction" else "")
-                                   + ("-posterior" if extra and args.preconditioning == "posterior" else ""))
+                                   + ("-posterior" if extra and args.preconditioning == "posterior" else "")
+                                   + ("-noaug" if extra and args.no_augmentation else ""))
         gen, stats = fit_or_reuse(cfg, zoo, run_dir, args.reuse)
         t1 = time.time()
         judged = judge(gen, zoo, metric)
         results.append({"method": method, "metric": metric, "steps": args.steps, "zoo": zoo_info, "fit": stats,
                         "prediction": cfg.generator.diffusion.prediction,
                         "preconditioning": getattr(cfg.generator, "preconditioning", None),
+                        "permutation_augmentation": getattr(cfg.generator, "permutation_augmentation", None),
                         "pairs": args.pairs if extra else None, "lr_schedule": cfg.generator.lr_schedule, "judge_seconds": time.time() - t1, "judged": judged,
                         "targets": {"r2_ge_0.9": judged["r2"] >= 0.9,
                                     "one_step_ge_100_sgd_steps": judged["sgd_steps_matched_median"] >= 100}})
@@ -258,7 +263,8 @@ def pairs_of(row: dict) -> str | None:
     alike (uniform_pair) at a constant rate."""
     if not row["method"].startswith("gpt"):
         return None
-    return f"{row.get('pairs', 'uniform_pair')}, {row.get('lr_schedule', 'constant')}"
+    return (f"{row.get('pairs', 'uniform_pair')}, {row.get('lr_schedule', 'constant')}"
+            + (", no permutation augmentation" if row.get("permutation_augmentation") is False else ""))
 
 
 def prediction_of(row: dict) -> str:
