@@ -47,6 +47,11 @@ TIMESTEPS = [999, 700, 300, 100, 50, 20, 5]
 MEMBERS = 64
 
 
+def masked_mse(guess: torch.Tensor, x0: torch.Tensor, mask: torch.Tensor) -> float:
+    """Mean squared error over the real values (``mask`` 1), padding left out."""
+    return float(((guess - x0) ** 2 * mask).sum() / mask.sum())
+
+
 def noised_errors(gen, x0: torch.Tensor, mask: torch.Tensor, denoise) -> dict[int, dict[str, float]]:
     """At each timestep: the error of the clean data ``denoise(x_t, t)`` implies, and of ``x_t`` alone."""
     out = {}
@@ -56,8 +61,7 @@ def noised_errors(gen, x0: torch.Tensor, mask: torch.Tensor, denoise) -> dict[in
         x_t = gen.diffusion.train_scheduler.add_noise(x0, noise, tt)
         model = gen.diffusion.predict_x0(denoise(x_t, tt), x_t, tt)
         a = gen.diffusion.train_scheduler.alphas_cumprod[t]
-        mse = lambda guess: float(((guess - x0) ** 2 * mask).sum() / mask.sum())  # noqa: E731
-        out[t] = {"model": mse(model), "input": mse(x_t / a.sqrt())}
+        out[t] = {"model": masked_mse(model, x0, mask), "input": masked_mse(x_t / a.sqrt(), x0, mask)}
     return out
 
 
@@ -74,7 +78,7 @@ def gpt_errors(gen, zoo: Zoo, first_at: int, last_at: int) -> dict[int, dict[str
     sm, tm = (torch.tensor([member_metric(m, gen.spec.metric) for m in ms], device=gen.device) for ms in (first, last))
     mask = tok.mask.to(gen.device).expand_as(x0).float()
     errs = noised_errors(gen, x0, mask, lambda x_t, tt: net(x_t, tt, start, sm, tm))
-    return {"start_alone": float(((start - x0) ** 2 * mask).sum() / mask.sum()), **errs}
+    return {"start_alone": masked_mse(start, x0, mask), **errs}
 
 
 @torch.no_grad()

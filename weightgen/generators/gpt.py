@@ -117,8 +117,9 @@ class GPTNet(nn.Module):
         a = self.abar[t].view(-1, 1, 1)
         if self.posterior:
             s2 = self.update_var
-            keep = a * s2 / (a * s2 + 1 - a)  # the posterior mean's weight on the noisy input's estimate
-            return start + keep * (noisy / a.sqrt() - start) + (s2 * (1 - a) / (a * s2 + 1 - a)).sqrt() * out
+            evidence = a * s2 + 1 - a  # the variance of x_t / sqrt(abar) - theta, times abar
+            keep = a * s2 / evidence  # the posterior mean's weight on the noisy input's estimate
+            return start + keep * (noisy / a.sqrt() - start) + (s2 * (1 - a) / evidence).sqrt() * out
         if self.prediction == "sample":
             return start + out
         if self.prediction == "v_prediction":
@@ -329,9 +330,8 @@ class GPT(Generator):
 
     def set_update_var(self, value: float) -> None:
         """Sets s² in the model and its EMA copy (whose buffers would otherwise drift to it slowly)."""
-        for module in (self.net, self.ema.module if self.ema is not None else None):
-            if module is not None:
-                module.update_var.fill_(value)
+        for module in [self.net] + ([self.ema.module] if self.ema is not None else []):
+            module.update_var.fill_(value)
 
     def fit(self, zoo, show_progress: bool = True, seed: int = 0) -> dict[str, Any]:
         members = self.use_zoo(zoo)
