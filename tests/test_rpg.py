@@ -15,7 +15,7 @@ from conftest import build, parse, tiny_cfg
 from weightgen.config import ConfigError, RPGSpec, TokenizerSpec, parse_config
 from weightgen.diffusion.token_unet import TokenUNet1d
 from weightgen.generators import GENERATORS, GeneratorError, load_generator
-from weightgen.generators.rpg import RPG
+from weightgen.generators.rpg import RPG, distinct_rows
 from weightgen.tokens import Tokenizer, TokenizerError
 from weightgen.zoo import Zoo, ZooWriter
 
@@ -112,6 +112,37 @@ def test_tokens_mode_is_causal_and_steps_match_the_parallel_pass(backbone):
             steps.append(y)
             prev = x[:, t]
     torch.testing.assert_close(torch.stack(steps, 1), base, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backbone", ["mamba", "lstm", "transformer"])
+@pytest.mark.parametrize("condition", ["none", "metric"])
+def test_rows_sharing_state_and_condition_share_one_recurrent_pass(backbone, condition):
+    """Prototypes (and their gradients) computed once per distinct (state, condition, dropped)
+    row equal those of one recurrent pass per row."""
+    extra = {"condition": condition, "metric": "test_loss", "condition_dropout": 0.2} if condition == "metric" else {}
+    gen, tok, _ = _standalone(_spec(backbone=backbone, **extra))
+    _jitter(gen)
+    net = gen.net
+    states = torch.tensor([0, 1, 0, 0, 1, 0])
+    codes = torch.tensor([0.5, 0.5, 0.5, 0.7, 0.5, 0.5]) if condition == "metric" else None
+    drop = torch.tensor([False, False, False, False, False, True]) if condition == "metric" else None
+    weights = torch.randn(len(states), tok.num_tokens, net.pos.shape[1], generator=torch.Generator().manual_seed(2))
+
+    def run(prototypes):
+        net.zero_grad()
+        out = prototypes()
+        (out * weights).sum().backward()
+        return out.detach(), {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
+
+    shared, shared_grads = run(lambda: net.prototypes(states, None, codes, drop))
+    each, each_grads = run(lambda: net.backbone(net.inputs(states, None, codes, drop)))
+    torch.testing.assert_close(shared, each, atol=1e-5, rtol=1e-5)
+    assert shared_grads.keys() == each_grads.keys() and "states.weight" in shared_grads
+    for name in each_grads:
+        torch.testing.assert_close(shared_grads[name], each_grads[name], atol=1e-4, rtol=1e-4, msg=name)
+    first, inverse = distinct_rows(states, codes, drop)
+    assert len(first) == (4 if condition == "metric" else 2)  # (0,.5,F) (1,.5,F) (0,.7,F) (0,.5,T) | 0, 1
+    assert torch.equal(states[first][inverse], states)
 
 
 # -- position embeddings and permutation states --------------------------------------------------

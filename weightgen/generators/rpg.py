@@ -117,6 +117,18 @@ class Backbone(nn.Module):
         return x, state
 
 
+def distinct_rows(*columns: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(first, inverse)`` over the rows of the given ``(B, ...)`` tensors (``None`` skipped):
+    ``first`` indexes one row of each distinct combination of values, and row i equals row
+    ``first[inverse[i]]`` in every column."""
+    b = len(columns[0])
+    key = torch.cat([c.reshape(b, -1).double() for c in columns if c is not None], 1)  # exact for ints and float32
+    _, inverse = torch.unique(key, dim=0, return_inverse=True)
+    first = torch.full((int(inverse.max()) + 1,), b, device=key.device)
+    first = first.scatter_reduce(0, inverse, torch.arange(b, device=key.device), "amin")
+    return first, inverse
+
+
 class RPGNet(nn.Module):
     """Everything RPG learns, in one module so that the EMA (and the optimizer) covers all of it."""
 
@@ -174,7 +186,16 @@ class RPGNet(nn.Module):
 
     def prototypes(self, states: torch.Tensor, tokens: torch.Tensor | None = None,
                    codes: torch.Tensor | None = None, drop: torch.Tensor | None = None) -> torch.Tensor:
-        return self.backbone(self.inputs(states, tokens, codes, drop))
+        """``(B, T, D)`` prototypes. Without ``tokens`` a row's prototypes depend on its permutation
+        state and condition alone, so rows that share both share one recurrent pass (and its
+        gradient): checkpoints of one run, as in RPG's fine-tuning zoos, cost one sequence, not B."""
+        if tokens is not None:
+            return self.backbone(self.inputs(states, tokens, codes, drop))
+        first, inverse = distinct_rows(states, codes, drop)
+        if len(first) == len(states):
+            return self.backbone(self.inputs(states, None, codes, drop))
+        pick = (lambda v: None if v is None else v[first])
+        return self.backbone(self.inputs(states[first], None, pick(codes), pick(drop)))[inverse]
 
     def step_input(self, states: torch.Tensor, t: int, prev: torch.Tensor,
                    codes: torch.Tensor | None = None, drop: torch.Tensor | None = None) -> torch.Tensor:
