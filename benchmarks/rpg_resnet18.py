@@ -5,7 +5,7 @@
 
 Zoo, after RPG's ImageNet recipe: one resnet18 trained on digits resized to 32x32, and 50
 checkpoints saved at its last 50 optimizer steps, all within its final epoch of
-fine-tuning (68 steps of batch 16). RPG: the paper's 8192-value tokens (1,374 of them),
+fine-tuning (68 steps of batch 16). RPG: the paper's 8192-value tokens (1,407 of them),
 2 Mamba layers, d_model 256, a narrow U-Net so a step fits a CPU budget; fitted for
 ``--steps`` steps (optionally with an EMA of its weights and a cosine learning rate, the recipe
 that brought the whole digits CNN to its originals' accuracy); ``--samples`` networks drawn with
@@ -32,7 +32,7 @@ from weightgen.zoo import Zoo
 RANKS = (64, 256, 1024)
 
 
-def readout_ceiling(zoo_dir, tokenizer_dir, ranks=RANKS) -> dict[str, float]:
+def readout_ceiling(zoo_dir, tok: Tokenizer, ranks=RANKS) -> dict[str, dict[str, float]]:
     """Test accuracy of the zoo's last checkpoint with its (tokens x token size) matrix replaced by
     its best rank-k approximation (truncated SVD of the normalized tokens), for each k, and at full
     rank. A generator whose token values are one linear read-out of a k-wide prototype (RPG's
@@ -40,7 +40,6 @@ def readout_ceiling(zoo_dir, tokenizer_dir, ranks=RANKS) -> dict[str, float]:
     at most k; the U-Net's small convolutions add some nonlinearity, so this is a guide to what a
     d_model-wide prototype can carry, not a strict bound."""
     with Zoo.open(zoo_dir) as zoo:
-        tok = Tokenizer.load(tokenizer_dir)
         last = zoo.members("train")[-1]
         state = zoo.load(last)
         x = tok.tokenize(state)
@@ -87,8 +86,9 @@ def main() -> None:
     zoo_dir, run_dir = WORK / "zoos" / "rpg-resnet18", WORK / "runs" / cfg.name
     report = run_or_reuse(cfg, zoo_dir, run_dir, args.reuse)
     row = summarize("resnet18", report)
-    row["generator_params"] = sum(p.numel() for p in load_generator(run_dir / "generator").net.parameters())
-    row["readout_ceiling"] = ceiling = readout_ceiling(zoo_dir, run_dir / "generator")
+    gen = load_generator(run_dir / "generator")
+    row["generator_params"] = sum(p.numel() for p in gen.net.parameters())
+    row["readout_ceiling"] = ceiling = readout_ceiling(zoo_dir, gen.tokenizer)
     o, g = row["original"], row["generated"]
     fit_s = row["timing"].get("fit_seconds")
     row["targets"] = {"within_1pt_of_original_mean": g["mean"] is not None and g["mean"] >= o["mean"] - 0.01,
