@@ -114,6 +114,67 @@ def test_tokens_mode_is_causal_and_steps_match_the_parallel_pass(backbone):
     torch.testing.assert_close(torch.stack(steps, 1), base, atol=1e-5, rtol=1e-5)
 
 
+def test_teacher_noise_noises_only_the_tokens_the_recurrent_model_reads(monkeypatch):
+    """teacher_noise (ours) changes what the recurrent model reads in training: the real values of
+    the previous tokens, never their zero padding, and never the tokens being denoised; 0 is the
+    paper's teacher forcing."""
+    gen, tok, states = _standalone(_spec(recurrent_input="tokens", teacher_noise=0.5, tokens_per_step=100))
+    _jitter(gen)
+    x = tok.tokenize_batch(states)
+    s = torch.tensor([0, 1, 1])
+    seen, prototypes, diffusion_loss = {}, gen.net.prototypes, gen.diffusion.loss
+
+    def spy_prototypes(st, read, *rest):
+        seen["read"] = read
+        return prototypes(st, read, *rest)
+
+    def spy_loss(fn, x0, *rest):
+        seen["x0"] = x0
+        return diffusion_loss(fn, x0, *rest)
+
+    monkeypatch.setattr(gen.net, "prototypes", spy_prototypes)
+    monkeypatch.setattr(gen.diffusion, "loss", spy_loss)
+
+    def loss(noise: float) -> torch.Tensor:
+        gen.spec.teacher_noise = noise
+        return gen.loss(x, s, torch.Generator().manual_seed(0), torch.Generator().manual_seed(0))
+
+    clean = loss(0.0)
+    assert torch.equal(seen["read"], x)
+    targets = seen["x0"].clone()
+    noisy = loss(0.5)
+    read = seen["read"]
+    valid = torch.arange(tok.width)[None] < gen.valid[:, None]  # (T, W)
+    assert torch.equal(read[:, ~valid], x[:, ~valid])  # padding stays 0, as sampling feeds it back
+    assert (read - x)[:, valid].abs().min() > 0 and 0.3 < (read - x)[:, valid].std() < 0.7
+    assert torch.equal(seen["x0"], targets)  # the denoised tokens are the clean ones
+    assert not torch.allclose(noisy, clean)
+
+
+def test_teacher_forced_tokens_read_only_the_true_tokens_before_each_token():
+    gen, tok, states = _standalone(_spec(recurrent_input="tokens"))
+    _jitter(gen)
+    x = tok.tokenize_batch(states)
+    s = torch.tensor([0, 1, 1])
+    made = gen.teacher_forced_tokens(x, s, seed=3, steps=5)
+    assert made.shape == x.shape and torch.equal(made, gen.teacher_forced_tokens(x, s, seed=3, steps=5))
+    valid = torch.arange(tok.width)[None] < gen.valid[:, None]
+    assert torch.all(made[:, ~valid] == 0)
+    changed = x.clone()
+    changed[:, 2] += 1.0  # token 2's true values reach tokens 3 onwards, never 0..2
+    after = gen.teacher_forced_tokens(changed, s, seed=3, steps=5)
+    assert torch.equal(after[:, :3], made[:, :3]) and not torch.allclose(after[:, 3:], made[:, 3:])
+    positions, _, _ = _standalone(_spec())
+    with pytest.raises(GeneratorError, match="recurrent_input: tokens"):
+        positions.teacher_forced_tokens(x, s)
+
+
+def test_teacher_noise_needs_recurrent_input_tokens():
+    with pytest.raises(ConfigError, match="teacher_noise 0.1 .*needs recurrent_input: tokens"):
+        parse_config(tiny_cfg(generator={"method": "rpg", "teacher_noise": 0.1}), "cfg.yaml")
+    assert RPGSpec().teacher_noise == 0  # the paper's teacher forcing by default
+
+
 @pytest.mark.parametrize("backbone", ["mamba", "lstm", "transformer"])
 @pytest.mark.parametrize("condition", ["none", "metric"])
 def test_rows_sharing_state_and_condition_share_one_recurrent_pass(backbone, condition):

@@ -352,7 +352,14 @@ class RPG(Generator):
         drop = None
         if codes is not None and self.spec.condition_dropout > 0:  # classifier-free guidance: learn the null too
             drop = (torch.rand(b, generator=gen) < self.spec.condition_dropout).to(tokens.device)
-        proto = self.net.prototypes(states, tokens if self.spec.recurrent_input == "tokens" else None, codes, drop)
+        read = None
+        if self.spec.recurrent_input == "tokens":
+            read = tokens
+            if self.spec.teacher_noise > 0:  # ours: read tokens as imperfect as sampled ones (padding stays 0)
+                valid = (torch.arange(w) < self.valid[:, None]).to(tokens.device)  # (T, W)
+                noise = torch.randn(tokens.shape, generator=noise_gen, device=tokens.device)
+                read = tokens + self.spec.teacher_noise * noise * valid
+        proto = self.net.prototypes(states, read, codes, drop)
         x0 = tokens.gather(1, pick[..., None].expand(-1, -1, w)).reshape(b * k, 1, w)
         cond = proto.gather(1, pick[..., None].expand(-1, -1, proto.shape[-1])).reshape(b * k, -1)
         return self.diffusion.loss(lambda x, tt: self.net.denoiser(x, tt, cond), x0, mask, noise_gen)
@@ -450,6 +457,25 @@ class RPG(Generator):
                 prev[rows] = self._denoise(net, cond[r], base + rows * T + t, sampler, steps,
                                            None if null is None else null[r]) * real
                 yield rows, torch.full_like(rows, t), prev[rows].cpu()
+
+    @torch.no_grad()
+    def teacher_forced_tokens(self, tokens: torch.Tensor, states: torch.Tensor, seed: int = 0,
+                              sampler: str = "ddim", steps: int | None = None) -> torch.Tensor:
+        """Every token of ``tokens`` ``(n, T, W)`` generated afresh from noise, its prototype read from
+        the true tokens before it, as in training (``recurrent_input: tokens``, unconditional). A
+        diagnostic: networks made so that are as good as the generator is given a perfect past; the
+        gap to ``sample`` is what reading its own tokens at sampling costs."""
+        if self.spec.recurrent_input != "tokens" or self.spec.condition != "none":
+            raise GeneratorError("teacher_forced_tokens needs an unconditional generator with recurrent_input: tokens")
+        net = self.sampling_module(self.net)
+        n, T, W = tokens.shape
+        proto = net.prototypes(states.to(self.device), tokens.to(self.device))
+        out = torch.empty(n * T, W)
+        flat = proto.reshape(n * T, -1)
+        for start in range(0, n * T, self.chunk_size()):
+            ids = torch.arange(start, min(start + self.chunk_size(), n * T))
+            out[ids] = self._denoise(net, flat[ids.to(self.device)], seed + ids, sampler, steps).cpu()
+        return out.reshape(n, T, W) * (torch.arange(W) < self.valid[:, None]).float()  # padding: 0
 
     @torch.no_grad()
     def sample_tokens(self, n: int, condition: Any, generator: torch.Generator, sampler: str = "ddpm",
