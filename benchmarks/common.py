@@ -145,9 +145,9 @@ def run_or_reuse(cfg, zoo_dir: Path, run_dir: Path, reuse: bool, fitted_in: Path
     """``weightgen run`` of ``cfg``; with ``reuse``, a finished run of exactly this config is read instead.
 
     ``fitted_in``: a run whose generator was fitted with ``cfg`` at other sampling settings; with
-    ``reuse`` it is sampled at ``cfg``'s instead of fitting again (its fit time and machine kept)."""
+    ``reuse`` it is sampled at ``cfg``'s instead of fitting again (its fit time and machine kept);
+    so is a generator saved in ``run_dir`` itself by a fit-only run."""
     from weightgen.evaluate.report import notes
-    from weightgen.generators import load_generator
     from weightgen.pipeline import run_experiment
 
     done, made_on = run_dir / "report.json", run_dir / "machine.json"
@@ -158,15 +158,32 @@ def run_or_reuse(cfg, zoo_dir: Path, run_dir: Path, reuse: bool, fitted_in: Path
         report["machine"] = json.loads(made_on.read_text()) if made_on.is_file() else None
         return report
     fitted, fit_machine = None, None
-    if reuse and fitted_in is not None and (fitted_in / "generator").is_dir() and (fitted_in / "report.json").is_file() and \
-            same_config(fitted_in / "config.yaml", at_default_sampling(cfg)):
-        fitted = (load_generator(fitted_in / "generator"), json.loads((fitted_in / "report.json").read_text())["fit"])
-        if (fitted_in / "machine.json").is_file():
-            fit_machine = json.loads((fitted_in / "machine.json").read_text())
+    if reuse:
+        fitted, fit_machine = saved_fit(run_dir, cfg) or saved_fit(fitted_in, cfg) or (None, None)
     report = run_experiment(cfg, zoo_dir, run_dir, show_progress=True, fitted=fitted)
     report["machine"] = fit_machine or machine()  # where the generator was fitted
     made_on.write_text(json.dumps(report["machine"], indent=1))
     return report
+
+
+def saved_fit(run_dir: Path | None, cfg):
+    """((generator, fit stats), machine it was fitted on) of a run folder whose generator was fitted
+    with ``cfg`` at default sampling settings, or None: a finished run (its report.json) or one
+    made by ``fit_or_reuse`` (its fit.json; e.g. fitted on a lent GPU, judged here)."""
+    from weightgen.generators import load_generator
+
+    if run_dir is None or not (run_dir / "generator").is_dir() or \
+            not same_config(run_dir / "config.yaml", at_default_sampling(cfg)):
+        return None
+    if (run_dir / "report.json").is_file():
+        stats = json.loads((run_dir / "report.json").read_text())["fit"]
+    elif (run_dir / "fit.json").is_file():
+        stats = json.loads((run_dir / "fit.json").read_text())
+    else:
+        return None
+    made_on = run_dir / "machine.json"
+    fit_machine = json.loads(made_on.read_text()) if made_on.is_file() else stats.get("machine")
+    return (load_generator(run_dir / "generator"), stats), fit_machine
 
 
 def fit_or_reuse(cfg, zoo, run_dir: Path, reuse: bool):
@@ -186,6 +203,32 @@ def fit_or_reuse(cfg, zoo, run_dir: Path, reuse: bool):
     stats = {**stats, "machine": machine()}
     (run_dir / "fit.json").write_text(json.dumps(stats, indent=1))
     return gen, stats
+
+
+def teacher_forced_accuracy(run_dir: Path, zoo_dir: Path, k: int = 5) -> float | None:
+    """Mean test accuracy of the networks a ``recurrent_input: tokens`` RPG makes when each token's
+    prototype reads the true previous tokens of one of ``k`` training checkpoints (spread over the
+    zoo), as in training; None for other generators. Beside the sampled accuracy it separates what
+    the generator learned from what reading its own tokens costs. Kept in the run folder."""
+    from weightgen.evaluate import evaluate_states
+    from weightgen.generators import load_generator
+    from weightgen.pipeline import zoo_task
+    from weightgen.zoo import Zoo
+
+    cached = run_dir / "teacher_forced.json"
+    if cached.is_file():
+        return json.loads(cached.read_text())["mean"]
+    gen = load_generator(run_dir / "generator")
+    if getattr(gen.spec, "recurrent_input", None) != "tokens":
+        return None
+    with Zoo.open(zoo_dir) as zoo:
+        members = zoo.members("train")
+        chosen = members[::max(1, len(members) // k)][:k]
+        tokens = gen.tokenizer.tokenize_batch(zoo.load(m, gen.tokenizer.names) for m in chosen)
+        made = gen.teacher_forced_tokens(tokens, gen.state_index(chosen), steps=50)
+        acc = [float(a) for a in evaluate_states(zoo.build_net(), gen.to_states(made), zoo_task(zoo)).accuracy]
+    cached.write_text(json.dumps({"members": [{"run": m.run, "step": m.step} for m in chosen], "accuracy": acc, "mean": sum(acc) / len(acc)}, indent=1))
+    return sum(acc) / len(acc)
 
 
 def more_novel_than_noise(row: dict) -> bool:

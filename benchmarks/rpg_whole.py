@@ -1,6 +1,6 @@
 """Whole networks from many seeds: RPG against p-diff on the same zoo (issue 4, item 3).
 
-    python benchmarks/rpg_whole.py [--only cnn-rpg ...] [--scale 1.0] [--reuse] [--temperature 0.5]
+    python benchmarks/rpg_whole.py [--only cnn-rpg ...] [--scale 1.0] [--reuse] [--temperature 0.5] [--fit-only]
 
 Each zoo holds 20 independent runs (seeds) of one digits net, the last 5 checkpoints of
 each, 17 steps (one epoch) apart: 100 whole networks (BatchNorm running statistics
@@ -8,6 +8,8 @@ included, so a generated CNN is complete). RPG and p-diff are fitted on the same
 judged by the same evaluator. ``--scale`` multiplies generator training steps. ``--temperature``
 samples at that temperature (ours; the run folders and the table get a ``-tT`` suffix); with
 ``--reuse`` the generator of the run at temperature 1 is sampled again instead of refitted.
+``--fit-only`` fits and saves the generators and judges nothing; a later ``--reuse`` run
+samples and judges them (fit on a lent GPU, judge on the CPU).
 
 Targets (issue 4): generated mean accuracy >= 99% of the originals' mean, generated best
 >= original best, and lower max IoU than noise-added originals at the same accuracy.
@@ -20,8 +22,9 @@ import time
 
 import torch
 
-from common import WORK, command, fmt, machine, more_novel_than_noise, run_or_reuse, scale_of, settings_args, summarize, tagged, where, write_json, write_section
+from common import WORK, command, fit_or_reuse, fmt, machine, more_novel_than_noise, run_or_reuse, scale_of, settings_args, summarize, tagged, teacher_forced_accuracy, where, write_json, write_section
 from weightgen.config import parse_config
+from weightgen.zoo import Zoo, build_zoo
 
 ZOOS = {
     "cnn": {"net": {"name": "cnn", "batchnorm": True},
@@ -58,6 +61,21 @@ def settings() -> list[dict]:
                     ("rpg+x0+ema-cos", x0_ema_cos, {"token_size": 64}),
                     # ... and without permutation states: every network from noise alone, none tied to a run
                     ("rpg+x0+ema-cos-nostate", {**x0_ema_cos, "permutation_state": False}, {"token_size": 64}),
+                    # ... and with the paper's recurrent input (each token's prototype reads the tokens before
+                    # it, autoregressive at sampling): without states, positions alone give every sample the
+                    # same prototypes, so its tokens are drawn independently of each other; reading the
+                    # previous tokens lets one network's tokens agree while the noise alone picks the network.
+                    # The recurrent pass reads every token of a checkpoint anyway: denoise them all (256 per step).
+                    ("rpg+x0+ema-cos-tokens-nostate", {**x0_ema_cos, "permutation_state": False, "recurrent_input": "tokens",
+                                                       "tokens_per_step": 256}, {"token_size": 64}),
+                    ("rpg+x0+ema-cos-tokens", {**x0_ema_cos, "recurrent_input": "tokens", "tokens_per_step": 256},
+                     {"token_size": 64}),
+                    # ... with the tokens it reads noised in training (teacher_noise 0.2, ours: the best of
+                    # 0.05 / 0.2 / 0.5 on the MLP ablation zoo), against drifting when it reads its own
+                    ("rpg+x0+ema-cos-tokens-tn-nostate", {**x0_ema_cos, "permutation_state": False, "recurrent_input": "tokens",
+                                                          "tokens_per_step": 256, "teacher_noise": 0.2}, {"token_size": 64}),
+                    ("rpg+x0+ema-cos-tokens-tn", {**x0_ema_cos, "recurrent_input": "tokens", "tokens_per_step": 256,
+                                                  "teacher_noise": 0.2}, {"token_size": 64}),
                     ("pdiff", PDIFF, {"token_size": "flat", "normalize": "none"}))
         for method, gen, tok in variants:
             out.append({"name": f"{net}-{method}", "zoo": f"rpg-whole-{net}", "config": {
@@ -77,8 +95,11 @@ def temperature_note(t: float) -> str:
 
 
 def main() -> None:
-    args = settings_args(__doc__, lambda ap: ap.add_argument(
-        "--temperature", type=float, default=1.0, help="sampling temperature (scale of DDIM's starting noise)"))
+    def extra(ap):
+        ap.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (scale of DDIM's starting noise)")
+        ap.add_argument("--fit-only", action="store_true",
+                        help="fit and save the generators, judge nothing (e.g. fit on a lent GPU, judge later with --reuse)")
+    args = settings_args(__doc__, extra)
     tag = "-".join(filter(None, [args.tag, f"t{args.temperature:g}" if args.temperature != 1 else ""]))
     rows, started = [], time.time()
     for s in settings():
@@ -91,9 +112,17 @@ def main() -> None:
         raw["generator"]["diffusion"] = {**raw["generator"].get("diffusion", {}), "temperature": args.temperature}
         cfg = parse_config(raw, s["name"])
         print(f"== {s['name']}", flush=True)
-        report = run_or_reuse(cfg, WORK / "zoos" / s["zoo"], WORK / "runs" / tagged(cfg.name, tag), args.reuse,
+        if args.fit_only:
+            zoo_dir = WORK / "zoos" / s["zoo"]
+            build_zoo(cfg, zoo_dir, show_progress=False)
+            _, stats = fit_or_reuse(cfg, Zoo.open(zoo_dir), WORK / "runs" / tagged(cfg.name, args.tag), args.reuse)
+            print(f"   fitted in {stats['fit_seconds']:.0f} s (loss {stats['diffusion_loss']:.4f}); not judged (--fit-only)", flush=True)
+            continue
+        run_dir = WORK / "runs" / tagged(cfg.name, tag)
+        report = run_or_reuse(cfg, WORK / "zoos" / s["zoo"], run_dir, args.reuse,
                               fitted_in=WORK / "runs" / tagged(cfg.name, args.tag) if tag != args.tag else None)
         row = summarize(s["name"], report)
+        row["teacher_forced_mean"] = teacher_forced_accuracy(run_dir, WORK / "zoos" / s["zoo"])
         o, g = row["original"], row["generated"]
         row["steps"] = {k: raw["generator"][k] for k in STEP_KEYS if k in raw["generator"]}
         row["targets"] = {
@@ -104,22 +133,26 @@ def main() -> None:
         rows.append(row)
         print(f"   generated best/mean/median {fmt(g['best'])} / {fmt(g['mean'])} / {fmt(g['median'])}; "
               f"original {fmt(o['best'])} / {fmt(o['mean'])} / {fmt(o['median'])}; {row['targets']}", flush=True)
+    if args.fit_only:
+        return
     payload = {"benchmark": "rpg_whole", "command": command(), "machine": machine(), "scale": args.scale,
                "seconds": time.time() - started, "results": rows}
     write_json(tagged("rpg_whole", tag), payload)
     lines = ["| setting | steps | params | original best / mean / median | weight avg | noise σ=0.01 / 0.05 mean acc "
-             "| generated best / mean / median (worst) | max IoU orig / σ=0.05 / gen | nearest dist orig / gen "
-             "| fit s | targets |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| generated best / mean / median (worst) | teacher-forced mean | max IoU orig / σ=0.05 / gen "
+             "| nearest dist orig / gen | fit s | targets |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         o, g, n = r["original"], r["generated"], r["noise"]
         ok = " ".join(("✔" if v else "✘") + k for k, v in r["targets"].items())
         lines.append(
             f"| {r['name']} | {' + '.join(str(v) for v in r['steps'].values())} | {r['generated_params']} | {fmt(o['best'])} / {fmt(o['mean'])} / {fmt(o['median'])} "
             f"| {fmt(r['weight_average'])} | {fmt(n.get('0.01', {}).get('mean'))} / {fmt(n.get('0.05', {}).get('mean'))} "
-            f"| {fmt(g['best'])} / {fmt(g['mean'])} / {fmt(g['median'])} ({fmt(g['worst'])}) "
+            f"| {fmt(g['best'])} / {fmt(g['mean'])} / {fmt(g['median'])} ({fmt(g['worst'])}) | {fmt(r.get('teacher_forced_mean'))} "
             f"| {fmt(o['max_iou_mean'], '.3f')} / {fmt(n.get('0.05', {}).get('max_iou_mean'), '.3f')} / "
             f"{fmt(g['max_iou_mean'], '.3f')} | {fmt(o['nearest_distance_mean'], '.3g')} / "
             f"{fmt(g['nearest_distance_mean'], '.3g')} | {fmt(r['timing'].get('fit_seconds'), '.0f')} | {ok} |")
+    judged_apart = [r["name"] for r in rows if (r.get("machine") or {}).get("cuda") and r["timing"].get("device") == "cpu"]
+    apart = f" Fitted on the GPU (`--fit-only`), sampled and judged on a CPU: {', '.join(judged_apart)}." if judged_apart else ""
     notes = "\n".join(f"- **{r['name']}** (steps {r['steps']}): " + "; ".join(r["notes"]) for r in rows)
     write_section(tagged("rpg_whole", tag), f"""## Whole networks from 20 seeds: RPG vs p-diff (issue 4){' — ' + tag if tag else ''}
 
@@ -129,10 +162,13 @@ BatchNorm statistic generated. RPG: 64-value tokens, 2 Mamba layers (d_model 256
 states, epsilon prediction, steps (in the table) x 4 checkpoints x 64 tokens (the paper trains far longer);
 `rpg+x0` is the same with x0 prediction (`diffusion.prediction: sample`, ours), `rpg+v` with v prediction
 (`diffusion.prediction: v_prediction`, ours); `+ema-cos`: x0, sampled from an EMA (0.999) of the weights, the
-learning rate decayed to 0 by a cosine (ours); `-nostate`: the same without permutation states. p-diff: its autoencoder on
+learning rate decayed to 0 by a cosine (ours); `-nostate`: the same without permutation states; `-tokens`: the
+recurrent model reads the previous tokens too (the paper's text; autoregressive at sampling), 256 tokens denoised per
+step; `-tn`: those tokens noised in training (`teacher_noise: 0.2`, ours). Teacher-forced mean (`-tokens` rows): the mean accuracy of 5 networks made with each token's prototype read
+from the true previous tokens of a training checkpoint, as in training. p-diff: its autoencoder on
 the flattened network, autoencoder + diffusion steps in the table. {SAMPLE['n']} samples each, DDIM
 {SAMPLE['steps']} steps. Targets: mean ≥ 99% of the originals' mean, best ≥ original best, lower max IoU than
-noise-added originals at the same accuracy.{temperature_note(args.temperature)}
+noise-added originals at the same accuracy.{temperature_note(args.temperature)}{apart}
 
 {chr(10).join(lines)}
 
