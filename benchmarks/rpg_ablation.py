@@ -44,6 +44,9 @@ VARIANTS = [  # name, generator changes, token size
                                                "teacher_noise": 0.2}, BASE_TOKEN_SIZE),
     ("ours: x0 + tokens + teacher noise 0.5", {"diffusion": {"prediction": "sample"}, "recurrent_input": "tokens",
                                                "teacher_noise": 0.5}, BASE_TOKEN_SIZE),
+    # ... and without permutation states: the noise alone picks each network (the route to novelty)
+    ("ours: x0 + tokens + teacher noise 0.2, no state", {"diffusion": {"prediction": "sample"}, "recurrent_input": "tokens",
+                                                         "teacher_noise": 0.2, "permutation_state": False}, BASE_TOKEN_SIZE),
 ]
 
 
