@@ -1,6 +1,7 @@
 """What every benchmark shares: the machine it ran on, JSON results, and its section of docs/results.md."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -216,7 +217,10 @@ def teacher_forced_accuracy(run_dir: Path, zoo_dir: Path, k: int = 5) -> float |
     from weightgen.zoo import Zoo
 
     cached = run_dir / "teacher_forced.json"
-    if cached.is_file():
+    # the generator as saved: a refit (or a re-save) of the run makes the cached numbers stale
+    saved = [f.name + ":" + hashlib.sha256(f.read_bytes()).hexdigest()[:16]
+             for f in sorted((run_dir / "generator").iterdir()) if f.suffix == ".safetensors"]
+    if cached.is_file() and json.loads(cached.read_text()).get("generator") == saved:
         return json.loads(cached.read_text())["mean"]
     gen = load_generator(run_dir / "generator")
     if getattr(gen.spec, "recurrent_input", None) != "tokens":
@@ -227,7 +231,8 @@ def teacher_forced_accuracy(run_dir: Path, zoo_dir: Path, k: int = 5) -> float |
         tokens = gen.tokenizer.tokenize_batch(zoo.load(m, gen.tokenizer.names) for m in chosen)
         made = gen.teacher_forced_tokens(tokens, gen.state_index(chosen), steps=50)
         acc = [float(a) for a in evaluate_states(zoo.build_net(), gen.to_states(made), zoo_task(zoo)).accuracy]
-    cached.write_text(json.dumps({"members": [{"run": m.run, "step": m.step} for m in chosen], "accuracy": acc, "mean": sum(acc) / len(acc)}, indent=1))
+    cached.write_text(json.dumps({"generator": saved, "members": [{"run": m.run, "step": m.step} for m in chosen],
+                                  "accuracy": acc, "mean": sum(acc) / len(acc)}, indent=1))
     return sum(acc) / len(acc)
 
 
