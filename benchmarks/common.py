@@ -121,15 +121,22 @@ def where(rows: list[dict]) -> str:
                      for k, d in seen.items()) or "unknown machine"
 
 
-def same_config(path: Path, cfg) -> bool:
+def same_config(path: Path, cfg, sampling: bool = True) -> bool:
     """Whether the run's stored config is ``cfg``, read with today's defaults: a setting added to
-    the library since (at its default) does not make an old run a different experiment."""
+    the library since (at its default) does not make an old run a different experiment. With
+    ``sampling=False`` both are compared at default sampling settings: whether they fit the same
+    generator."""
     from weightgen.config import ConfigError, dump_config, load_config
 
     try:
-        return path.is_file() and dump_config(load_config(path)) == dump_config(cfg)
+        if not path.is_file():
+            return False
+        stored = load_config(path)
     except ConfigError:
         return False
+    if not sampling:
+        stored, cfg = at_default_sampling(stored), at_default_sampling(cfg)
+    return dump_config(stored) == dump_config(cfg)
 
 
 def at_default_sampling(cfg):
@@ -174,7 +181,7 @@ def saved_fit(run_dir: Path | None, cfg):
     from weightgen.generators import load_generator
 
     if run_dir is None or not (run_dir / "generator").is_dir() or \
-            not same_config(run_dir / "config.yaml", at_default_sampling(cfg)):
+            not same_config(run_dir / "config.yaml", cfg, sampling=False):
         return None
     if (run_dir / "report.json").is_file():
         stats = json.loads((run_dir / "report.json").read_text())["fit"]
@@ -189,14 +196,13 @@ def saved_fit(run_dir: Path | None, cfg):
 
 def fit_or_reuse(cfg, zoo, run_dir: Path, reuse: bool):
     """(generator, fit stats) for ``cfg`` on ``zoo``, saved in ``run_dir``; with ``reuse``, a
-    generator already saved there for exactly this config is loaded instead of refitted."""
+    generator already saved there for this config (sampling settings aside) is loaded instead of refitted."""
     from weightgen.config import dump_config
-    from weightgen.generators import load_generator
     from weightgen.pipeline import fit_generator
 
-    same = same_config(run_dir / "config.yaml", cfg)
-    if reuse and same and (run_dir / "generator").is_dir():
-        return load_generator(run_dir / "generator"), json.loads((run_dir / "fit.json").read_text())
+    saved = saved_fit(run_dir, cfg) if reuse else None
+    if saved is not None:
+        return saved[0]
     gen, stats = fit_generator(cfg, zoo)
     run_dir.mkdir(parents=True, exist_ok=True)
     gen.save(run_dir / "generator")
@@ -216,15 +222,18 @@ def teacher_forced_accuracy(run_dir: Path, zoo_dir: Path, k: int = 5) -> float |
     from weightgen.pipeline import zoo_task
     from weightgen.zoo import Zoo
 
+    from weightgen.config import load_config
+
+    if getattr(load_config(run_dir / "config.yaml").generator, "recurrent_input", None) != "tokens":
+        return None
     cached = run_dir / "teacher_forced.json"
     # the generator as saved: a refit (or a re-save) of the run makes the cached numbers stale
     saved = [f.name + ":" + hashlib.sha256(f.read_bytes()).hexdigest()[:16]
              for f in sorted((run_dir / "generator").iterdir()) if f.suffix == ".safetensors"]
-    if cached.is_file() and json.loads(cached.read_text()).get("generator") == saved:
-        return json.loads(cached.read_text())["mean"]
+    earlier = json.loads(cached.read_text()) if cached.is_file() else {}
+    if earlier.get("generator") == saved:
+        return earlier["mean"]
     gen = load_generator(run_dir / "generator")
-    if getattr(gen.spec, "recurrent_input", None) != "tokens":
-        return None
     with Zoo.open(zoo_dir) as zoo:
         members = zoo.members("train")
         chosen = members[::max(1, len(members) // k)][:k]

@@ -115,7 +115,8 @@ def main() -> None:
         if args.fit_only:
             zoo_dir = WORK / "zoos" / s["zoo"]
             build_zoo(cfg, zoo_dir, show_progress=False)
-            _, stats = fit_or_reuse(cfg, Zoo.open(zoo_dir), WORK / "runs" / tagged(cfg.name, args.tag), args.reuse)
+            with Zoo.open(zoo_dir) as zoo:
+                _, stats = fit_or_reuse(cfg, zoo, WORK / "runs" / tagged(cfg.name, args.tag), args.reuse)
             print(f"   fitted in {stats['fit_seconds']:.0f} s (loss {stats['diffusion_loss']:.4f}); not judged (--fit-only)", flush=True)
             continue
         run_dir = WORK / "runs" / tagged(cfg.name, tag)

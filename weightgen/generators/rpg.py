@@ -431,12 +431,7 @@ class RPG(Generator):
             proto = net.prototypes(used, codes=codes)  # (U, T, D)
             null = net.prototypes(used, codes=codes, drop=torch.ones(len(used), dtype=torch.bool,
                                                                      device=self.device)) if guided else None
-            for start in range(0, n * T, chunk):
-                ids = torch.arange(start, min(start + chunk, n * T))
-                s, t = ids // T, ids % T
-                rows, cols = which[s.to(self.device)], t.to(self.device)
-                yield s, t, self._denoise(net, proto[rows, cols], base + ids, sampler, steps,
-                                          None if null is None else null[rows, cols]).cpu()
+            yield from self._denoise_table(net, proto, which, base, sampler, steps, null)
             return
         # tokens: autoregressive, token by token (a token's prototype needs its predecessor's values).
         # With guidance the null-condition sequence runs beside the conditional one, on the same tokens.
@@ -458,6 +453,20 @@ class RPG(Generator):
                                            None if null is None else null[r]) * real
                 yield rows, torch.full_like(rows, t), prev[rows].cpu()
 
+    def _denoise_table(self, net: RPGNet, proto: torch.Tensor, which: torch.Tensor, base: int, sampler: str,
+                       steps: int | None, null: torch.Tensor | None = None
+                       ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Every token of ``len(which)`` samples denoised from a prototype table ``(U, T, D)``: sample
+        s's token t from ``proto[which[s], t]`` (and ``null``'s, with guidance) and the noise of index
+        ``base + s * T + t``; yielded chunk by chunk as in ``_pieces``."""
+        T, n, chunk = self.tokenizer.num_tokens, len(which), self.chunk_size(null is not None)
+        for start in range(0, n * T, chunk):
+            ids = torch.arange(start, min(start + chunk, n * T))
+            s, t = ids // T, ids % T
+            rows, cols = which[s.to(self.device)], t.to(self.device)
+            yield s, t, self._denoise(net, proto[rows, cols], base + ids, sampler, steps,
+                                      None if null is None else null[rows, cols]).cpu()
+
     @torch.no_grad()
     def teacher_forced_tokens(self, tokens: torch.Tensor, states: torch.Tensor, seed: int = 0,
                               sampler: str = "ddim", steps: int | None = None) -> torch.Tensor:
@@ -469,13 +478,11 @@ class RPG(Generator):
             raise GeneratorError("teacher_forced_tokens needs an unconditional generator with recurrent_input: tokens")
         net = self.sampling_module(self.net)
         n, T, W = tokens.shape
-        proto = net.prototypes(states.to(self.device), tokens.to(self.device))
-        out = torch.empty(n * T, W)
-        flat = proto.reshape(n * T, -1)
-        for start in range(0, n * T, self.chunk_size()):
-            ids = torch.arange(start, min(start + self.chunk_size(), n * T))
-            out[ids] = self._denoise(net, flat[ids.to(self.device)], seed + ids, sampler, steps).cpu()
-        return out.reshape(n, T, W) * (torch.arange(W) < self.valid[:, None]).float()  # padding: 0
+        proto = net.prototypes(states.to(self.device), tokens.to(self.device))  # (n, T, D)
+        out = torch.empty(n, T, W)
+        for s, t, values in self._denoise_table(net, proto, torch.arange(n, device=self.device), seed, sampler, steps):
+            out[s, t] = values
+        return out * (torch.arange(W) < self.valid[:, None]).float()  # padding: 0
 
     @torch.no_grad()
     def sample_tokens(self, n: int, condition: Any, generator: torch.Generator, sampler: str = "ddpm",
