@@ -338,6 +338,17 @@ def test_train_steps_names_the_step_of_a_nan_loss():
         train_steps(model, lambda s: model.weight.sum() * math.inf, 5, lr=1e-2, show_progress=False)
 
 
+def test_progress_in_a_log_is_one_line_per_tenth(capsys):
+    """Output that is not a terminal (captured here, as in a log file) gets plain lines while the
+    job runs, not one bar at its end: ten for ten tenths, the last at 100%, with the loss."""
+    model = nn.Linear(2, 1)
+    train_steps(model, lambda s: model.weight.pow(2).sum(), 25, lr=1e-2, desc="toy")
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 10
+    assert lines[0].startswith("toy loss ") and ": 3/25 (10%)" in lines[0]
+    assert ": 25/25 (100%)" in lines[-1] and lines[-1].endswith("~0 s left")
+
+
 @pytest.mark.parametrize("schedule", ["constant", "cosine"])
 def test_train_steps_follows_its_lr_schedule(schedule):
     # A linear loss has a constant gradient, so each Adam step moves the weight by exactly the

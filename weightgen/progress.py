@@ -1,8 +1,10 @@
-"""One place that makes rich progress bars, so every long job looks the same."""
+"""One place that makes progress bars, so every long job looks the same."""
 from __future__ import annotations
 
 import contextlib
+import time
 
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 
@@ -19,10 +21,44 @@ class _Quiet:
         pass
 
 
+class _Lines:
+    """Plain lines for output that is not a terminal (a log file, CI, ``nohup``): rich draws its
+    bar there only once the job has ended, so an hour-long fit would show nothing until done.
+    One line each time another tenth of a task is done, with the time spent and left."""
+
+    def __init__(self):
+        self.tasks: list[dict] = []
+
+    def add_task(self, description: str, total: float | None = None, **_) -> int:
+        self.tasks.append({"description": description, "total": total, "done": 0, "tenths": 0,
+                           "started": time.monotonic()})
+        return len(self.tasks) - 1
+
+    def update(self, task: int, description: str | None = None, **_) -> None:
+        if description is not None:
+            self.tasks[task]["description"] = description
+
+    def advance(self, task: int, advance: float = 1) -> None:
+        t = self.tasks[task]
+        t["done"] += advance
+        if not t["total"]:
+            return
+        tenths = int(10 * t["done"] / t["total"])
+        if tenths > t["tenths"]:
+            t["tenths"] = tenths
+            spent = time.monotonic() - t["started"]
+            left = spent * (t["total"] - t["done"]) / t["done"]
+            print(f"{t['description']}: {t['done']:g}/{t['total']:g} ({min(tenths, 10) * 10}%), "
+                  f"{spent:.0f} s spent, ~{left:.0f} s left", flush=True)
+
+
 @contextlib.contextmanager
 def progress_bar(enabled: bool = True):
     if not enabled:
         yield _Quiet()
+        return
+    if not Console().is_terminal:
+        yield _Lines()
         return
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TimeRemainingColumn(), transient=False) as bar:
