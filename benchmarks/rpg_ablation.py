@@ -47,6 +47,17 @@ VARIANTS = [  # name, generator changes, token size
     # ... and without permutation states: the noise alone picks each network (the route to novelty)
     ("ours: x0 + tokens + teacher noise 0.2, no state", {"diffusion": {"prediction": "sample"}, "recurrent_input": "tokens",
                                                          "teacher_noise": 0.2, "permutation_state": False}, BASE_TOKEN_SIZE),
+    # ... and the chain's length: this MLP is 39 tokens of 64 values, 151 of 16 and 12 of 256 (the whole CNN
+    # is 240 of 64, where teacher noise 0.2 did not help). Same values denoised per step, as above.
+    ("ours: x0 + tokens + teacher noise 0.2, token size 16", {"diffusion": {"prediction": "sample"},
+                                                              "recurrent_input": "tokens", "teacher_noise": 0.2,
+                                                              "tokens_per_step": 64}, 16),
+    ("ours: x0 + tokens + teacher noise 0.5, token size 16", {"diffusion": {"prediction": "sample"},
+                                                              "recurrent_input": "tokens", "teacher_noise": 0.5,
+                                                              "tokens_per_step": 64}, 16),
+    ("ours: x0 + tokens + teacher noise 0.2, token size 256", {"diffusion": {"prediction": "sample"},
+                                                               "recurrent_input": "tokens", "teacher_noise": 0.2,
+                                                               "tokens_per_step": 4}, 256),
 ]
 
 
