@@ -102,6 +102,19 @@ def test_autoregressive_recurrent_input_takes_the_code(tasks_zoo):
     assert all(torch.isfinite(v).all() for v in one.values())
 
 
+def test_teacher_forcing_a_conditional_generator_reads_each_rows_code():
+    gen = _standalone(recurrent_input="tokens")
+    x = torch.randn(2, gen.tokenizer.num_tokens, gen.tokenizer.width)
+    s, a, b = torch.tensor([0, 1]), code_bits(A).expand(2, -1), code_bits(B).expand(2, -1)
+    made = gen.teacher_forced_tokens(x, s, a, seed=3, steps=3)
+    assert torch.equal(made, gen.teacher_forced_tokens(x, s, a, seed=3, steps=3))
+    assert not torch.allclose(made, gen.teacher_forced_tokens(x, s, b, seed=3, steps=3))  # the code reaches it
+    with pytest.raises(GeneratorError, match="needs each row's condition"):
+        gen.teacher_forced_tokens(x, s)
+    with pytest.raises(GeneratorError, match="takes no codes"):
+        _standalone(recurrent_input="tokens", condition="none").teacher_forced_tokens(x, s, a)
+
+
 @pytest.mark.parametrize("condition,match", [
     (None, "conditioned on task codes"),
     ("01001", "must be 10 characters"),

@@ -468,17 +468,22 @@ class RPG(Generator):
                                       None if null is None else null[rows, cols]).cpu()
 
     @torch.no_grad()
-    def teacher_forced_tokens(self, tokens: torch.Tensor, states: torch.Tensor, seed: int = 0,
-                              sampler: str = "ddim", steps: int | None = None) -> torch.Tensor:
+    def teacher_forced_tokens(self, tokens: torch.Tensor, states: torch.Tensor, codes: torch.Tensor | None = None,
+                              seed: int = 0, sampler: str = "ddim", steps: int | None = None) -> torch.Tensor:
         """Every token of ``tokens`` ``(n, T, W)`` generated afresh from noise, its prototype read from
-        the true tokens before it, as in training (``recurrent_input: tokens``, unconditional). A
-        diagnostic: networks made so that are as good as the generator is given a perfect past; the
-        gap to ``sample`` is what reading its own tokens at sampling costs."""
-        if self.spec.recurrent_input != "tokens" or self.spec.condition != "none":
-            raise GeneratorError("teacher_forced_tokens needs an unconditional generator with recurrent_input: tokens")
+        the true tokens before it, as in training (``recurrent_input: tokens``); a conditional
+        generator also takes each row's condition, ``codes`` as ``member_codes`` gives them (guidance
+        is not applied). A diagnostic: networks made so that are as good as the generator is given a
+        perfect past; the gap to ``sample`` is what reading its own tokens at sampling costs."""
+        if self.spec.recurrent_input != "tokens":
+            raise GeneratorError("teacher_forced_tokens needs a generator with recurrent_input: tokens")
+        if (codes is None) != (self.spec.condition == "none"):
+            raise GeneratorError(f"this generator's condition is {self.spec.condition!r}: teacher_forced_tokens "
+                                 + ("takes no codes" if codes is not None else "needs each row's condition (codes)"))
         net = self.sampling_module(self.net)
         n, T, W = tokens.shape
-        proto = net.prototypes(states.to(self.device), tokens.to(self.device))  # (n, T, D)
+        proto = net.prototypes(states.to(self.device), tokens.to(self.device),
+                               None if codes is None else codes.to(self.device))  # (n, T, D)
         out = torch.empty(n, T, W)
         for s, t, values in self._denoise_table(net, proto, torch.arange(n, device=self.device), seed, sampler, steps):
             out[s, t] = values
