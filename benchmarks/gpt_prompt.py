@@ -150,18 +150,36 @@ def judge(gen, zoo: Zoo, metric: str) -> dict:
         train_targets, train_got = sweep(zoo.load(start), member_metric(start, metric))
         train_prompted += train_targets
         train_achieved += train_got
+    teacher_forced = teacher_forced_r2(gen, zoo, sorted(train_runs.items())[:TRAIN_STARTS], ev, metric)
     matched = [p["sgd_steps_to_match"] for p in per_start]
     return {"best_train": best, "r2": r_squared(prompted, achieved), "prompted": prompted, "achieved": achieved,
             "mid_start": {"step": MID_STEP, "r2": r_squared(mid_prompted, mid_achieved) if mid_prompted else None,
                           "prompted": mid_prompted, "achieved": mid_achieved},
             "train_start": {"runs": TRAIN_STARTS, "r2": r_squared(train_prompted, train_achieved) if train_prompted else None,
                             "prompted": train_prompted, "achieved": train_achieved},
+            "teacher_forced": teacher_forced,
             "per_start": per_start,
             "sgd_steps_matched_median": statistics.median(s if s is not None else p["run_steps"] + 1
                                                           for s, p in zip(matched, per_start)),
             "starts_not_matched_by_sgd": sum(s is None for s in matched),
             "recursive_mean": [statistics.fmean(p["recursive"][r] for p in per_start)
                                for r in range(ROUNDS if is_gpt else 0)]}
+
+
+def teacher_forced_r2(gen, zoo: Zoo, runs: list, ev, metric: str, every: int = 5) -> dict | None:
+    """For an RPG that reads the previous tokens (``recurrent_input: tokens``): every ``every``-th
+    checkpoint of ``runs`` made again with each token's prototype read from that checkpoint's true
+    previous tokens, conditioned on its own metric, as in training. R² of the achieved against the
+    asked metric says whether the generator learned the zoo; the gap to the prompted R² is what
+    reading its own tokens at sampling costs. None for other generators."""
+    if gen.method != "rpg" or gen.spec.recurrent_input != "tokens":
+        return None
+    members = [m for _, ms in runs for m in sorted(ms, key=lambda m: m.step)[::every]]
+    tokens = gen.tokenizer.tokenize_batch(zoo.load(m, gen.tokenizer.names) for m in members)
+    made = gen.teacher_forced_tokens(tokens, gen.state_index(members), gen.member_codes(members), steps=DDIM_STEPS)
+    asked = [member_metric(m, metric) for m in members]
+    got = values(ev(gen.to_states(made)), metric)
+    return {"runs": len(runs), "every": every, "r2": r_squared(asked, got), "asked": asked, "achieved": got}
 
 
 def plot(rows: list[dict]) -> None:
@@ -292,15 +310,15 @@ def write(args, zoo_info: dict, results: list[dict], started: float) -> None:
                "zoo": zoo_info, "seconds": time.time() - started, "results": results}
     write_json("gpt_prompt", payload)
     plot(results)
-    lines = [f"| generator | metric | zoo runs | zoo spacing | pairs, lr | predicts | steps | prompt R² | R² from step {MID_STEP} | R² from {TRAIN_STARTS} training inits | best training value | start (mean) | one step (mean) | SGD steps to match (median) "
+    lines = [f"| generator | metric | zoo runs | zoo spacing | pairs, lr | predicts | steps | prompt R² | R² from step {MID_STEP} | R² from {TRAIN_STARTS} training inits | teacher-forced R² | best training value | start (mean) | one step (mean) | SGD steps to match (median) "
              "| run's own final (mean) | recursive rounds 1..5 (mean) | fit s | targets |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         j = r["judged"]
         ps = j["per_start"]
         lines.append(
             f"| {r['method']} | {r['metric']} | {r['zoo']['runs']} | {spacing_of(r)} | {pairs_of(r) or '–'} | {prediction_of(r)} | {r['steps']} | {j['r2']:.3f} | {fmt((j.get('mid_start') or {}).get('r2'), '.3f')} "
-            f"| {fmt((j.get('train_start') or {}).get('r2'), '.3f')} "
+            f"| {fmt((j.get('train_start') or {}).get('r2'), '.3f')} | {fmt((j.get('teacher_forced') or {}).get('r2'), '.3f')} "
             f"| {j['best_train']:.4f} | {statistics.fmean(p['start'] for p in ps):.4f} "
             f"| {statistics.fmean(p['one_step'] for p in ps):.4f} | {j['sgd_steps_matched_median']} "
             f"({j['starts_not_matched_by_sgd']} of {len(ps)} never matched) "
@@ -335,7 +353,9 @@ prototype reading the tokens before it (`recurrent_input: tokens`, autoregressiv
 training value and the start's value (R² against the identity line), the best prompt as one step (compared
 with the SGD steps the same run needed to get there), and {ROUNDS} rounds of recursive prompting. G.pt is
 also prompted from each held-out run's first checkpoint at SGD step {MID_STEP} or later (checkpoint 10 of a linear zoo) and from the initializations of
-{TRAIN_STARTS} training runs (pairs it was fitted on): diagnostics, not targets.
+{TRAIN_STARTS} training runs (pairs it was fitted on): diagnostics, not targets. Teacher-forced R² (an RPG reading
+the previous tokens): every 5th checkpoint of those {TRAIN_STARTS} runs made again from its true previous tokens and its own
+metric, as in training, against that metric (a diagnostic: did it learn the zoo?).
 Targets: R² ≥ 0.9; one step ≥ 100 SGD steps. Plot: docs/figures/gpt_prompt.png (per generator and metric, the row with the best R²).
 
 {chr(10).join(lines)}
