@@ -170,8 +170,9 @@ def teacher_forced_r2(gen, zoo: Zoo, runs: list, ev, metric: str, every: int = 5
     """For an RPG that reads the previous tokens (``recurrent_input: tokens``): every ``every``-th
     checkpoint of ``runs`` made again with each token's prototype read from that checkpoint's true
     previous tokens, conditioned on its own metric, as in training. R² of the achieved against the
-    asked metric says whether the generator learned the zoo; the gap to the prompted R² is what
-    reading its own tokens at sampling costs. None for other generators."""
+    asked metric says whether the generator learned the zoo at all. It is not the prompted R² minus a
+    drift: the asked values are the checkpoints' own (mostly trained), not prompts spread evenly.
+    None for other generators."""
     if gen.method != "rpg" or gen.spec.recurrent_input != "tokens":
         return None
     members = [m for _, ms in runs for m in sorted(ms, key=lambda m: m.step)[::every]]
