@@ -212,17 +212,25 @@ def fit_or_reuse(cfg, zoo, run_dir: Path, reuse: bool):
     return gen, stats
 
 
+def teacher_forced_networks(gen, zoo, members, steps: int = 50) -> dict:
+    """Stacked state dicts of ``members`` made again by a ``recurrent_input: tokens`` RPG, each
+    token's prototype read from that member's true previous tokens (and its own condition), as in
+    training; DDIM with ``steps``."""
+    tokens = gen.tokenizer.tokenize_batch(zoo.load(m, gen.tokenizer.names) for m in members)
+    return gen.to_states(gen.teacher_forced_tokens(tokens, gen.state_index(members), gen.member_codes(members),
+                                                   steps=steps))
+
+
 def teacher_forced_accuracy(run_dir: Path, zoo_dir: Path, k: int = 5) -> float | None:
     """Mean test accuracy of the networks a ``recurrent_input: tokens`` RPG makes when each token's
     prototype reads the true previous tokens of one of ``k`` training checkpoints (spread over the
     zoo), as in training; None for other generators. Beside the sampled accuracy it separates what
     the generator learned from what reading its own tokens costs. Kept in the run folder."""
+    from weightgen.config import load_config
     from weightgen.evaluate import evaluate_states
     from weightgen.generators import load_generator
     from weightgen.pipeline import zoo_task
     from weightgen.zoo import Zoo
-
-    from weightgen.config import load_config
 
     if getattr(load_config(run_dir / "config.yaml").generator, "recurrent_input", None) != "tokens":
         return None
@@ -237,9 +245,8 @@ def teacher_forced_accuracy(run_dir: Path, zoo_dir: Path, k: int = 5) -> float |
     with Zoo.open(zoo_dir) as zoo:
         members = zoo.members("train")
         chosen = members[::max(1, len(members) // k)][:k]
-        tokens = gen.tokenizer.tokenize_batch(zoo.load(m, gen.tokenizer.names) for m in chosen)
-        made = gen.teacher_forced_tokens(tokens, gen.state_index(chosen), steps=50)
-        acc = [float(a) for a in evaluate_states(zoo.build_net(), gen.to_states(made), zoo_task(zoo)).accuracy]
+        acc = [float(a) for a in evaluate_states(zoo.build_net(), teacher_forced_networks(gen, zoo, chosen),
+                                                 zoo_task(zoo)).accuracy]
     cached.write_text(json.dumps({"generator": saved, "members": [{"run": m.run, "step": m.step} for m in chosen],
                                   "accuracy": acc, "mean": sum(acc) / len(acc)}, indent=1))
     return sum(acc) / len(acc)

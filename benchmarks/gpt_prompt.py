@@ -27,7 +27,7 @@ from collections import defaultdict
 
 import torch
 
-from common import ROOT, WORK, command, fit_or_reuse, fmt, keep_earlier, machine, write_json, write_section
+from common import ROOT, WORK, command, fit_or_reuse, fmt, keep_earlier, machine, teacher_forced_networks, write_json, write_section
 from weightgen.config import parse_config
 from weightgen.evaluate import Evaluator
 from weightgen.generators.base import member_metric
@@ -176,10 +176,8 @@ def teacher_forced_r2(gen, zoo: Zoo, runs: list, ev, metric: str, every: int = 5
     if gen.method != "rpg" or gen.spec.recurrent_input != "tokens":
         return None
     members = [m for _, ms in runs for m in sorted(ms, key=lambda m: m.step)[::every]]
-    tokens = gen.tokenizer.tokenize_batch(zoo.load(m, gen.tokenizer.names) for m in members)
-    made = gen.teacher_forced_tokens(tokens, gen.state_index(members), gen.member_codes(members), steps=DDIM_STEPS)
     asked = [member_metric(m, metric) for m in members]
-    got = values(ev(gen.to_states(made)), metric)
+    got = values(ev(teacher_forced_networks(gen, zoo, members, DDIM_STEPS)), metric)
     return {"runs": len(runs), "every": every, "r2": r_squared(asked, got), "asked": asked, "achieved": got}
 
 
