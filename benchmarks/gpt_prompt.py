@@ -43,6 +43,10 @@ GENERATORS = {
     # A larger G.pt for a GPU (the paper's are larger still): does capacity, not data, hold the
     # fit from an initialization back? (The 2,000-run zoo did not help the 128-wide model.)
     "gpt-L": {"method": "gpt", "d_model": 512, "layers": 8, "heads": 8, "batch_size": 128},
+    # The same transformer over hidden-unit tokens (ours, `architecture: units`): equivariant to
+    # permutations of the 32 hidden units by construction, instead of learning it from augmentation,
+    # which kept the published model from fitting at this compute.
+    "gpt-units": {"method": "gpt", "architecture": "units", "d_model": 128, "layers": 4, "heads": 4, "batch_size": 64},
     # RPG conditioned on the metric alone (ours, as the issue asks): the same zoo, x0 prediction.
     "rpg": {"method": "rpg", "d_model": 128, "layers": 2, "batch_size": 16, "tokens_per_step": 16,
             "condition": "metric", "diffusion": {"prediction": "sample"}},
@@ -59,7 +63,8 @@ GENERATORS = {
                "condition": "metric", "diffusion": {"prediction": "sample"}, "recurrent_input": "tokens",
                "teacher_noise": 0.2, "ema": 0.999, "lr_schedule": "cosine"},
 }
-SETTINGS = ["gpt test_loss", "gpt test_error", "gpt-L test_loss", "rpg test_loss", "rpg-v test_loss", "rpg-tn test_loss"]
+SETTINGS = ["gpt test_loss", "gpt test_error", "gpt-L test_loss", "gpt-units test_loss", "gpt-units test_error",
+            "rpg test_loss", "rpg-v test_loss", "rpg-tn test_loss"]
 PROMPTS, ROUNDS, DDIM_STEPS = 20, 5, 50
 # G.pt is judged from each held-out run's initialization (as published; the targets). A second
 # start, the run's first checkpoint at or after SGD step 100 (the 11th of a linear zoo), tells
@@ -287,7 +292,8 @@ def pairs_of(row: dict) -> str | None:
     if not row["method"].startswith("gpt"):
         return None
     return (f"{row.get('pairs', 'uniform_pair')}, {row.get('lr_schedule', 'constant')}"
-            + (", no permutation augmentation" if row.get("permutation_augmentation") is False else ""))
+            + (", equivariant units" if row["method"] == "gpt-units"
+               else ", no permutation augmentation" if row.get("permutation_augmentation") is False else ""))
 
 
 def prediction_of(row: dict) -> str:
@@ -344,7 +350,10 @@ pairs drawn as the table's `pairs` says (`uniform_gap`: a run, a gap, then a sta
 initialization-to-trained pair is as likely as a one-checkpoint step; `uniform_pair`: every pair alike, which
 makes gap g of a 50-checkpoint run (50 - g) times likelier than gap 49: the rows from before
 `gpt.pair_sampling`) and at the table's learning-rate schedule (`cosine` to 0 with gradients clipped at 0.75, as
-the released MNIST config; `constant` with a clip of 1.0, the rows from before that default); one generator per metric; `gpt-L`: 512 wide, 8 layers, 8 heads, batch 128 (sized for a GPU). `rpg`: RPG conditioned on the metric alone (`condition: metric`, ours),
+the released MNIST config; `constant` with a clip of 1.0, the rows from before that default); one generator per metric; `gpt-L`: 512 wide, 8 layers, 8 heads, batch 128 (sized for a GPU); `gpt-units`:
+the same transformer reading one token per hidden unit (its input row, bias and output column, of theta and
+the noisy theta'; `architecture: units`, ours), equivariant to permutations of the hidden units by
+construction, so augmentation is redundant and skipped ("equivariant units" in the pairs column). `rpg`: RPG conditioned on the metric alone (`condition: metric`, ours),
 d_model 128, x0 prediction, the table's steps x 16 checkpoints x 16 tokens; `rpg-v`: the same with v prediction, a
 causal transformer, EMA 0.999 and a cosine lr (the unseen-task recipe); `rpg-tn`: x0, Mamba, each token's
 prototype reading the tokens before it (`recurrent_input: tokens`, autoregressive at sampling) noised in training

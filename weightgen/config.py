@@ -343,6 +343,13 @@ class GPTSpec(StrictModel):
     lr_schedule: LRSchedule = "cosine"
     grad_clip: float | None = Field(0.75, gt=0)
     batch_size: int = Field(64, ge=1)  # pairs per step (ours, sized for a CPU; the paper's batches are larger)
+    # How the transformer reads a network. ``chunks`` (published): one token per chunk of a layer
+    # (the tokenizer's tokens), each position with its own encoder and head. ``units`` (ours,
+    # weightgen/generators/gpt_units.py): one token per hidden unit with every value it indexes,
+    # the units of a layer sharing encoder and head and carrying no position, so the model is
+    # equivariant to permuting hidden units by construction (mlp and cnn nets; permutation
+    # augmentation is then redundant and skipped).
+    architecture: Literal["chunks", "units"] = "chunks"
     # The same random permutation of hidden units applied to theta and theta' (mlp and cnn nets).
     permutation_augmentation: bool = True
     # Ours, optional: theta' at most this many checkpoints after theta in its run (None: any later one).

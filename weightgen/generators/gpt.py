@@ -47,6 +47,7 @@ from weightgen.nets.permute import HiddenGroup, hidden_groups, permute_batch, ra
 from weightgen.tokens import TokenizerError
 
 from .base import Generator, GeneratorError, member_metric
+from .gpt_units import UnitGPTNet, UnitIndex
 from .registry import GENERATORS
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,8 @@ class TokenLinear(nn.Module):
 class GPTNet(nn.Module):
     """Everything G.pt learns, in one module so that the EMA (and the optimizer) covers all of it."""
 
-    def __init__(self, spec: GPTSpec, tokens: int, width: int, alphas_cumprod: torch.Tensor):
+    def __init__(self, spec: GPTSpec, tokens: int, width: int, alphas_cumprod: torch.Tensor,
+                 units: UnitIndex | None = None):
         super().__init__()
         d = spec.d_model
         self.tokens = tokens
@@ -94,11 +96,17 @@ class GPTNet(nn.Module):
         self.posterior = spec.preconditioning == "posterior"
         if self.posterior:  # s², the mean squared update theta' - theta: set by GPT.fit_pairs, saved with the weights
             self.register_buffer("update_var", torch.ones(()))
-        self.noisy_in = TokenLinear(tokens, width, d)
-        self.start_in = TokenLinear(tokens, width, d)
+        self.units = None
+        if units is None:  # published: per-chunk encoders (made first: the order the seed gives weights in)
+            self.noisy_in = TokenLinear(tokens, width, d)
+            self.start_in = TokenLinear(tokens, width, d)
         self.start_metric_in = FrequencyEmbedding(spec.frequencies, spec.max_freq_log2, d)
         self.target_metric_in = FrequencyEmbedding(spec.frequencies, spec.max_freq_log2, d)
         self.time_in = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
+        if units is not None:  # ``architecture: units`` (ours): weightgen/generators/gpt_units.py
+            self.units = UnitGPTNet(units, d, spec.heads, spec.layers, tokens, width)
+            self.scalar_pos = nn.Parameter(0.02 * torch.randn(3, d))
+            return
         self.pos = nn.Parameter(0.02 * torch.randn(2 * tokens + 3, d))
         layer = nn.TransformerEncoderLayer(d, spec.heads, 4 * d, dropout=0.0, activation="gelu", batch_first=True,
                                            norm_first=True)
@@ -108,12 +116,14 @@ class GPTNet(nn.Module):
     def forward(self, noisy: torch.Tensor, t: torch.Tensor, start: torch.Tensor, start_metric: torch.Tensor,
                 target_metric: torch.Tensor) -> torch.Tensor:
         """Prediction for theta' ``(B, T, W)`` from its noisy tokens, the timestep, theta's tokens and both metrics."""
-        d = self.pos.shape[1]
-        x = torch.cat([self.noisy_in(noisy), self.start_in(start), self.start_metric_in(start_metric)[:, None],
-                       self.target_metric_in(target_metric)[:, None],
-                       self.time_in(timestep_embedding(t, d))[:, None]], 1)
-        h = self.blocks(x + self.pos)[:, : self.tokens]
-        out = self.head(h)
+        d = self.time_in[0].in_features
+        scalars = torch.stack([self.start_metric_in(start_metric), self.target_metric_in(target_metric),
+                               self.time_in(timestep_embedding(t, d))], 1)
+        if self.units is not None:
+            out = self.units(noisy, start, scalars + self.scalar_pos)
+        else:
+            x = torch.cat([self.noisy_in(noisy), self.start_in(start), scalars], 1)
+            out = self.head(self.blocks(x + self.pos)[:, : self.tokens])
         a = self.abar[t].view(-1, 1, 1)
         if self.posterior:
             s2 = self.update_var
@@ -217,12 +227,16 @@ class GPT(Generator):
     def build_modules(self) -> None:
         s = self.spec
         # The permutable hidden layers, found now so that an unsupported net fails before any fitting.
-        self.groups = self.permutation_groups() if s.permutation_augmentation else []
+        # Where the units architecture is exactly equivariant to them, augmenting would change nothing
+        # but the cost (weightgen/generators/gpt_units.py).
+        units = self.unit_index() if s.architecture == "units" else None
+        exact = units is not None and units.exact
+        self.groups = self.permutation_groups() if s.permutation_augmentation and not exact else []
         self.diffusion = Diffusion.from_spec(s.diffusion)
         with torch.random.fork_rng(devices=[]):  # the same spec always starts from the same weights
             torch.manual_seed(0)
             self.net = GPTNet(s, self.tokenizer.num_tokens, self.tokenizer.width,
-                              self.diffusion.train_scheduler.alphas_cumprod).to(self.device)
+                              self.diffusion.train_scheduler.alphas_cumprod, units).to(self.device)
         self.ema = make_ema(self.net, s.ema)
 
     def modules(self) -> dict[str, nn.Module]:
@@ -234,6 +248,26 @@ class GPT(Generator):
     def load_extra_meta(self, meta: dict) -> None:
         r = meta.get("metric_range")
         self.metric_range = tuple(r) if r is not None else None
+
+    def unit_index(self) -> UnitIndex:
+        """Unit tokens for ``architecture: units``: every hidden layer of the net (a value of it that
+        is not generated is simply not in its units' tokens)."""
+        if self.tokenizer.normalize == "element":
+            raise GeneratorError("gpt architecture 'units' needs one normalization per tensor "
+                                 "(tokenizer.normalize: tensor or none): per-element statistics differ between "
+                                 "hidden units, so the model could not treat them alike; got 'element'")
+        shapes = {k: shape for k, (shape, _) in self.layout.items()}
+        try:
+            groups = hidden_groups(self.net_build.get("name", "?"), shapes)
+        except ValueError as e:
+            raise GeneratorError(str(e).replace("permutation augmentation", "gpt architecture 'units'")
+                                 .replace("generator.permutation_augmentation: false",
+                                          "generator.architecture: chunks")) from None
+        index = UnitIndex(self.tokenizer, groups)
+        if not index.units:
+            raise GeneratorError("gpt architecture 'units': no generated tensor belongs to a hidden unit "
+                                 f"(generated: {', '.join(self.tokenizer.names)}); use architecture: chunks")
+        return index
 
     def permutation_groups(self) -> list[HiddenGroup]:
         """Hidden layers whose every parameter is generated. A layer that touches a parameter
@@ -345,7 +379,7 @@ class GPT(Generator):
                 "num_pairs": pair_count(runs, self.spec.max_gap), "pair_sampling": self.spec.pair_sampling,
                 "num_tokens": self.tokenizer.num_tokens, "metric": self.spec.metric,
                 "metric_range": list(self.metric_range) if self.metric_range else None,
-                "permuted_layers": len(self.groups),
+                "permuted_layers": len(self.groups), "architecture": self.spec.architecture,
                 **({"update_var": float(self.net.update_var)} if self.net.posterior else {})}
 
     # -- prompts and sampling ---------------------------------------------------------------

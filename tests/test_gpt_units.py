@@ -1,0 +1,177 @@
+"""G.pt over hidden-unit tokens (``gpt.architecture: units``, weightgen/generators/gpt_units.py):
+every value in exactly the tokens it should be, exact equivariance to permuting hidden units
+where claimed (and augmentation kept where not), the identity at init, refusals, fit/sample/save."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import tiny_cfg
+from weightgen.config import ConfigError, GPTSpec, TokenizerSpec, parse_config
+from weightgen.generators import GENERATORS, GeneratorError, load_generator
+from weightgen.generators.gpt import GPT, member_metric
+from weightgen.nets import build_net
+from weightgen.nets.permute import hidden_groups, permute_batch, random_permutations
+from weightgen.tokens import Tokenizer
+from weightgen.zoo import Zoo
+
+UNITS = {"method": "gpt", "architecture": "units", "d_model": 16, "layers": 1, "heads": 2, "frequencies": 4,
+         "steps": 3, "batch_size": 4, "ema": None, "device": "cpu",
+         "diffusion": {"timesteps": 20, "prediction": "sample"}}
+
+
+class FlattenCNN(nn.Module):
+    """The library's CNN without its global pool: the head reads 5 channels x 4 x 4 positions."""
+
+    def __init__(self):
+        super().__init__()
+        cnn = build_net("cnn", (1, 8, 8), 10, channels=[5], batchnorm=True)
+        self.features, self.head = cnn.features, nn.Linear(5 * 8 * 8, 10)
+
+    def forward(self, x):
+        return self.head(self.features(x).flatten(1))
+
+
+def _seeded(seed: int, make):
+    torch.manual_seed(seed)
+    return make()
+
+
+NETS = {
+    "mlp": ("mlp", lambda s: build_net("mlp", (1, 8, 8), 10, seed=s, hidden=[8])),
+    "cnn-batchnorm": ("cnn", lambda s: build_net("cnn", (1, 8, 8), 10, seed=s, channels=[4], batchnorm=True)),
+    "cnn-flatten-head": ("cnn", lambda s: _seeded(s, FlattenCNN)),
+    "mlp-two-hidden": ("mlp", lambda s: build_net("mlp", (1, 8, 8), 10, seed=s, hidden=[8, 6])),
+}
+
+
+def _units_gen(key: str, include: list[str] | None = None, normalize: str = "tensor", **spec):
+    name, make = NETS[key]
+    nets = [make(s) for s in range(4)]
+    states = [n.state_dict() for n in nets]
+    params = [k for k, _ in nets[0].named_parameters()]
+    names = [k for k in params if include is None or any(k.startswith(p) for p in include)]
+    tok = Tokenizer.fit(states, names, token_size=16, parameter_names=params, normalize=normalize)
+    gen = GPT(GPTSpec.model_validate({**UNITS, **spec}), tok, states[0], {"name": name, "kwargs": {}})
+    return gen, states, name
+
+
+def _randomize(module: nn.Module) -> None:
+    with torch.no_grad():
+        for p in module.parameters():
+            p.normal_(0, 0.1, generator=torch.Generator().manual_seed(p.numel()))
+
+
+@pytest.mark.parametrize("key", list(NETS))
+def test_every_value_is_in_a_token_and_padding_in_none(key):
+    gen, _, _ = _units_gen(key)
+    units = gen.net.units
+    held = torch.zeros_like(units.counts)
+    for idx in units.unit_indices():
+        held.index_add_(0, idx.flatten(), torch.ones(idx.numel()))
+    loose = units.loose_index[units.loose_real.bool()]
+    held.index_add_(0, loose, torch.ones(len(loose)))
+    real = gen.tokenizer.mask.flatten()
+    assert (held[real] >= 1).all() and (held[~real] == 0).all()
+    shared = (held > 1).any()
+    assert bool(shared) == (key == "mlp-two-hidden")  # only a weight between two hidden layers sits twice
+
+
+@pytest.mark.parametrize("key,exact", [("mlp", True), ("cnn-batchnorm", True), ("cnn-flatten-head", True),
+                                       ("mlp-two-hidden", False)])
+def test_equivariant_to_permuting_hidden_units_where_exact(key, exact):
+    gen, states, name = _units_gen(key)
+    _randomize(gen.net)
+    tok = gen.tokenizer
+    groups = hidden_groups(name, {k: v.shape for k, v in states[0].items()})
+    # Exact: augmentation is redundant and skipped; otherwise it stays as configured (on).
+    assert gen.groups == ([] if exact else gen.permutation_groups())
+    start = {k: torch.stack([s[k] for s in states[:2]]) for k in tok.names}
+    noisy = {k: torch.stack([1.3 * s[k] + 0.1 for s in states[2:]]) for k in tok.names}
+    perms = random_permutations(groups, 2, torch.Generator().manual_seed(1))
+
+    def tokens(d: dict) -> torch.Tensor:
+        return tok.tokenize_batch({k: v[i] for k, v in d.items()} for i in range(2))
+
+    args = torch.tensor([3, 15]), torch.tensor([1.0, 2.0]), torch.tensor([0.5, 0.1])
+    with torch.no_grad():
+        out = gen.net(tokens(noisy), args[0], tokens(start), *args[1:])
+        moved = gen.net(tokens(permute_batch(noisy, groups, perms)), args[0],
+                        tokens(permute_batch(start, groups, perms)), *args[1:])
+    expected = permute_batch(tok.tensors(out), groups, perms)
+    got = tok.tensors(moved)
+    worst = max((expected[k] - got[k]).abs().max().item() for k in tok.names)
+    assert (worst < 1e-5) == exact, worst
+    assert not torch.allclose(tok.tensors(out)[tok.names[0]], expected[tok.names[0]])  # the permutation moved it
+
+
+def test_untrained_units_model_predicts_the_start():
+    gen, states, _ = _units_gen("mlp")
+    tok = gen.tokenizer
+    start, target = tok.tokenize_batch(states[:2]), tok.tokenize_batch(states[2:])
+    with torch.no_grad():
+        pred = gen.net(target + torch.randn(target.shape), torch.tensor([3, 17]), start, torch.ones(2), torch.zeros(2))
+    assert torch.equal(pred, start)  # zero heads, loose ones included: no update
+
+
+def test_a_partly_generated_net_uses_the_generated_values_only():
+    gen, states, _ = _units_gen("mlp", include=["1."])  # the hidden layer; the output layer comes from the start
+    assert gen.tokenizer.names == ["1.weight", "1.bias"]
+    assert [tuple(i.shape) for i in gen.net.units.unit_indices()] == [(8, 65)] and gen.net.units.loose_index.numel() == 0
+    batch = next(gen.sample(2, {"start": states[1], "start_metric": 1.0, "target_metric": 0.5}, sampler="ddim",
+                            steps=2))
+    assert batch["1.weight"].shape == (2, 8, 64) and torch.equal(batch["3.bias"][0], states[1]["3.bias"])
+
+
+def test_refusals_name_the_fix():
+    with pytest.raises(GeneratorError, match="normalize: tensor or none.*'element'"):
+        _units_gen("mlp", normalize="element")
+    state = build_net("vit", (1, 8, 8), 10).state_dict()
+    tok = Tokenizer.fit([state], token_size=16)
+    with pytest.raises(GeneratorError, match="units' does not know net 'vit'.*architecture: chunks"):
+        GPT(GPTSpec.model_validate(UNITS), tok, state, {"name": "vit"})
+    with pytest.raises(ConfigError, match="architecture.*'chunks'.*'units'"):
+        parse_config({**tiny_cfg(), "generator": {**UNITS, "architecture": "neurons"}})
+
+
+def test_learns_an_update_that_treats_units_alike():
+    """theta' = 0.5 theta + 0.1 in every entry: an update that commutes with permutations, so the
+    units model can learn it from the units' own values (within a short fit)."""
+    gen, _, name = _units_gen("mlp", d_model=32, heads=4, steps=150, lr=2e-3, batch_size=8, weight_decay=0.0,
+                              diffusion={"timesteps": 100, "prediction": "sample"})
+    starts = [build_net("mlp", (1, 8, 8), 10, seed=10 + s, hidden=[8]).state_dict() for s in range(8)]
+    laters = [{k: 0.5 * v + 0.1 for k, v in s.items()} for s in starts]
+    tok = gen.tokenizer
+    stacked = {k: torch.stack([s[k] for s in starts + laters]) for k in tok.names}
+    theta, target = tok.tokenize_batch(starts), tok.tokenize_batch(laters)
+    t = torch.full((8,), 99)  # almost pure noise: the update must come from theta
+    noisy = gen.diffusion.train_scheduler.add_noise(target, torch.randn(target.shape, generator=torch.Generator()
+                                                                        .manual_seed(0)), t)
+
+    def error(pred: torch.Tensor) -> float:
+        return float(((pred - target) ** 2 * tok.mask).sum() / (len(pred) * tok.mask.sum()))
+
+    identity = error(theta)
+    gen.fit_pairs(stacked, torch.tensor([1.0] * 8 + [0.2] * 8), [[i, i + 8] for i in range(8)], show_progress=False)
+    with torch.no_grad():
+        fitted = error(gen.net.eval()(noisy, t, theta, torch.ones(8), torch.full((8,), 0.2)))
+    assert fitted < 0.2 * identity, (identity, fitted)
+
+
+def test_fit_sample_save_load_on_a_trajectory_zoo(trajectory_zoo_dir, tmp_path):
+    with Zoo.open(trajectory_zoo_dir) as zoo:
+        gen = GENERATORS.get("gpt").from_zoo(GPTSpec.model_validate({**UNITS, "steps": 5}), zoo,
+                                              TokenizerSpec(token_size=16))
+        stats = gen.fit(zoo, show_progress=False)
+        m = zoo.members("train")[0]
+        prompt = {"start": zoo.load(m), "start_metric": m.metrics["test_loss"],
+                  "target_metric": min(member_metric(x, "test_loss") for x in zoo.members("train"))}
+    assert stats["architecture"] == "units" and stats["permuted_layers"] == 0  # exact: no augmentation
+    again = load_generator(gen.save(tmp_path / "units"))
+    assert again.net.units is not None
+    a = next(gen.sample(2, prompt, seed=3, sampler="ddim", steps=3))
+    b = next(again.sample(2, prompt, seed=3, sampler="ddim", steps=3))
+    assert all(torch.equal(a[k], b[k]) for k in a) and all(torch.isfinite(v).all() for v in a.values())
+    net = again.build_net()
+    net.load_state_dict({k: v[0] for k, v in a.items()})
