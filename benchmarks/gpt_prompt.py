@@ -34,7 +34,10 @@ from weightgen.generators.base import member_metric
 from weightgen.pipeline import zoo_task
 from weightgen.zoo import Zoo, build_zoo
 
-ZOO = {"name": "bench-gpt-mlp", "seed": 0, "task": {"name": "digits"}, "net": {"name": "mlp", "hidden": [32]},
+# The digits nets of a trajectory zoo: the MLP of every earlier row, and a CNN without BatchNorm (G.pt
+# generates parameters; running statistics would come stale from the start checkpoint).
+NETS = {"mlp": {"name": "mlp", "hidden": [32]}, "cnn": {"name": "cnn", "channels": [16, 32]}}
+ZOO = {"name": "bench-gpt-mlp", "seed": 0, "task": {"name": "digits"}, "net": NETS["mlp"],
        "train": {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "batch_size": 64, "epochs": 30},
        "zoo": {"mode": "trajectory", "checkpoints": 50},
        "tokenizer": {"include": ["*"], "token_size": 64}}
@@ -193,14 +196,16 @@ def plot(rows: list[dict]) -> None:
 
     best: dict[tuple[str, str], dict] = {}
     for r in rows:
-        k = (r["method"], r["metric"])
+        k = (r["method"], r["metric"], net_of(r))
         if k not in best or r["judged"]["r2"] > best[k]["judged"]["r2"]:
             best[k] = r
     results = list(best.values())
-    fig = Figure(figsize=(5 * len(results), 4.5))
+    cols = min(4, len(results))
+    rows_ = -(-len(results) // cols)
+    fig = Figure(figsize=(5 * cols, 4.5 * rows_))
     FigureCanvasAgg(fig)
     for i, r in enumerate(results, 1):
-        ax = fig.add_subplot(1, len(results), i)
+        ax = fig.add_subplot(rows_, cols, i)
         j = r["judged"]
         ax.scatter(j["prompted"], j["achieved"], s=8, alpha=0.6, label="from the initialization")
         mid = j.get("mid_start") or {}
@@ -212,7 +217,7 @@ def plot(rows: list[dict]) -> None:
         lo, hi = min(everything), max(everything)
         ax.plot([lo, hi], [lo, hi], "k--", lw=1)
         ax.set(xlabel=f"prompted {r['metric']}", ylabel=f"achieved {r['metric']}")
-        ax.set_title(f"{r.get('method', 'gpt')} ({prediction_of(r)}), {spacing_of(r)} zoo, {pairs_of(r) + ', ' if pairs_of(r) else ''}"
+        ax.set_title(f"{r.get('method', 'gpt')} ({prediction_of(r)}), {net_of(r)}, {spacing_of(r)} zoo, {pairs_of(r) + ', ' if pairs_of(r) else ''}"
                      f"{r['steps']} steps\nheld-out starts: R² {j['r2']:.3f}", fontsize=9)
     path = ROOT / "docs" / "figures" / "gpt_prompt.png"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -223,6 +228,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--runs", type=int, default=200)
+    ap.add_argument("--net", choices=list(NETS), default="mlp", help="the zoo's net: MLP [32] or CNN [16, 32]")
     ap.add_argument("--only", nargs="*", choices=SETTINGS)
     ap.add_argument("--reuse", action="store_true", help="reuse a fitted generator of the same config")
     ap.add_argument("--spacing", choices=["linear", "quadratic"], default="linear",
@@ -239,15 +245,15 @@ def main() -> None:
                     help="G.pt without permutation augmentation (a diagnostic: can it fit its own pairs then?)")
     args = ap.parse_args()
     started = time.time()
-    zoo_cfg = {**ZOO, "zoo": {**ZOO["zoo"], "runs": args.runs, "heldout": max(1, args.runs // 10),
-                              "spacing": args.spacing}}
-    zoo_dir = WORK / "zoos" / (f"gpt-mlp-{args.runs}" + ("" if args.spacing == "linear" else f"-{args.spacing}"))
+    zoo_cfg = {**ZOO, "name": f"bench-gpt-{args.net}", "net": NETS[args.net],
+               "zoo": {**ZOO["zoo"], "runs": args.runs, "heldout": max(1, args.runs // 10), "spacing": args.spacing}}
+    zoo_dir = WORK / "zoos" / (f"gpt-{args.net}-{args.runs}" + ("" if args.spacing == "linear" else f"-{args.spacing}"))
     t0 = time.time()
     build_zoo(parse_config(zoo_cfg, "zoo"), zoo_dir)
     zoo_seconds = time.time() - t0
     zoo = Zoo.open(zoo_dir)
     zoo_info = {"runs": args.runs, "heldout": max(1, args.runs // 10), "members": len(zoo.members(None)),
-                "build_seconds": zoo_seconds, "spacing": args.spacing}
+                "build_seconds": zoo_seconds, "spacing": args.spacing, "net": args.net}
     results = []
     for setting in SETTINGS:
         if args.only and setting not in args.only:
@@ -262,6 +268,7 @@ def main() -> None:
         print(f"== {method} prompted by {metric}", flush=True)
         name = f"bench-gpt-{metric}" if method == "gpt" else f"bench-prompt-{method}-{metric}"
         run_dir = WORK / "runs" / (f"{name}-{args.steps}" + ("" if args.runs == 200 else f"-{args.runs}-runs")
+                                   + ("" if args.net == "mlp" else f"-{args.net}")
                                    + ("" if args.spacing == "linear" else f"-{args.spacing}")
                                    + (f"-{args.pairs}-{args.lr_schedule}" if extra else "")
                                    + ("-v" if extra and args.prediction == "v_prediction" else "")
@@ -282,6 +289,10 @@ def main() -> None:
         write(args, zoo_info, results, started)
 
 
+def net_of(row: dict) -> str:
+    return row["zoo"].get("net", "mlp")  # rows from before --net: the MLP
+
+
 def spacing_of(row: dict) -> str:
     return row["zoo"].get("spacing", "linear")  # rows from before zoo.spacing: linear
 
@@ -292,7 +303,8 @@ def pairs_of(row: dict) -> str | None:
     if not row["method"].startswith("gpt"):
         return None
     return (f"{row.get('pairs', 'uniform_pair')}, {row.get('lr_schedule', 'constant')}"
-            + (", equivariant units" if row["method"] == "gpt-units"
+            + ((", equivariant units" if not row["fit"].get("permuted_layers")  # exact: augmentation skipped
+                else ", units, not exactly equivariant, permutation augmentation") if row["method"] == "gpt-units"
                else ", no permutation augmentation" if row.get("permutation_augmentation") is False else ""))
 
 
@@ -306,23 +318,23 @@ def prediction_of(row: dict) -> str:
 def write(args, zoo_info: dict, results: list[dict], started: float) -> None:
     """JSON, plot and docs section, rewritten after each setting; settings measured by an earlier
     invocation are kept, one row per setting, zoo size and steps: a learning curve."""
-    key = lambda r: (r["method"], r["metric"], r["zoo"]["runs"], r["steps"], spacing_of(r), pairs_of(r),  # noqa: E731
-                     prediction_of(r))
+    key = lambda r: (r["method"], r["metric"], net_of(r), r["zoo"]["runs"], r["steps"], spacing_of(r),  # noqa: E731
+                     pairs_of(r), prediction_of(r))
     results = keep_earlier("gpt_prompt", results, key, fill=("steps", "zoo"))
-    results.sort(key=lambda r: (SETTINGS.index(f"{r['method']} {r['metric']}"), r["zoo"]["runs"], spacing_of(r),
+    results.sort(key=lambda r: (net_of(r), SETTINGS.index(f"{r['method']} {r['metric']}"), r["zoo"]["runs"], spacing_of(r),
                                 str(pairs_of(r)), prediction_of(r), r["steps"]))
     payload = {"benchmark": "gpt_prompt", "command": command(), "machine": machine(), "steps": args.steps,
                "zoo": zoo_info, "seconds": time.time() - started, "results": results}
     write_json("gpt_prompt", payload)
     plot(results)
-    lines = [f"| generator | metric | zoo runs | zoo spacing | pairs, lr | predicts | steps | prompt R² | R² from step {MID_STEP} | R² from {TRAIN_STARTS} training inits | teacher-forced R² | best training value | start (mean) | one step (mean) | SGD steps to match (median) "
+    lines = [f"| generator | metric | net | zoo runs | zoo spacing | pairs, lr | predicts | steps | prompt R² | R² from step {MID_STEP} | R² from {TRAIN_STARTS} training inits | teacher-forced R² | best training value | start (mean) | one step (mean) | SGD steps to match (median) "
              "| run's own final (mean) | recursive rounds 1..5 (mean) | fit s | targets |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         j = r["judged"]
         ps = j["per_start"]
         lines.append(
-            f"| {r['method']} | {r['metric']} | {r['zoo']['runs']} | {spacing_of(r)} | {pairs_of(r) or '–'} | {prediction_of(r)} | {r['steps']} | {j['r2']:.3f} | {fmt((j.get('mid_start') or {}).get('r2'), '.3f')} "
+            f"| {r['method']} | {r['metric']} | {net_of(r)} | {r['zoo']['runs']} | {spacing_of(r)} | {pairs_of(r) or '–'} | {prediction_of(r)} | {r['steps']} | {j['r2']:.3f} | {fmt((j.get('mid_start') or {}).get('r2'), '.3f')} "
             f"| {fmt((j.get('train_start') or {}).get('r2'), '.3f')} | {fmt((j.get('teacher_forced') or {}).get('r2'), '.3f')} "
             f"| {j['best_train']:.4f} | {statistics.fmean(p['start'] for p in ps):.4f} "
             f"| {statistics.fmean(p['one_step'] for p in ps):.4f} | {j['sgd_steps_matched_median']} "
@@ -331,13 +343,14 @@ def write(args, zoo_info: dict, results: list[dict], started: float) -> None:
             f"| {fmt(r['fit'].get('fit_seconds'), '.0f')}{' (GPU)' if (r['fit'].get('machine') or {}).get('cuda') else ''} | "
             + " ".join(("✔" if v else "✘") + k for k, v in r["targets"].items()) + " |")
     m = payload["machine"]
-    builds = "; ".join(sorted({f"{r['zoo']['runs']} runs, {r['zoo'].get('members', '?')} checkpoints: "
+    builds = "; ".join(sorted({f"{net_of(r)}, {r['zoo']['runs']} runs, {r['zoo'].get('members', '?')} checkpoints: "
                                + ("reused" if r['zoo'].get('build_seconds', 0) < 1 else f"{r['zoo']['build_seconds']:.0f} s")
                                for r in results}))
     write_section("gpt_prompt", f"""## G.pt and RPG: networks for a prompted metric (issue 5)
 
 Command: `{payload['command']}` on {m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']} ({m['date']}).
-Zoos: the table's number of digits MLP [32] runs (SGD + momentum, 510 steps), 50 checkpoints each from the
+Zoos: the table's number of runs of the table's digits net, `mlp` [32] or `cnn` [16, 32] (3x3 convs, global
+average pool, no BatchNorm), SGD + momentum, 510 steps, 50 checkpoints each from the
 initialization, at evenly spaced steps (`linear`) or at step 510 (i / 49)² (`quadratic`, ours: `zoo.spacing`; the
 loss falls from 2.3 to 0.55 in the first 52 steps, which a linear zoo samples 6 times and a quadratic one 17);
 the last 10% of the runs held out, the first {JUDGED_RUNS} of them judged (the paper had 10,728 runs).
@@ -353,7 +366,9 @@ makes gap g of a 50-checkpoint run (50 - g) times likelier than gap 49: the rows
 the released MNIST config; `constant` with a clip of 1.0, the rows from before that default); one generator per metric; `gpt-L`: 512 wide, 8 layers, 8 heads, batch 128 (sized for a GPU); `gpt-units`:
 the same transformer reading one token per hidden unit (its input row, bias and output column, of theta and
 the noisy theta'; `architecture: units`, ours), equivariant to permutations of the hidden units by
-construction, so augmentation is redundant and skipped ("equivariant units" in the pairs column). `rpg`: RPG conditioned on the metric alone (`condition: metric`, ours),
+construction for a net with one hidden layer (`mlp`), so augmentation is redundant and skipped
+("equivariant units" in the pairs column); on `cnn` [16, 32] the weights between the two conv layers break
+that, and augmentation stays on. `rpg`: RPG conditioned on the metric alone (`condition: metric`, ours),
 d_model 128, x0 prediction, the table's steps x 16 checkpoints x 16 tokens; `rpg-v`: the same with v prediction, a
 causal transformer, EMA 0.999 and a cosine lr (the unseen-task recipe); `rpg-tn`: x0, Mamba, each token's
 prototype reading the tokens before it (`recurrent_input: tokens`, autoregressive at sampling) noised in training
