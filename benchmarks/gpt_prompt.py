@@ -202,7 +202,7 @@ def plot(rows: list[dict]) -> None:
     results = list(best.values())
     cols = min(4, len(results))
     rows_ = -(-len(results) // cols)
-    fig = Figure(figsize=(5 * cols, 4.5 * rows_))
+    fig = Figure(figsize=(5.5 * cols, 5 * rows_), layout="constrained")
     FigureCanvasAgg(fig)
     for i, r in enumerate(results, 1):
         ax = fig.add_subplot(rows_, cols, i)
@@ -217,8 +217,8 @@ def plot(rows: list[dict]) -> None:
         lo, hi = min(everything), max(everything)
         ax.plot([lo, hi], [lo, hi], "k--", lw=1)
         ax.set(xlabel=f"prompted {r['metric']}", ylabel=f"achieved {r['metric']}")
-        ax.set_title(f"{r.get('method', 'gpt')} ({prediction_of(r)}), {net_of(r)}, {spacing_of(r)} zoo, {pairs_of(r) + ', ' if pairs_of(r) else ''}"
-                     f"{r['steps']} steps\nheld-out starts: R² {j['r2']:.3f}", fontsize=9)
+        ax.set_title(f"{r.get('method', 'gpt')} ({prediction_of(r)}), {net_of(r)}, {spacing_of(r)} zoo, {r['steps']} steps\n"
+                     f"{pairs_of(r) + chr(10) if pairs_of(r) else ''}held-out starts: R² {j['r2']:.3f}", fontsize=8)
     path = ROOT / "docs" / "figures" / "gpt_prompt.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight")
