@@ -25,6 +25,10 @@ pass-through into the output, with a prior scale measured on the zoo (``GPTSpec`
 remove the blur and both prompted worse than x0 on the digits trajectory zoo (their broad
 prior puts noise back into short late updates at mid noise): x0 with its residual stays the default.
 
+``architecture: units`` (ours, weightgen/generators/gpt_units.py) swaps the per-chunk encoders,
+positions and heads for one token per hidden unit, equivariant to permuting hidden units by
+construction (exactly so for one hidden layer); the rest of this module is shared.
+
 Permutation augmentation (``weightgen.nets.permute``): each pair gets a random
 permutation of hidden units, the same for theta and theta'. It is applied to the
 denormalized tensors (``Tokenizer.tensors``) and the pair is tokenized again, because
