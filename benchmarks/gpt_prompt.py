@@ -235,6 +235,8 @@ def main() -> None:
                     help="zoo.spacing: where along each run its 50 checkpoints fall")
     ap.add_argument("--pairs", choices=["uniform_gap", "uniform_pair"], default="uniform_gap",
                     help="G.pt's pair_sampling (uniform_gap: the released code's)")
+    ap.add_argument("--balance", type=int, default=None, metavar="BINS",
+                    help="G.pt's balance_targets (ours): targets spread evenly over BINS bins of the metric")
     ap.add_argument("--lr-schedule", choices=["cosine", "constant"], default="cosine",
                     help="G.pt's lr_schedule (cosine: the released config's)")
     ap.add_argument("--prediction", choices=["sample", "v_prediction"], default="sample",
@@ -259,7 +261,7 @@ def main() -> None:
         if args.only and setting not in args.only:
             continue
         method, metric = setting.split()
-        extra = {"pair_sampling": args.pairs, "lr_schedule": args.lr_schedule,
+        extra = {"pair_sampling": args.pairs, "balance_targets": args.balance, "lr_schedule": args.lr_schedule,
                  "diffusion": {"prediction": args.prediction},
                  "preconditioning": args.preconditioning,
                  "permutation_augmentation": not args.no_augmentation} if method.startswith("gpt") else {}
@@ -271,6 +273,7 @@ def main() -> None:
                                    + ("" if args.net == "mlp" else f"-{args.net}")
                                    + ("" if args.spacing == "linear" else f"-{args.spacing}")
                                    + (f"-{args.pairs}-{args.lr_schedule}" if extra else "")
+                                   + (f"-balance{args.balance}" if extra and args.balance else "")
                                    + ("-v" if extra and args.prediction == "v_prediction" else "")
                                    + ("-posterior" if extra and args.preconditioning == "posterior" else "")
                                    + ("-noaug" if extra and args.no_augmentation else ""))
@@ -281,7 +284,8 @@ def main() -> None:
                         "prediction": cfg.generator.diffusion.prediction,
                         "preconditioning": getattr(cfg.generator, "preconditioning", None),
                         "permutation_augmentation": getattr(cfg.generator, "permutation_augmentation", None),
-                        "pairs": args.pairs if extra else None, "lr_schedule": cfg.generator.lr_schedule, "judge_seconds": time.time() - t1, "judged": judged,
+                        "pairs": args.pairs if extra else None, "balance_targets": args.balance if extra else None,
+                        "lr_schedule": cfg.generator.lr_schedule, "judge_seconds": time.time() - t1, "judged": judged,
                         "targets": {"r2_ge_0.9": judged["r2"] >= 0.9,
                                     "one_step_ge_100_sgd_steps": judged["sgd_steps_matched_median"] >= 100}})
         print(f"   R² {judged['r2']:.3f}; one step matches SGD's {judged['sgd_steps_matched_median']} steps (median); "
@@ -303,6 +307,7 @@ def pairs_of(row: dict) -> str | None:
     if not row["method"].startswith("gpt"):
         return None
     return (f"{row.get('pairs', 'uniform_pair')}, {row.get('lr_schedule', 'constant')}"
+            + (f", targets balanced over {row['balance_targets']} bins" if row.get("balance_targets") else "")
             + ((", equivariant units" if not row["fit"].get("permuted_layers")  # exact: augmentation skipped
                 else ", units, not exactly equivariant, permutation augmentation") if row["method"] == "gpt-units"
                else ", no permutation augmentation" if row.get("permutation_augmentation") is False else ""))

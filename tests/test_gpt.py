@@ -13,7 +13,8 @@ from torch import nn
 from conftest import TRAJECTORY_ZOO_CFG, build, parse, tiny_cfg
 from weightgen.config import ConfigError, GPTSpec, TokenizerSpec, parse_config
 from weightgen.generators import GENERATORS, GeneratorError, load_generator
-from weightgen.generators.gpt import GPT, PairSampler, all_pairs, member_metric, pair_count, training_runs
+from weightgen.generators.gpt import GPT, member_metric
+from weightgen.generators.gpt_pairs import PairSampler, all_pairs, pair_count, training_runs
 from weightgen.nets import build_net
 from weightgen.nets.permute import PermutationError, hidden_groups, permute_state, random_permutations
 from weightgen.tokens import Tokenizer
@@ -309,6 +310,54 @@ def test_uniform_gap_sampling_makes_every_gap_equally_likely(max_gap):
     assert set(last.tolist()) == set(range(50 - widest))
 
 
+@pytest.mark.parametrize("policy,max_gap", [("uniform_gap", None), ("uniform_gap", 4), ("uniform_pair", None)])
+def test_policy_probabilities_are_what_the_sampler_draws(policy, max_gap):
+    """The per-pair odds that target balancing starts from: the policy's own (runs of unequal length)."""
+    runs = [list(range(0, 6)), list(range(6, 16)), list(range(16, 19))]
+    sampler = PairSampler(runs, policy, max_gap)
+    probs = sampler.policy_probabilities(runs)
+    pairs = all_pairs(runs, max_gap)
+    assert len(probs) == len(pairs) and abs(float(probs.sum()) - 1) < 1e-9
+    n = 200000
+    drawn = sampler.sample(n, torch.Generator().manual_seed(0))
+    index = {tuple(p): i for i, p in enumerate(pairs.tolist())}
+    counts = torch.bincount(torch.tensor([index[tuple(p)] for p in drawn.tolist()]), minlength=len(pairs))
+    assert torch.allclose(counts.double() / n, probs, atol=0.004)
+
+
+def test_balanced_targets_spread_evenly_and_keep_the_policy_within_a_bin():
+    """Targets that pile up low (as trained networks do) are drawn equally often per bin; inside a
+    bin the gap odds stay the policy's."""
+    runs = [list(range(r * 20, r * 20 + 20)) for r in range(10)]
+    metrics = torch.tensor([0.9 * 0.7 ** (i % 20) for i in range(200)])  # falls fast, then flat near 0
+    bins = 4
+    sampler = PairSampler(runs, "uniform_gap", None, metrics, bins)
+    n = 100000
+    drawn = sampler.sample(n, torch.Generator().manual_seed(0))
+    assert ((drawn[:, 0] // 20) == (drawn[:, 1] // 20)).all() and (drawn[:, 1] > drawn[:, 0]).all()
+    targets = metrics[drawn[:, 1]]
+    lo, hi = float(metrics[1:20].min()), float(metrics[1:20].max())  # targets are never a run's first checkpoint
+    which = ((targets - lo) / (hi - lo) * bins).long().clamp(0, bins - 1)
+    share = torch.bincount(which, minlength=bins).float() / n
+    assert torch.allclose(share, torch.full((bins,), 1 / bins), atol=0.01), share
+    plain = metrics[PairSampler(runs, "uniform_gap").sample(n, torch.Generator().manual_seed(0))[:, 1]]
+    assert float(((plain - lo) / (hi - lo) * bins).long().clamp(0, bins - 1).eq(0).float().mean()) > 0.7
+    # within the lowest bin (target at index >= 5 of its run), every start is as likely as uniform_gap makes it
+    probs = sampler.policy_probabilities(runs)
+    pairs = all_pairs(runs)
+    low = metrics[pairs[:, 1]] < lo + (hi - lo) / bins
+    expected = probs[low] / probs[low].sum()
+    index = {tuple(p): i for i, p in enumerate(pairs[low].tolist())}
+    picked = drawn[which == 0]
+    counts = torch.bincount(torch.tensor([index[tuple(p)] for p in picked.tolist()]), minlength=len(index))
+    assert torch.allclose(counts.double() / len(picked), expected, atol=0.005)
+
+
+def test_balancing_needs_the_metrics():
+    with pytest.raises(ValueError, match="target_metrics"):
+        PairSampler([[0, 1, 2]], "uniform_gap", None, None, 4)
+
+
 def test_a_zoo_without_pairs_is_refused():
     states = _toy_states(2)
     gen = _standalone(_spec(), states)
@@ -324,6 +373,14 @@ def test_fit_on_a_trajectory_zoo(fitted, trajectory_zoo):
     assert math.isfinite(stats["diffusion_loss"]) and stats["num_pairs"] == 12 and stats["permuted_layers"] == 1
     losses = [member_metric(m, "test_loss") for m in trajectory_zoo.members("train")]
     assert stats["metric_range"] == pytest.approx([min(losses), max(losses)])
+
+
+def test_fit_with_balanced_targets(trajectory_zoo):
+    gen = GENERATORS.get("gpt").from_zoo(_spec(steps=2, balance_targets=3), trajectory_zoo, TOKENS16)
+    stats = gen.fit(trajectory_zoo, show_progress=False, seed=0)
+    assert math.isfinite(stats["diffusion_loss"]) and stats["balance_targets"] == 3
+    with pytest.raises(ValueError, match="balance_targets"):
+        _spec(balance_targets=1)
 
 
 def test_sampling_shapes_finite_and_seeded(fitted, trajectory_zoo):

@@ -361,6 +361,10 @@ class GPTSpec(StrictModel):
     # (ours, this library's first version): every pair of a run equally likely, which
     # makes a gap g rarer the larger it is (C(n, 2) pairs, n - g of gap g).
     pair_sampling: Literal["uniform_gap", "uniform_pair"] = "uniform_gap"
+    # Ours, optional: reweight the pairs so the metric of theta' falls equally often into each of
+    # this many equal-width bins of the zoo's range (weightgen/generators/gpt_pairs.py); None: the
+    # zoo's own spread, as published, where most targets are trained networks.
+    balance_targets: int | None = Field(None, ge=2)
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
     @model_validator(mode="after")

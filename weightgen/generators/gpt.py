@@ -51,6 +51,7 @@ from weightgen.nets.permute import HiddenGroup, hidden_groups, permute_batch, ra
 from weightgen.tokens import TokenizerError
 
 from .base import Generator, GeneratorError, member_metric
+from .gpt_pairs import PairSampler, pair_count, training_runs
 from .gpt_units import UnitGPTNet, UnitIndex
 from .registry import GENERATORS
 
@@ -160,60 +161,6 @@ class Prompt:
                                      f"but {n} networks were asked for")
             return self.target_metric
         return torch.full((n,), self.target_metric)
-
-
-def training_runs(members) -> list[list[int]]:
-    """Indices into ``members`` of each run with two or more checkpoints, ordered by step."""
-    by_run: dict[int, list[int]] = {}
-    for i, m in enumerate(members):
-        by_run.setdefault(m.run, []).append(i)
-    runs = [sorted(idx, key=lambda i: members[i].step) for idx in by_run.values()]
-    return [idx for idx in runs if len(idx) > 1]
-
-
-def all_pairs(runs: list[list[int]], max_gap: int | None = None) -> torch.Tensor:
-    """``(P, 2)`` every (theta, theta') of each chain in ``runs`` with theta' later, at most
-    ``max_gap`` places after theta when given."""
-    pairs = [(idx[a], idx[b]) for idx in runs for a in range(len(idx))
-             for b in range(a + 1, len(idx) if max_gap is None else min(len(idx), a + 1 + max_gap))]
-    return torch.tensor(pairs, dtype=torch.long).reshape(-1, 2)
-
-
-def pair_count(runs: list[list[int]], max_gap: int | None = None) -> int:
-    """How many pairs ``all_pairs(runs, max_gap)`` holds, without making them: a chain of n has
-    n - g pairs of gap g."""
-    return sum(n - g for n in map(len, runs) for g in range(1, n if max_gap is None else min(n, max_gap + 1)))
-
-
-class PairSampler:
-    """Draws a step's (theta, theta') index pairs from chains of checkpoints (one per run, in
-    step order): ``uniform_pair`` picks among all pairs, ``uniform_gap`` (G.pt's released
-    code) picks a run, a gap, then a start (see ``GPTSpec.pair_sampling``)."""
-
-    def __init__(self, runs: list[list[int]], policy: str = "uniform_gap", max_gap: int | None = None):
-        self.policy, self.max_gap = policy, max_gap
-        self.count = pair_count(runs, max_gap)
-        if self.count == 0:
-            raise GeneratorError("G.pt trains on pairs of checkpoints from one run, the second later: the zoo has "
-                                 "no run with two checkpoints (use zoo.mode: trajectory with checkpoints >= 2)")
-        self.pairs = all_pairs(runs, max_gap) if policy == "uniform_pair" else None  # drawn from directly
-        longest = max(len(idx) for idx in runs)
-        self.lengths = torch.tensor([len(idx) for idx in runs])
-        self.chains = torch.tensor([idx + [idx[-1]] * (longest - len(idx)) for idx in runs], dtype=torch.long)
-
-    def __len__(self) -> int:
-        return self.count
-
-    def sample(self, n: int, gen: torch.Generator) -> torch.Tensor:
-        """``(n, 2)`` pairs, drawn with replacement."""
-        if self.policy == "uniform_pair":
-            return self.pairs[torch.randint(len(self.pairs), (n,), generator=gen)]
-        run = torch.randint(len(self.chains), (n,), generator=gen)
-        length = self.lengths[run]
-        widest = length - 1 if self.max_gap is None else (length - 1).clamp(max=self.max_gap)
-        gap = 1 + (torch.rand(n, generator=gen) * widest).long().clamp(max=widest - 1)
-        first = (torch.rand(n, generator=gen) * (length - gap)).long().clamp(max=length - gap - 1)
-        return torch.stack([self.chains[run, first], self.chains[run, first + gap]], 1)
 
 
 @GENERATORS.register("gpt")
@@ -330,7 +277,7 @@ class GPT(Generator):
         ``metrics`` ``(M,)``, pairs (theta, theta') drawn from ``runs`` (chains of indices into
         the checkpoints, one per run, in step order) by ``spec.pair_sampling``; returns the losses."""
         s = self.spec
-        sampler = PairSampler(runs, s.pair_sampling, s.max_gap)
+        sampler = PairSampler(runs, s.pair_sampling, s.max_gap, metrics, s.balance_targets)
         gen = torch.Generator().manual_seed(seed)
         noise_gen = torch.Generator(self.device).manual_seed(seed)
         tokens = None
@@ -381,6 +328,7 @@ class GPT(Generator):
         losses = self.fit_pairs(stacked, metrics, runs, show_progress, seed)
         return {"diffusion_loss": losses[-1] if losses else None, "num_train": len(members),
                 "num_pairs": pair_count(runs, self.spec.max_gap), "pair_sampling": self.spec.pair_sampling,
+                "balance_targets": self.spec.balance_targets,
                 "num_tokens": self.tokenizer.num_tokens, "metric": self.spec.metric,
                 "metric_range": list(self.metric_range) if self.metric_range else None,
                 "permuted_layers": len(self.groups), "architecture": self.spec.architecture,
