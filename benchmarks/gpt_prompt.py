@@ -243,6 +243,8 @@ def main() -> None:
                     help="G.pt's diffusion.prediction (sample: x0, as published; v_prediction: ours)")
     ap.add_argument("--preconditioning", choices=["residual", "posterior"], default="residual",
                     help="G.pt's preconditioning of an x0 prediction (residual: as published; posterior: ours)")
+    ap.add_argument("--canonical", action="store_true",
+                    help="G.pt's canonical_order (ours): hidden units sorted by norm instead of augmented")
     ap.add_argument("--no-augmentation", action="store_true",
                     help="G.pt without permutation augmentation (a diagnostic: can it fit its own pairs then?)")
     args = ap.parse_args()
@@ -264,7 +266,8 @@ def main() -> None:
         extra = {"pair_sampling": args.pairs, "balance_targets": args.balance, "lr_schedule": args.lr_schedule,
                  "diffusion": {"prediction": args.prediction},
                  "preconditioning": args.preconditioning,
-                 "permutation_augmentation": not args.no_augmentation} if method.startswith("gpt") else {}
+                 "permutation_augmentation": not args.no_augmentation,
+                 "canonical_order": args.canonical} if method.startswith("gpt") else {}
         cfg = parse_config({**zoo_cfg, "generator": {**GENERATORS[method], "metric": metric, "steps": args.steps,
                                                      **extra}}, setting)
         print(f"== {method} prompted by {metric}", flush=True)
@@ -276,7 +279,8 @@ def main() -> None:
                                    + (f"-balance{args.balance}" if extra and args.balance else "")
                                    + ("-v" if extra and args.prediction == "v_prediction" else "")
                                    + ("-posterior" if extra and args.preconditioning == "posterior" else "")
-                                   + ("-noaug" if extra and args.no_augmentation else ""))
+                                   + ("-noaug" if extra and args.no_augmentation else "")
+                                   + ("-canonical" if extra and args.canonical else ""))
         gen, stats = fit_or_reuse(cfg, zoo, run_dir, args.reuse)
         t1 = time.time()
         judged = judge(gen, zoo, metric)
@@ -308,8 +312,9 @@ def pairs_of(row: dict) -> str | None:
         return None
     return (f"{row.get('pairs', 'uniform_pair')}, {row.get('lr_schedule', 'constant')}"
             + (f", targets balanced over {row['balance_targets']} bins" if row.get("balance_targets") else "")
-            + ((", equivariant units" if not row["fit"].get("permuted_layers")  # exact: augmentation skipped
-                else ", units, not exactly equivariant, permutation augmentation") if row["method"] == "gpt-units"
+            + ((", units" if row["method"] == "gpt-units" else "") + ", canonical order" if row["fit"].get("canonical_order")
+               else (", equivariant units" if not row["fit"].get("permuted_layers")  # exact: augmentation skipped
+                     else ", units, not exactly equivariant, permutation augmentation") if row["method"] == "gpt-units"
                else ", no permutation augmentation" if row.get("permutation_augmentation") is False else ""))
 
 

@@ -16,7 +16,8 @@ from weightgen.generators import GENERATORS, GeneratorError, load_generator
 from weightgen.generators.gpt import GPT, member_metric
 from weightgen.generators.gpt_pairs import PairSampler, all_pairs, pair_count, training_runs
 from weightgen.nets import build_net
-from weightgen.nets.permute import PermutationError, hidden_groups, permute_state, random_permutations
+from weightgen.nets.permute import (PermutationError, canonical_permutations, hidden_groups, inverse_permutations,
+                                    permute_batch, permute_state, random_permutations)
 from weightgen.tokens import Tokenizer
 from weightgen.zoo import Zoo
 
@@ -223,6 +224,72 @@ def test_a_permuted_network_computes_the_same_function(name, make, layers):
             assert not torch.equal(permuted[axis.name], state[axis.name]), axis
     net.load_state_dict(permuted)
     torch.testing.assert_close(net(x), expected, atol=1e-5, rtol=1e-5)  # ...the function has not
+
+
+@pytest.mark.parametrize("name,make", [
+    ("mlp", lambda: build_net("mlp", (1, 8, 8), 10, hidden=[8, 6])),
+    ("cnn", lambda: build_net("cnn", (1, 8, 8), 10, channels=[4, 6], batchnorm=True)),
+    ("cnn", lambda: FlattenCNN(batchnorm=True)),
+], ids=["mlp", "cnn-batchnorm", "cnn-flatten-head"])
+def test_every_permuted_copy_has_one_canonical_form(name, make):
+    net = make().eval()
+    state = _randomized(net)
+    groups = hidden_groups(name, {k: v.shape for k, v in state.items()})
+    batch = lambda st: {k: v.unsqueeze(0) for k, v in st.items()}  # noqa: E731
+    canonical = permute_batch(batch(state), groups, canonical_permutations(batch(state), groups))
+    x = torch.randn(7, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    expected = net(x)
+    for seed in range(3):
+        perms = [p[0] for p in random_permutations(groups, 1, torch.Generator().manual_seed(seed))]
+        copy = batch(permute_state(state, groups, perms))
+        order = canonical_permutations(copy, groups)
+        again = permute_batch(copy, groups, order)
+        for k in state:
+            torch.testing.assert_close(again[k], canonical[k], atol=0, rtol=0)
+        back = permute_batch(again, groups, inverse_permutations(order))
+        for k in state:
+            assert torch.equal(back[k], copy[k])
+    net.load_state_dict({k: v[0] for k, v in canonical.items()})
+    torch.testing.assert_close(net(x), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_canonical_order_makes_the_update_of_a_permuted_start_the_permuted_update():
+    """Exact for a two-hidden-layer MLP, where the units architecture is not: sorted starts give the
+    same tokens, hence (same seed) the same network, put back in each start's own order."""
+    net_build = {"name": "mlp", "input_shape": [1, 8, 8], "num_classes": 10, "kwargs": {"hidden": [8, 6]}}
+    states = [build_net("mlp", (1, 8, 8), 10, seed=s, hidden=[8, 6]).state_dict() for s in range(3)]
+    tok = Tokenizer.fit(states, token_size=16)
+    gen = GPT(_spec(canonical_order=True), tok, states[0], net_build)
+    assert len(gen.groups) == 2
+    groups = gen.groups
+    perms = [p[0] for p in random_permutations(groups, 1, torch.Generator().manual_seed(5))]
+    start = states[1]
+    moved = permute_state(start, groups, perms)
+    prompt = {"start_metric": 2.0, "target_metric": [1.0, 0.5]}
+    made = next(gen.sample(2, {"start": start, **prompt}, seed=3, sampler="ddim", steps=4))
+    made_moved = next(gen.sample(2, {"start": moved, **prompt}, seed=3, sampler="ddim", steps=4))
+    expected = permute_batch(made, groups, [p.expand(2, -1) for p in perms])
+    for k in tok.names:
+        torch.testing.assert_close(made_moved[k], expected[k], atol=1e-5, rtol=1e-5)
+    untrained = next(gen.sample(1, {"start": start, **prompt, "target_metric": 1.0}, seed=0, sampler="ddim", steps=4))
+    for k in tok.names:  # an untrained x0 model returns its start: in the start's own order
+        torch.testing.assert_close(untrained[k][0], start[k], atol=1e-4, rtol=1e-4)
+
+
+def test_canonical_order_sorts_both_checkpoints_of_a_pair_by_theta():
+    net_build = {"name": "mlp", "input_shape": [1, 8, 8], "num_classes": 10, "kwargs": {"hidden": [8]}}
+    thetas = [build_net("mlp", (1, 8, 8), 10, seed=s, hidden=[8]).state_dict() for s in range(2)]
+    laters = [{k: 2 * v + 1 for k, v in s.items()} for s in thetas]
+    tok = Tokenizer.fit(thetas + laters, token_size=16)
+    gen = GPT(_spec(canonical_order=True), tok, thetas[0], net_build)
+    stacked = {k: torch.stack([s[k] for s in thetas + laters]) for k in tok.names}
+    start, target = gen.pair_tokens(stacked, torch.tensor([[0, 2], [1, 3], [0, 2]]), torch.Generator().manual_seed(0))
+    a, b = tok.tensors(start), tok.tensors(target)
+    for k in tok.names:
+        torch.testing.assert_close(b[k], 2 * a[k] + 1, atol=1e-5, rtol=1e-5)
+    assert torch.equal(start[0], start[2])  # the same pair twice: the same (sorted) order, not a random one
+    norms = a["1.weight"].pow(2).sum(-1) + a["1.bias"].pow(2) + a["3.weight"].pow(2).sum(1)
+    assert (norms.diff(dim=1) >= -1e-5).all()
 
 
 def test_unsupported_net_is_named():

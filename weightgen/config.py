@@ -352,6 +352,12 @@ class GPTSpec(StrictModel):
     architecture: Literal["chunks", "units"] = "chunks"
     # The same random permutation of hidden units applied to theta and theta' (mlp and cnn nets).
     permutation_augmentation: bool = True
+    # Ours: instead of a random permutation, the one that sorts theta's hidden units of each layer
+    # by the squared norm of the values they index (weightgen.nets.permute.canonical_permutations),
+    # applied to theta and theta'; at sampling the start is sorted the same way and the network
+    # made is put back in the start's order. Every permuted copy of a start then gets the same
+    # update, for nets of any depth; augmentation is skipped (it would be sorted away).
+    canonical_order: bool = False
     # Ours, optional: theta' at most this many checkpoints after theta in its run (None: any later one).
     max_gap: int | None = Field(None, ge=1)
     # How a step draws its pairs. ``uniform_gap`` (G.pt's released code): a run, then a gap g

@@ -34,6 +34,10 @@ permutation of hidden units, the same for theta and theta'. It is applied to the
 denormalized tensors (``Tokenizer.tensors``) and the pair is tokenized again, because
 per-element normalization (``tokenizer.normalize: element``) does not commute with a
 permutation; per-tensor normalization does, but the round trip is right for both.
+``canonical_order`` (ours) replaces the random permutation with theta's sorted one
+(``weightgen.nets.permute.canonical_permutations``): the start of a prompt is sorted the same
+way and the network made is put back in the start's order, so every permuted copy of a start
+gets the same update, exactly, at any depth (the units architecture is exact for one hidden layer).
 """
 from __future__ import annotations
 
@@ -47,7 +51,8 @@ from torch import nn
 
 from weightgen.config import GPTSpec
 from weightgen.diffusion import Diffusion, FrequencyEmbedding, make_ema, timestep_embedding, train_steps
-from weightgen.nets.permute import HiddenGroup, hidden_groups, permute_batch, random_permutations
+from weightgen.nets.permute import (HiddenGroup, canonical_permutations, hidden_groups, inverse_permutations,
+                                    permute_batch, permute_state, random_permutations)
 from weightgen.tokens import TokenizerError
 
 from .base import Generator, GeneratorError, member_metric
@@ -152,6 +157,9 @@ class Prompt:
     start_metric: float
     target_metric: float | torch.Tensor
     fixed: dict[str, torch.Tensor]
+    # With ``canonical_order``: per hidden layer, the permutation that puts a network made in the
+    # start's sorted order back in the start's own order.
+    unpermute: list[torch.Tensor] | None = None
 
     def targets(self, n: int) -> torch.Tensor:
         """``(n,)`` the target of each of ``n`` networks."""
@@ -182,7 +190,9 @@ class GPT(Generator):
         # but the cost (weightgen/generators/gpt_units.py).
         units = self.unit_index() if s.architecture == "units" else None
         exact = units is not None and units.exact
-        self.groups = self.permutation_groups() if s.permutation_augmentation and not exact else []
+        # With canonical_order the same groups are sorted instead of shuffled.
+        self.groups = (self.permutation_groups() if s.canonical_order or (s.permutation_augmentation and not exact)
+                       else [])
         self.diffusion = Diffusion.from_spec(s.diffusion)
         with torch.random.fork_rng(devices=[]):  # the same spec always starts from the same weights
             torch.manual_seed(0)
@@ -254,12 +264,13 @@ class GPT(Generator):
 
     def pair_tokens(self, stacked: dict[str, torch.Tensor], pairs: torch.Tensor,
                     gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """Tokens ``(B, T, W)`` of theta and theta' for ``pairs`` ``(B, 2)``, the same random
-        permutation applied to both checkpoints of a pair."""
+        """Tokens ``(B, T, W)`` of theta and theta' for ``pairs`` ``(B, 2)``, the same permutation
+        applied to both checkpoints of a pair: a random one, or with ``canonical_order`` theta's sorted one."""
         a = {k: v[pairs[:, 0]] for k, v in stacked.items()}
         b = {k: v[pairs[:, 1]] for k, v in stacked.items()}
         if self.groups:
-            perms = random_permutations(self.groups, len(pairs), gen)
+            perms = (canonical_permutations(a, self.groups) if self.spec.canonical_order
+                     else random_permutations(self.groups, len(pairs), gen))
             a, b = permute_batch(a, self.groups, perms), permute_batch(b, self.groups, perms)
         return tuple(self.tokenizer.tokenize_batch({k: v[i] for k, v in s.items()} for i in range(len(pairs)))
                      for s in (a, b))
@@ -331,7 +342,8 @@ class GPT(Generator):
                 "balance_targets": self.spec.balance_targets,
                 "num_tokens": self.tokenizer.num_tokens, "metric": self.spec.metric,
                 "metric_range": list(self.metric_range) if self.metric_range else None,
-                "permuted_layers": len(self.groups), "architecture": self.spec.architecture,
+                "permuted_layers": len(self.groups), "canonical_order": self.spec.canonical_order,
+                "architecture": self.spec.architecture,
                 **({"update_var": float(self.net.update_var)} if self.net.posterior else {})}
 
     # -- prompts and sampling ---------------------------------------------------------------
@@ -376,8 +388,15 @@ class GPT(Generator):
             if outside:
                 log.warning("target %s %.4g is outside the range the training checkpoints cover [%.4g, %.4g]; "
                             "G.pt extrapolates there", self.spec.metric, outside[0], lo, hi)
-        return Prompt(self.tokenizer.tokenize(start), start_metric,
-                      torch.tensor(targets, dtype=torch.float32) if many else targets[0], fixed)
+        generated = {k: start[k] for k in self.tokenizer.names}
+        unpermute = None
+        if self.spec.canonical_order and self.groups:
+            perms = [p[0] for p in canonical_permutations({k: v.unsqueeze(0) for k, v in generated.items()},
+                                                          self.groups)]
+            generated = permute_state(generated, self.groups, perms)
+            unpermute = [p[0] for p in inverse_permutations([p.unsqueeze(0) for p in perms])]
+        return Prompt(self.tokenizer.tokenize(generated), start_metric,
+                      torch.tensor(targets, dtype=torch.float32) if many else targets[0], fixed, unpermute)
 
     def condition_rows(self, condition: Any, start: int, stop: int) -> Any:
         """A prompt with one target per network passes the targets of samples ``start:stop``."""
@@ -395,7 +414,11 @@ class GPT(Generator):
         tm = prompt.targets(n).to(self.device)
         x = self.diffusion.sample(lambda x_t, t: net(x_t, t, start, sm, tm), (n, *start.shape[1:]), generator,
                                   sampler, steps, device=self.device, temperature=self.spec.diffusion.temperature)
-        return x.cpu()
+        x = x.cpu()
+        if prompt.unpermute is not None:  # made in the start's sorted order: back to its own
+            states = permute_batch(self.tokenizer.tensors(x), self.groups, [p.expand(n, -1) for p in prompt.unpermute])
+            x = self.tokenizer.tokenize_batch({k: v[i] for k, v in states.items()} for i in range(n))
+        return x
 
     @torch.no_grad()
     def sample(self, n: int, condition: Any = None, seed: int = 0, batch_size: int = 100, sampler: str = "ddpm",

@@ -11,6 +11,10 @@ A ``HiddenGroup`` lists the axes one hidden layer's permutation moves. When a la
 flattened into a linear one (channels x positions), one unit is a contiguous ``block`` of
 input columns: permuting a channel moves its block of spatial positions with it.
 ``hidden_groups`` knows the library's ``mlp`` and ``cnn``; other nets are refused by name.
+
+``canonical_permutations`` (ours, G.pt's ``canonical_order``) picks one ordering of each
+network instead of a random one: every layer's units sorted by the squared norm of the values
+they index, so all permuted copies of a network map to the same point.
 """
 from __future__ import annotations
 
@@ -133,3 +137,31 @@ def permute_state(state: dict[str, Tensor], groups: list[HiddenGroup], perms: li
     """One state_dict permuted by ``perms`` (``(size,)`` tensors, one per group)."""
     batched = permute_batch({k: v.unsqueeze(0) for k, v in state.items()}, groups, [p.unsqueeze(0) for p in perms])
     return {k: v[0] for k, v in batched.items()}
+
+
+def canonical_permutations(states: dict[str, Tensor], groups: list[HiddenGroup]) -> list[Tensor]:
+    """One ``(B, size)`` tensor per group: row b's units of that layer sorted by the squared norm
+    of every parameter value they index (incoming weights, bias, BatchNorm affine, the next layer's
+    input columns; buffers left out), ascending. Permuting another layer only reorders values
+    inside a unit's slices, which leaves its norm alone, so each layer's order is found from the
+    states as given, and any permuted copy of a network gets the same canonical form (barring
+    ties). Apply with ``permute_batch``; undo with ``inverse_permutations``."""
+    perms = []
+    for group in groups:
+        key = None
+        for axis in group.axes:
+            if axis.buffer or axis.name not in states:
+                continue
+            x = states[axis.name].movedim(axis.dim + 1, 1)
+            norms = x.reshape(x.shape[0], group.size, -1).pow(2).sum(-1)  # a unit's block folded in
+            key = norms if key is None else key + norms
+        if key is None:
+            raise PermutationError(f"no parameter of a hidden layer of {group.size} units is in the states "
+                                   f"(its entries: {', '.join(a.name for a in group.axes)})")
+        perms.append(key.argsort(dim=1, stable=True))
+    return perms
+
+
+def inverse_permutations(perms: list[Tensor]) -> list[Tensor]:
+    """The permutations that put ``permute_batch(states, groups, perms)`` back in the original order."""
+    return [p.argsort(1) for p in perms]
