@@ -310,12 +310,16 @@ def pairs_of(row: dict) -> str | None:
     alike (uniform_pair) at a constant rate."""
     if not row["method"].startswith("gpt"):
         return None
-    return (f"{row.get('pairs', 'uniform_pair')}, {row.get('lr_schedule', 'constant')}"
-            + (f", targets balanced over {row['balance_targets']} bins" if row.get("balance_targets") else "")
-            + ((", units" if row["method"] == "gpt-units" else "") + ", canonical order" if row["fit"].get("canonical_order")
-               else (", equivariant units" if not row["fit"].get("permuted_layers")  # exact: augmentation skipped
-                     else ", units, not exactly equivariant, permutation augmentation") if row["method"] == "gpt-units"
-               else ", no permutation augmentation" if row.get("permutation_augmentation") is False else ""))
+    text = f"{row.get('pairs', 'uniform_pair')}, {row.get('lr_schedule', 'constant')}"
+    if row.get("balance_targets"):
+        text += f", targets balanced over {row['balance_targets']} bins"
+    units = row["method"] == "gpt-units"
+    if row["fit"].get("canonical_order"):
+        return text + (", units" if units else "") + ", canonical order"
+    if units:
+        return text + (", equivariant units" if not row["fit"].get("permuted_layers")  # exact: augmentation skipped
+                       else ", units, not exactly equivariant, permutation augmentation")
+    return text + (", no permutation augmentation" if row.get("permutation_augmentation") is False else "")
 
 
 def prediction_of(row: dict) -> str:

@@ -52,7 +52,7 @@ from torch import nn
 from weightgen.config import GPTSpec
 from weightgen.diffusion import Diffusion, FrequencyEmbedding, make_ema, timestep_embedding, train_steps
 from weightgen.nets.permute import (HiddenGroup, canonical_permutations, hidden_groups, inverse_permutations,
-                                    permute_batch, permute_state, random_permutations)
+                                    permute_batch, random_permutations)
 from weightgen.tokens import TokenizerError
 
 from .base import Generator, GeneratorError, member_metric
@@ -157,8 +157,8 @@ class Prompt:
     start_metric: float
     target_metric: float | torch.Tensor
     fixed: dict[str, torch.Tensor]
-    # With ``canonical_order``: per hidden layer, the permutation that puts a network made in the
-    # start's sorted order back in the start's own order.
+    # With ``canonical_order``: per hidden layer, the ``(1, size)`` permutation that puts a network
+    # made in the start's sorted order back in the start's own order.
     unpermute: list[torch.Tensor] | None = None
 
     def targets(self, n: int) -> torch.Tensor:
@@ -391,10 +391,10 @@ class GPT(Generator):
         generated = {k: start[k] for k in self.tokenizer.names}
         unpermute = None
         if self.spec.canonical_order and self.groups:
-            perms = [p[0] for p in canonical_permutations({k: v.unsqueeze(0) for k, v in generated.items()},
-                                                          self.groups)]
-            generated = permute_state(generated, self.groups, perms)
-            unpermute = [p[0] for p in inverse_permutations([p.unsqueeze(0) for p in perms])]
+            batch = {k: v.unsqueeze(0) for k, v in generated.items()}
+            perms = canonical_permutations(batch, self.groups)
+            generated = {k: v[0] for k, v in permute_batch(batch, self.groups, perms).items()}
+            unpermute = inverse_permutations(perms)
         return Prompt(self.tokenizer.tokenize(generated), start_metric,
                       torch.tensor(targets, dtype=torch.float32) if many else targets[0], fixed, unpermute)
 
