@@ -212,6 +212,21 @@ def fit_or_reuse(cfg, zoo, run_dir: Path, reuse: bool):
     return gen, stats
 
 
+def gpt_pair_tokens(gen, zoo, firsts: list, lasts: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """G.pt's tokens ``(B, T, W)`` of theta (``firsts``) and theta' (``lasts``) on the generator's
+    device: as stored, or under ``canonical_order`` both in theta's sorted order, as the model was
+    trained (a permutation of hidden units, which no metric sees)."""
+    tok = gen.tokenizer
+    if not gen.spec.canonical_order:
+        return tuple(tok.tokenize_batch(zoo.load(m, tok.names) for m in ms).to(gen.device) for ms in (firsts, lasts))
+    states = [zoo.load(m, tok.names) for m in (*firsts, *lasts)]
+    stacked = {k: torch.stack([s[k] for s in states]) for k in states[0]}
+    n = len(firsts)
+    pairs = torch.stack([torch.arange(n), torch.arange(n) + n], 1)
+    start, target = gen.pair_tokens(stacked, pairs, torch.Generator().manual_seed(0))
+    return start.to(gen.device), target.to(gen.device)
+
+
 def teacher_forced_networks(gen, zoo, members, steps: int = 50) -> dict:
     """Stacked state dicts of ``members`` made again by a ``recurrent_input: tokens`` RPG, each
     token's prototype read from that member's true previous tokens (and its own condition), as in

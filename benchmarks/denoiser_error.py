@@ -20,7 +20,7 @@ import random
 
 import torch
 
-from common import WORK, command, machine, write_json, write_section
+from common import WORK, command, gpt_pair_tokens, machine, write_json, write_section
 from weightgen.generators import load_generator
 from weightgen.generators.base import member_metric
 from weightgen.generators.gpt import training_runs
@@ -74,7 +74,7 @@ def gpt_errors(gen, zoo: Zoo, first_at: int, last_at: int) -> dict[int, dict[str
     chains = training_runs(train)
     runs = random.Random(0).sample(chains, min(MEMBERS, len(chains)))
     first, last = [train[idx[first_at]] for idx in runs], [train[idx[last_at]] for idx in runs]
-    start, x0 = (tok.tokenize_batch(zoo.load(m, tok.names) for m in ms).to(gen.device) for ms in (first, last))
+    start, x0 = gpt_pair_tokens(gen, zoo, first, last)
     sm, tm = (torch.tensor([member_metric(m, gen.spec.metric) for m in ms], device=gen.device) for ms in (first, last))
     mask = tok.mask.to(gen.device).expand_as(x0).float()
     errs = noised_errors(gen, x0, mask, lambda x_t, tt: net(x_t, tt, start, sm, tm))
