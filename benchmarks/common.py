@@ -212,6 +212,22 @@ def fit_or_reuse(cfg, zoo, run_dir: Path, reuse: bool):
     return gen, stats
 
 
+def fitted_generators(generators: dict[str, tuple[str, str]], only: list[str] | None):
+    """For a benchmark that reads saved generators (``name -> (run folder, zoo folder)`` under
+    benchmarks/work): ``(name, run, zoo folder path, generator)`` of each one ``only`` names (all
+    without it), loaded; one not fitted yet is named and skipped."""
+    from weightgen.generators import load_generator
+
+    for name, (run, zoo_dir) in generators.items():
+        if only and name not in only:
+            continue
+        path = WORK / "runs" / run / "generator"
+        if not path.is_dir():
+            print(f"== {name}: {path} not fitted yet, skipped", flush=True)
+            continue
+        yield name, run, WORK / "zoos" / zoo_dir, load_generator(path)
+
+
 def gpt_pair_tokens(gen, zoo, firsts: list, lasts: list) -> tuple[torch.Tensor, torch.Tensor]:
     """G.pt's tokens ``(B, T, W)`` of theta (``firsts``) and theta' (``lasts``) on the generator's
     device: as stored, or under ``canonical_order`` both in theta's sorted order, as the model was

@@ -20,8 +20,7 @@ import random
 
 import torch
 
-from common import WORK, command, gpt_pair_tokens, machine, write_json, write_section
-from weightgen.generators import load_generator
+from common import command, fitted_generators, gpt_pair_tokens, machine, write_json, write_section
 from weightgen.generators.base import member_metric
 from weightgen.generators.gpt import training_runs
 from weightgen.zoo import Zoo
@@ -103,15 +102,8 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", choices=list(GENERATORS))
     args = ap.parse_args()
     rows = []
-    for name, (run, zoo_dir) in GENERATORS.items():
-        if args.only and name not in args.only:
-            continue
-        path = WORK / "runs" / run / "generator"
-        if not path.is_dir():
-            print(f"== {name}: {path} not fitted yet, skipped", flush=True)
-            continue
-        gen = load_generator(path)
-        with Zoo.open(WORK / "zoos" / zoo_dir) as zoo:
+    for name, run, zoo_dir, gen in fitted_generators(GENERATORS, args.only):
+        with Zoo.open(zoo_dir) as zoo:
             measured = ({f"{name}, {kind}": gpt_errors(gen, zoo, *at) for kind, at in GPT_PAIRS.items()}
                         if gen.method == "gpt" else {name: errors(gen, zoo)})
         for label, errs in measured.items():

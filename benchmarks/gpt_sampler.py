@@ -19,10 +19,9 @@ from collections import defaultdict
 
 import torch
 
-from common import WORK, command, gpt_pair_tokens, machine, write_json, write_section
+from common import command, fitted_generators, gpt_pair_tokens, keep_earlier, machine, write_json, write_section
 from gpt_prompt import PROMPTS, r_squared, values
 from weightgen.evaluate import Evaluator
-from weightgen.generators import load_generator
 from weightgen.generators.base import member_metric
 from weightgen.pipeline import zoo_task
 from weightgen.zoo import Zoo
@@ -96,22 +95,17 @@ def main() -> None:
     ap.add_argument("--starts", type=int, default=6, help="held-out initializations prompted")
     args = ap.parse_args()
     rows = []
-    for name, (run, zoo_dir) in GENERATORS.items():
-        if args.only and name not in args.only:
-            continue
-        path = WORK / "runs" / run / "generator"
-        if not path.is_dir():
-            print(f"== {name}: {path} not fitted yet, skipped", flush=True)
-            continue
+    for name, run, zoo_dir, gen in fitted_generators(GENERATORS, args.only):
         print(f"== {name}", flush=True)
-        gen = load_generator(path)
         metric = gen.spec.metric
-        with Zoo.open(WORK / "zoos" / zoo_dir) as zoo:
+        with Zoo.open(zoo_dir) as zoo:
             ev = Evaluator(zoo.build_net(), zoo_task(zoo), metric.split("_")[0])
             runs = heldout_runs(zoo, args.starts)
             rows.append({"name": name, "run": run, "metric": metric, "starts": len(runs),
                          "samplers": sampler_rows(gen, zoo, ev, runs, metric),
                          "one_step": one_step_rows(gen, zoo, ev, runs, metric)})
+    rows = keep_earlier("gpt_sampler", rows, key=lambda r: r["name"])  # generators judged by earlier invocations
+    rows.sort(key=lambda r: list(GENERATORS).index(r["name"]) if r["name"] in GENERATORS else len(GENERATORS))
     payload = {"benchmark": "gpt_sampler", "command": command(), "machine": machine(), "results": rows}
     write_json("gpt_sampler", payload)
     head = ("| generator | starts | " + " | ".join(f"{s} {n}: R², bias" for s, n in SAMPLERS)
