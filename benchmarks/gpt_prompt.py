@@ -104,6 +104,19 @@ def values(scores, metric: str) -> list[float]:
     return [1.0 - float(a) if metric.endswith("_error") else float(a) for a in scores.accuracy]
 
 
+def heldout_runs(zoo: Zoo, count: int) -> list[list]:
+    """The first ``count`` held-out runs, each as its checkpoints in step order."""
+    runs = defaultdict(list)
+    for m in zoo.members("heldout"):
+        runs[m.run].append(m)
+    return [sorted(ms, key=lambda m: m.step) for _, ms in sorted(runs.items())[:count]]
+
+
+def prompt_targets(best: float, start_value: float) -> list[float]:
+    """PROMPTS targets evenly spaced from the best training value to ``start_value``."""
+    return [best + (start_value - best) * i / (PROMPTS - 1) for i in range(PROMPTS)]
+
+
 def judge(gen, zoo: Zoo, metric: str) -> dict:
     """G.pt is prompted with a start, its value and a target; RPG (``condition: metric``) with
     the target alone, so it has no start to improve and no recursive prompting."""
@@ -119,22 +132,17 @@ def judge(gen, zoo: Zoo, metric: str) -> dict:
         return {k: torch.cat([n[k] for n in nets]) for k in nets[0]}
 
     ev = Evaluator(zoo.build_net(), zoo_task(zoo), metric.split("_")[0])
-    runs = defaultdict(list)
-    for m in zoo.members("heldout"):
-        runs[m.run].append(m)
-    runs = dict(sorted(runs.items())[:JUDGED_RUNS])
     best = min(member_metric(m, metric) for m in zoo.members("train"))
 
     def sweep(state, start_value: float) -> tuple[list[float], list[float]]:
-        """PROMPTS targets evenly spaced from the best training value to ``start_value``, and
-        the value each prompt's network achieves."""
-        targets = [best + (start_value - best) * i / (PROMPTS - 1) for i in range(PROMPTS)]
+        """The prompt targets from ``start_value`` and the value each prompt's network achieves."""
+        targets = prompt_targets(best, start_value)
         return targets, values(ev(prompt(state, start_value, targets, 0)), metric)
 
     prompted, achieved, per_start = [], [], []
     mid_prompted, mid_achieved = [], []
-    for run, members in sorted(runs.items()):
-        members.sort(key=lambda m: m.step)
+    for members in heldout_runs(zoo, JUDGED_RUNS):
+        run = members[0].run
         start, start_value = zoo.load(members[0]), member_metric(members[0], metric)
         targets, got = sweep(start, start_value)
         prompted += targets

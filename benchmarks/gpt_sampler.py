@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-from collections import defaultdict
 
 import torch
 
 from common import command, fitted_generators, gpt_pair_tokens, keep_earlier, machine, write_json, write_section
-from gpt_prompt import PROMPTS, r_squared, values
+from gpt_prompt import PROMPTS, heldout_runs, prompt_targets, r_squared, values
 from weightgen.evaluate import Evaluator
 from weightgen.generators.base import member_metric
 from weightgen.pipeline import zoo_task
@@ -39,14 +38,6 @@ MIDDLE = (0.2, 0.8)
 CHECKPOINTS = 40
 
 
-def heldout_runs(zoo: Zoo, count: int) -> list[list]:
-    """The first ``count`` held-out runs, each as its checkpoints in step order."""
-    runs = defaultdict(list)
-    for m in zoo.members("heldout"):
-        runs[m.run].append(m)
-    return [sorted(ms, key=lambda m: m.step) for _, ms in sorted(runs.items())[:count]]
-
-
 def sampler_rows(gen, zoo: Zoo, ev, runs: list[list], metric: str) -> list[dict]:
     best = min(member_metric(m, metric) for m in zoo.members("train"))
     rows = []
@@ -54,7 +45,7 @@ def sampler_rows(gen, zoo: Zoo, ev, runs: list[list], metric: str) -> list[dict]
         prompted, achieved = [], []
         for members in runs:
             start, value = zoo.load(members[0]), member_metric(members[0], metric)
-            targets = [best + (value - best) * i / (PROMPTS - 1) for i in range(PROMPTS)]
+            targets = prompt_targets(best, value)
             condition = {"start": start, "start_metric": value, "target_metric": targets}
             nets = next(gen.sample(PROMPTS, condition, seed=0, batch_size=PROMPTS, sampler=sampler, steps=steps))
             prompted += targets
