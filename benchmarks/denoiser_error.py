@@ -20,7 +20,7 @@ import random
 
 import torch
 
-from common import command, fitted_generators, gpt_pair_tokens, machine, write_json, write_section
+from common import command, fitted_generators, gpt_pair_tokens, keep_earlier, machine, write_json, write_section
 from weightgen.generators.base import member_metric
 from weightgen.generators.gpt import training_runs
 from weightgen.zoo import Zoo
@@ -112,6 +112,9 @@ def main() -> None:
                          "start_alone": start_alone})
             print(f"== {label}: " + ", ".join(f"t={t} {e['model']:.4f} (input {e['input']:.4f})"
                                              for t, e in errs.items()), flush=True)
+    rows = keep_earlier("denoiser_error", rows, key=lambda r: r["name"])  # generators measured by earlier invocations
+    for r in rows:  # JSON keeps the timesteps of earlier rows as strings
+        r["errors"] = {int(t): e for t, e in r["errors"].items()}
     payload = {"benchmark": "denoiser_error", "command": command(), "machine": machine(), "members": MEMBERS,
                "timesteps": TIMESTEPS, "results": rows}
     write_json("denoiser_error", payload)
