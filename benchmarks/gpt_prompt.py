@@ -1,13 +1,14 @@
 """G.pt prompted by a target metric (issue 5, part B): prompt alignment, one step against SGD,
 recursive prompting.
 
-    python benchmarks/gpt_prompt.py [--steps 3000] [--only "gpt test_loss" ...] [--runs 200]
+    python benchmarks/gpt_prompt.py [--steps 3000] [--only "gpt test_loss" ...] [--runs 200] [--judge-runs 1000]
 
 Zoo: ``--runs`` digits MLP [32] runs (SGD with momentum, lr 0.05, 30 epochs = 510 steps), 50
 checkpoints each evenly spaced from the initialization, test loss and error stored with
 each; the last 10% of the runs are held out. One G.pt per metric (as in the paper) is fitted
 on pairs of the training runs. The paper had 10,728 runs; ``--runs`` measures what the number
-of training initializations buys (one table row per generator, metric, runs and steps).
+of training initializations buys (one table row per generator, metric, runs and steps); ``--judge-runs``
+judges a generator on a larger zoo's held-out runs, so that fits on different zoo sizes face the same starts.
 
 On every held-out run, from its initialization: 20 prompts evenly spaced between the best
 value any training checkpoint reached and the start's own value, one network each (DDIM 50).
@@ -117,7 +118,7 @@ def prompt_targets(best: float, start_value: float) -> list[float]:
     return [best + (start_value - best) * i / (PROMPTS - 1) for i in range(PROMPTS)]
 
 
-def judge(gen, zoo: Zoo, metric: str) -> dict:
+def judge(gen, zoo: Zoo, metric: str, starts: int = JUDGED_RUNS) -> dict:
     """G.pt is prompted with a start, its value and a target; RPG (``condition: metric``) with
     the target alone, so it has no start to improve and no recursive prompting."""
     is_gpt = gen.method == "gpt"
@@ -141,7 +142,7 @@ def judge(gen, zoo: Zoo, metric: str) -> dict:
 
     prompted, achieved, per_start = [], [], []
     mid_prompted, mid_achieved = [], []
-    for members in heldout_runs(zoo, JUDGED_RUNS):
+    for members in heldout_runs(zoo, starts):
         run = members[0].run
         start, start_value = zoo.load(members[0]), member_metric(members[0], metric)
         targets, got = sweep(start, start_value)
@@ -258,6 +259,11 @@ def main() -> None:
                     help="G.pt's preconditioning of an x0 prediction (residual: as published; posterior: ours)")
     ap.add_argument("--canonical", action="store_true",
                     help="G.pt's canonical_order (ours): hidden units sorted by norm instead of augmented")
+    ap.add_argument("--starts", type=int, default=JUDGED_RUNS,
+                    help="how many held-out runs to judge from (the first ones; more give an R² less tied to a few starts)")
+    ap.add_argument("--judge-runs", type=int, default=None, metavar="RUNS",
+                    help="judge on the held-out runs of the RUNS-run zoo instead (built first; its first runs are this "
+                         "zoo's, its held-out ones unseen): generators fitted on different zoo sizes judged from the same starts")
     ap.add_argument("--no-augmentation", action="store_true",
                     help="G.pt without permutation augmentation (a diagnostic: can it fit its own pairs then?)")
     args = ap.parse_args()
@@ -265,11 +271,12 @@ def main() -> None:
     net, recipe = NETS[args.net]
     zoo_cfg = {**ZOO, "name": f"bench-gpt-{args.net}", "net": net, "train": recipe,
                "zoo": {**ZOO["zoo"], "runs": args.runs, "heldout": max(1, args.runs // 10), "spacing": args.spacing}}
-    zoo_dir = WORK / "zoos" / (f"gpt-{args.net}-{args.runs}" + ("" if args.spacing == "linear" else f"-{args.spacing}"))
+    zoo_dir = zoo_folder(args.net, args.runs, args.spacing)
     t0 = time.time()
     build_zoo(parse_config(zoo_cfg, "zoo"), zoo_dir)
     zoo_seconds = time.time() - t0
     zoo = Zoo.open(zoo_dir)
+    judge_zoo = zoo if args.judge_runs in (None, args.runs) else judging_zoo(zoo_cfg, zoo, args)
     zoo_info = {"runs": args.runs, "heldout": max(1, args.runs // 10), "members": len(zoo.members(None)),
                 "build_seconds": zoo_seconds, "spacing": args.spacing, "net": args.net}
     results = []
@@ -297,8 +304,9 @@ def main() -> None:
                                    + ("-canonical" if extra and args.canonical else ""))
         gen, stats = fit_or_reuse(cfg, zoo, run_dir, args.reuse)
         t1 = time.time()
-        judged = judge(gen, zoo, metric)
+        judged = judge(gen, judge_zoo, metric, args.starts)
         results.append({"method": method, "metric": metric, "steps": args.steps, "zoo": zoo_info, "fit": stats,
+                        "judged_on_runs": args.judge_runs if judge_zoo is not zoo else None,
                         "prediction": cfg.generator.diffusion.prediction,
                         "preconditioning": getattr(cfg.generator, "preconditioning", None),
                         "permutation_augmentation": getattr(cfg.generator, "permutation_augmentation", None),
@@ -309,6 +317,33 @@ def main() -> None:
         print(f"   R² {judged['r2']:.3f}; one step matches SGD's {judged['sgd_steps_matched_median']} steps (median); "
               f"recursive {[round(v, 4) for v in judged['recursive_mean']]}", flush=True)
         write(args, zoo_info, results, started)
+
+
+def zoo_folder(net: str, runs: int, spacing: str):
+    return WORK / "zoos" / (f"gpt-{net}-{runs}" + ("" if spacing == "linear" else f"-{spacing}"))
+
+
+def judging_zoo(zoo_cfg: dict, zoo: Zoo, args) -> Zoo:
+    """The ``--judge-runs`` zoo (built if missing): the same recipe with more runs, whose first runs are
+    ``zoo``'s (each run's seed is its index). Its judged held-out runs must be ones ``zoo``'s generator never
+    trained on."""
+    cfg = {**zoo_cfg, "zoo": {**zoo_cfg["zoo"], "runs": args.judge_runs, "heldout": max(1, args.judge_runs // 10)}}
+    path = zoo_folder(args.net, args.judge_runs, args.spacing)
+    build_zoo(parse_config(cfg, "zoo"), path)
+    other = Zoo.open(path)
+    seen = {m.run for m in zoo.members("train")}
+    judged = {ms[0].run for ms in heldout_runs(other, args.starts)}
+    if judged & seen:
+        raise SystemExit(f"--judge-runs {args.judge_runs}: held-out runs {sorted(judged & seen)} of {path} are training "
+                         f"runs of {zoo.root}; judge on a larger zoo")
+    return other
+
+
+def judged_on(row: dict) -> str:
+    """The zoo runs column: the fitted zoo's size, and where the judged starts came from if not its own."""
+    runs, starts = str(row["zoo"]["runs"]), len(row["judged"]["per_start"])
+    return (runs + (f" (judged on the {row['judged_on_runs']}-run zoo's held-out runs)" if row.get("judged_on_runs") else "")
+            + (f" ({starts} held-out starts)" if starts != min(JUDGED_RUNS, max(1, row["zoo"]["runs"] // 10)) else ""))
 
 
 def net_of(row: dict) -> str:
@@ -347,7 +382,7 @@ def write(args, zoo_info: dict, results: list[dict], started: float) -> None:
     """JSON, plot and docs section, rewritten after each setting; settings measured by an earlier
     invocation are kept, one row per setting, zoo size and steps: a learning curve."""
     key = lambda r: (r["method"], r["metric"], net_of(r), r["zoo"]["runs"], r["steps"], spacing_of(r),  # noqa: E731
-                     pairs_of(r), prediction_of(r))
+                     pairs_of(r), prediction_of(r), r.get("judged_on_runs"), len(r["judged"]["per_start"]))
     results = keep_earlier("gpt_prompt", results, key, fill=("steps", "zoo"))
     results.sort(key=lambda r: (net_of(r), SETTINGS.index(f"{r['method']} {r['metric']}"), r["zoo"]["runs"], spacing_of(r),
                                 str(pairs_of(r)), prediction_of(r), r["steps"]))
@@ -362,7 +397,7 @@ def write(args, zoo_info: dict, results: list[dict], started: float) -> None:
         j = r["judged"]
         ps = j["per_start"]
         lines.append(
-            f"| {r['method']} | {r['metric']} | {net_of(r)} | {r['zoo']['runs']} | {spacing_of(r)} | {pairs_of(r) or '–'} | {prediction_of(r)} | {r['steps']} | {j['r2']:.3f} | {fmt((j.get('mid_start') or {}).get('r2'), '.3f')} "
+            f"| {r['method']} | {r['metric']} | {net_of(r)} | {judged_on(r)} | {spacing_of(r)} | {pairs_of(r) or '–'} | {prediction_of(r)} | {r['steps']} | {j['r2']:.3f} | {fmt((j.get('mid_start') or {}).get('r2'), '.3f')} "
             f"| {fmt((j.get('train_start') or {}).get('r2'), '.3f')} | {fmt((j.get('teacher_forced') or {}).get('r2'), '.3f')} "
             f"| {j['best_train']:.4f} | {statistics.fmean(p['start'] for p in ps):.4f} "
             f"| {statistics.fmean(p['one_step'] for p in ps):.4f} | {j['sgd_steps_matched_median']} "
@@ -382,7 +417,7 @@ average pool, no BatchNorm), SGD + momentum at 0.05 (`cnn-adam`: the CNN with Ad
 from the first steps where SGD's sits at 2.31 for ~200; "SGD steps" are then Adam steps), 510 steps, 50
 checkpoints each from the initialization, at evenly spaced steps (`linear`) or at step 510 (i / 49)² (`quadratic`, ours: `zoo.spacing`; the
 loss falls from 2.3 to 0.55 in the first 52 steps, which a linear zoo samples 6 times and a quadratic one 17);
-the last 10% of the runs held out, the first {JUDGED_RUNS} of them judged (the paper had 10,728 runs).
+the last 10% of the runs held out, the first {JUDGED_RUNS} of them judged unless the runs column says otherwise (the paper had 10,728 runs).
 Zoo builds: {builds}.
 G.pt: d_model 128, 4 layers, 64-value tokens, x0 prediction as published (`v`: v prediction with theta kept in the
 output, ours: an untrained model gives the posterior mean of theta' around theta under a unit prior; `x0, posterior`:
