@@ -268,16 +268,11 @@ def main() -> None:
                     help="G.pt without permutation augmentation (a diagnostic: can it fit its own pairs then?)")
     args = ap.parse_args()
     started = time.time()
-    net, recipe = NETS[args.net]
-    zoo_cfg = {**ZOO, "name": f"bench-gpt-{args.net}", "net": net, "train": recipe,
-               "zoo": {**ZOO["zoo"], "runs": args.runs, "heldout": max(1, args.runs // 10), "spacing": args.spacing}}
-    zoo_dir = zoo_folder(args.net, args.runs, args.spacing)
     t0 = time.time()
-    build_zoo(parse_config(zoo_cfg, "zoo"), zoo_dir)
+    zoo_cfg, zoo = built_zoo(args.net, args.runs, args.spacing)
     zoo_seconds = time.time() - t0
-    zoo = Zoo.open(zoo_dir)
-    judge_zoo = zoo if args.judge_runs in (None, args.runs) else judging_zoo(zoo_cfg, zoo, args)
-    zoo_info = {"runs": args.runs, "heldout": max(1, args.runs // 10), "members": len(zoo.members(None)),
+    judge_zoo = zoo if args.judge_runs in (None, args.runs) else judging_zoo(zoo, args)
+    zoo_info = {"runs": args.runs, "heldout": heldout_count(args.runs), "members": len(zoo.members(None)),
                 "build_seconds": zoo_seconds, "spacing": args.spacing, "net": args.net}
     results = []
     for setting in SETTINGS:
@@ -319,22 +314,30 @@ def main() -> None:
         write(args, zoo_info, results, started)
 
 
-def zoo_folder(net: str, runs: int, spacing: str):
-    return WORK / "zoos" / (f"gpt-{net}-{runs}" + ("" if spacing == "linear" else f"-{spacing}"))
+def heldout_count(runs: int) -> int:
+    """The last 10% of a zoo's runs are held out (at least one)."""
+    return max(1, runs // 10)
 
 
-def judging_zoo(zoo_cfg: dict, zoo: Zoo, args) -> Zoo:
-    """The ``--judge-runs`` zoo (built if missing): the same recipe with more runs, whose first runs are
-    ``zoo``'s (each run's seed is its index). Its judged held-out runs must be ones ``zoo``'s generator never
-    trained on."""
-    cfg = {**zoo_cfg, "zoo": {**zoo_cfg["zoo"], "runs": args.judge_runs, "heldout": max(1, args.judge_runs // 10)}}
-    path = zoo_folder(args.net, args.judge_runs, args.spacing)
+def built_zoo(net: str, runs: int, spacing: str) -> tuple[dict, Zoo]:
+    """The trajectory zoo of ``runs`` runs of ``net`` (its config and the zoo, built if missing or unfinished)."""
+    model, recipe = NETS[net]
+    cfg = {**ZOO, "name": f"bench-gpt-{net}", "net": model, "train": recipe,
+           "zoo": {**ZOO["zoo"], "runs": runs, "heldout": heldout_count(runs), "spacing": spacing}}
+    path = WORK / "zoos" / (f"gpt-{net}-{runs}" + ("" if spacing == "linear" else f"-{spacing}"))
     build_zoo(parse_config(cfg, "zoo"), path)
-    other = Zoo.open(path)
+    return cfg, Zoo.open(path)
+
+
+def judging_zoo(zoo: Zoo, args) -> Zoo:
+    """The ``--judge-runs`` zoo (built if missing): the same recipe with more runs, whose first runs are
+    ``zoo``'s (run i is seeded with the zoo's seed + i). Its judged held-out runs must be ones ``zoo``'s
+    generator never trained on."""
+    _, other = built_zoo(args.net, args.judge_runs, args.spacing)
     seen = {m.run for m in zoo.members("train")}
     judged = {ms[0].run for ms in heldout_runs(other, args.starts)}
     if judged & seen:
-        raise SystemExit(f"--judge-runs {args.judge_runs}: held-out runs {sorted(judged & seen)} of {path} are training "
+        raise SystemExit(f"--judge-runs {args.judge_runs}: held-out runs {sorted(judged & seen)} of {other.root} are training "
                          f"runs of {zoo.root}; judge on a larger zoo")
     return other
 
@@ -343,7 +346,7 @@ def judged_on(row: dict) -> str:
     """The zoo runs column: the fitted zoo's size, and where the judged starts came from if not its own."""
     runs, starts = str(row["zoo"]["runs"]), len(row["judged"]["per_start"])
     return (runs + (f" (judged on the {row['judged_on_runs']}-run zoo's held-out runs)" if row.get("judged_on_runs") else "")
-            + (f" ({starts} held-out starts)" if starts != min(JUDGED_RUNS, max(1, row["zoo"]["runs"] // 10)) else ""))
+            + (f" ({starts} held-out starts)" if starts != min(JUDGED_RUNS, heldout_count(row["zoo"]["runs"])) else ""))
 
 
 def net_of(row: dict) -> str:
