@@ -382,7 +382,7 @@ def test_learns_a_single_state(same_state_zoo, prediction):
     path, state = same_state_zoo
     z = Zoo.open(path)
     try:
-        spec = _spec(d_model=32, unet_channels=[16, 32], steps=500, lr=1e-2, batch_size=3, tokens_per_step=39,
+        spec = _spec(d_model=32, unet_channels=[16, 32], steps=1000, lr=1e-2, batch_size=3, tokens_per_step=39,
                      diffusion={"timesteps": 1000, "prediction": prediction})
         gen = RPG.from_zoo(spec, z, TOKENS16)
         assert len(gen.runs) == 3
@@ -397,10 +397,13 @@ def test_learns_a_single_state(same_state_zoo, prediction):
         after = error()
     finally:
         z.close()
-    # Tokens are standardized per tensor: always answering the mean (0) scores ~1, and 0.1 is a
-    # tenth of the values' variance. The untrained generator is worse than the mean (its zero
-    # output means x0 = x_t / sqrt(abar) for epsilon, x0 = sqrt(abar) x_t for v).
-    assert before > 1 and after < 0.1, (before, after)
+    # Tokens are standardized per tensor: always answering the mean (0) scores ~1, and 0.2 is a
+    # fifth of the values' variance. The untrained generator is worse than the mean (its zero
+    # output means x0 = x_t / sqrt(abar) for epsilon, x0 = sqrt(abar) x_t for v). The bound and
+    # the 1,000 steps leave room for the fit's chaos: 500 steps and a bound of 0.1 failed for
+    # epsilon on another CPU (1.63), and over fit seeds 0-4 at 1,000 steps epsilon reached 0.024-0.106
+    # and v 0.028-0.050 (an informal sweep, 2026-11-27).
+    assert before > 1 and after < 0.2, (before, after)
 
 
 # -- bad input ------------------------------------------------------------------------------------
