@@ -56,6 +56,9 @@ GENERATORS = {
     # permutations of the 32 hidden units by construction, instead of learning it from augmentation,
     # which kept the published model from fitting at this compute.
     "gpt-units": {"method": "gpt", "architecture": "units", "d_model": 128, "layers": 4, "heads": 4, "batch_size": 64},
+    # ... with the weights between two hidden layers as edges between unit tokens (ours, `architecture: graph`):
+    # exactly equivariant for the CNN [16, 32] too, where `units` is not (on the MLP [32] it is `units`).
+    "gpt-graph": {"method": "gpt", "architecture": "graph", "d_model": 128, "layers": 4, "heads": 4, "batch_size": 64},
     # RPG conditioned on the metric alone (ours, as the issue asks): the same zoo, x0 prediction.
     "rpg": {"method": "rpg", "d_model": 128, "layers": 2, "batch_size": 16, "tokens_per_step": 16,
             "condition": "metric", "diffusion": {"prediction": "sample"}},
@@ -73,7 +76,7 @@ GENERATORS = {
                "teacher_noise": 0.2, "ema": 0.999, "lr_schedule": "cosine"},
 }
 SETTINGS = ["gpt test_loss", "gpt test_error", "gpt-L test_loss", "gpt-units test_loss", "gpt-units test_error",
-            "rpg test_loss", "rpg-v test_loss", "rpg-tn test_loss"]
+            "gpt-graph test_loss", "gpt-graph test_error", "rpg test_loss", "rpg-v test_loss", "rpg-tn test_loss"]
 PROMPTS, ROUNDS, DDIM_STEPS = 20, 5, 50
 # G.pt is judged from each held-out run's initialization (as published; the targets). A second
 # start, the run's first checkpoint at or after SGD step 100 (the 11th of a linear zoo), tells
@@ -366,6 +369,8 @@ def pairs_of(row: dict) -> str | None:
     if row.get("balance_targets"):
         text += f", targets balanced over {row['balance_targets']} bins"
     units = row["method"] == "gpt-units"
+    if row["method"] == "gpt-graph":  # exact at any depth: augmentation always skipped
+        return text + ", units and edges" + (", canonical order" if row["fit"].get("canonical_order") else "")
     if row["fit"].get("canonical_order"):
         return text + (", units" if units else "") + ", canonical order"
     if units:
@@ -435,7 +440,10 @@ the same transformer reading one token per hidden unit (its input row, bias and 
 the noisy theta'; `architecture: units`, ours), equivariant to permutations of the hidden units by
 construction for a net with one hidden layer (`mlp`), so augmentation is redundant and skipped
 ("equivariant units" in the pairs column); on `cnn` [16, 32] the weights between the two conv layers break
-that, and augmentation stays on. `rpg`: RPG conditioned on the metric alone (`condition: metric`, ours),
+that, and augmentation stays on. `gpt-graph`: `gpt-units` with each weight between two hidden layers an edge
+between a unit of each, not part of either unit token (`architecture: graph`, ours): before each transformer
+block every edge (32 wide) is updated from itself and its two units and every unit adds the mean of its edges,
+so the model is exactly equivariant on `cnn` [16, 32] too ("units and edges"). `rpg`: RPG conditioned on the metric alone (`condition: metric`, ours),
 d_model 128, x0 prediction, the table's steps x 16 checkpoints x 16 tokens; `rpg-v`: the same with v prediction, a
 causal transformer, EMA 0.999 and a cosine lr (the unseen-task recipe); `rpg-tn`: x0, Mamba, each token's
 prototype reading the tokens before it (`recurrent_input: tokens`, autoregressive at sampling) noised in training

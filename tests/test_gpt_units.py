@@ -1,6 +1,7 @@
-"""G.pt over hidden-unit tokens (``gpt.architecture: units``, weightgen/generators/gpt_units.py):
-every value in exactly the tokens it should be, exact equivariance to permuting hidden units
-where claimed (and augmentation kept where not), the identity at init, refusals, fit/sample/save."""
+"""G.pt over hidden-unit tokens (``gpt.architecture: units``, and ``graph`` with the weights between
+two hidden layers as edges; weightgen/generators/gpt_units.py): every value in exactly the tokens it
+should be, exact equivariance to permuting hidden units where claimed (and augmentation kept where
+not), the identity at init, refusals, fit/sample/save."""
 from __future__ import annotations
 
 import pytest
@@ -43,7 +44,9 @@ NETS = {
     "cnn-batchnorm": ("cnn", lambda s: build_net("cnn", (1, 8, 8), 10, seed=s, channels=[4], batchnorm=True)),
     "cnn-flatten-head": ("cnn", lambda s: _seeded(s, FlattenCNN)),
     "mlp-two-hidden": ("mlp", lambda s: build_net("mlp", (1, 8, 8), 10, seed=s, hidden=[8, 6])),
+    "cnn-two-conv": ("cnn", lambda s: build_net("cnn", (1, 8, 8), 10, seed=s, channels=[4, 6])),
 }
+SHARED = {"mlp-two-hidden", "cnn-two-conv"}  # a weight between two hidden layers
 
 
 def _units_gen(key: str, include: list[str] | None = None, normalize: str = "tensor", **spec):
@@ -63,25 +66,34 @@ def _randomize(module: nn.Module) -> None:
             p.normal_(0, 0.1, generator=torch.Generator().manual_seed(p.numel()))
 
 
+@pytest.mark.parametrize("architecture", ["units", "graph"])
 @pytest.mark.parametrize("key", list(NETS))
-def test_every_value_is_in_a_token_and_padding_in_none(key):
-    gen, _, _ = _units_gen(key)
+def test_every_value_is_in_a_token_and_padding_in_none(key, architecture):
+    gen, states, _ = _units_gen(key, architecture=architecture)
     units = gen.net.units
     held = torch.zeros_like(units.counts)
-    for idx in units.unit_indices():
+    for idx in units.unit_indices() + units.edge_indices():
         held.index_add_(0, idx.flatten(), torch.ones(idx.numel()))
     loose = units.loose_index[units.loose_real.bool()]
     held.index_add_(0, loose, torch.ones(len(loose)))
     real = gen.tokenizer.mask.flatten()
     assert (held[real] >= 1).all() and (held[~real] == 0).all()
     shared = (held > 1).any()
-    assert bool(shared) == (key == "mlp-two-hidden")  # only a weight between two hidden layers sits twice
+    # Only a weight between two hidden layers sits twice, and as edges it sits once.
+    assert bool(shared) == (key in SHARED and architecture == "units")
+    edges = [tuple(i.shape) for i in units.edge_indices()]
+    if architecture == "graph" and key in SHARED:  # (units of the first layer, of the second, values per edge)
+        assert edges == ([(8, 6, 1)] if key == "mlp-two-hidden" else [(4, 6, 9)])
+    else:
+        assert edges == []
 
 
-@pytest.mark.parametrize("key,exact", [("mlp", True), ("cnn-batchnorm", True), ("cnn-flatten-head", True),
-                                       ("mlp-two-hidden", False)])
-def test_equivariant_to_permuting_hidden_units_where_exact(key, exact):
-    gen, states, name = _units_gen(key)
+@pytest.mark.parametrize("key,architecture,exact", [
+    ("mlp", "units", True), ("cnn-batchnorm", "units", True), ("cnn-flatten-head", "units", True),
+    ("mlp-two-hidden", "units", False), ("cnn-two-conv", "units", False),
+    ("mlp-two-hidden", "graph", True), ("cnn-two-conv", "graph", True), ("cnn-batchnorm", "graph", True)])
+def test_equivariant_to_permuting_hidden_units_where_exact(key, architecture, exact):
+    gen, states, name = _units_gen(key, architecture=architecture)
     _randomize(gen.net)
     tok = gen.tokenizer
     groups = hidden_groups(name, {k: v.shape for k, v in states[0].items()})
@@ -106,13 +118,14 @@ def test_equivariant_to_permuting_hidden_units_where_exact(key, exact):
     assert not torch.allclose(tok.tensors(out)[tok.names[0]], expected[tok.names[0]])  # the permutation moved it
 
 
-def test_untrained_units_model_predicts_the_start():
-    gen, states, _ = _units_gen("mlp")
+@pytest.mark.parametrize("key,architecture", [("mlp", "units"), ("cnn-two-conv", "graph")])
+def test_untrained_units_model_predicts_the_start(key, architecture):
+    gen, states, _ = _units_gen(key, architecture=architecture)
     tok = gen.tokenizer
     start, target = tok.tokenize_batch(states[:2]), tok.tokenize_batch(states[2:])
     with torch.no_grad():
         pred = gen.net(target + torch.randn(target.shape), torch.tensor([3, 17]), start, torch.ones(2), torch.zeros(2))
-    assert torch.equal(pred, start)  # zero heads, loose ones included: no update
+    assert torch.equal(pred, start)  # zero heads, loose and edge ones included: no update
 
 
 def test_a_partly_generated_net_uses_the_generated_values_only():
@@ -135,12 +148,14 @@ def test_refusals_name_the_fix():
         parse_config({**tiny_cfg(), "generator": {**UNITS, "architecture": "neurons"}})
 
 
-def test_learns_an_update_that_treats_units_alike():
+@pytest.mark.parametrize("key,architecture", [("mlp", "units"), ("mlp-two-hidden", "graph")])
+def test_learns_an_update_that_treats_units_alike(key, architecture):
     """theta' = 0.5 theta + 0.1 in every entry: an update that commutes with permutations, so the
-    units model can learn it from the units' own values (within a short fit)."""
-    gen, _, name = _units_gen("mlp", d_model=32, heads=4, steps=150, lr=2e-3, batch_size=8, weight_decay=0.0,
-                              diffusion={"timesteps": 100, "prediction": "sample"})
-    starts = [build_net("mlp", (1, 8, 8), 10, seed=10 + s, hidden=[8]).state_dict() for s in range(8)]
+    units model can learn it from the units' own values, and the graph model from its edges' too
+    (within a short fit)."""
+    gen, _, name = _units_gen(key, d_model=32, heads=4, steps=150, lr=2e-3, batch_size=8, weight_decay=0.0,
+                              diffusion={"timesteps": 100, "prediction": "sample"}, architecture=architecture)
+    starts = [NETS[key][1](10 + s).state_dict() for s in range(8)]
     laters = [{k: 0.5 * v + 0.1 for k, v in s.items()} for s in starts]
     tok = gen.tokenizer
     stacked = {k: torch.stack([s[k] for s in starts + laters]) for k in tok.names}
@@ -149,14 +164,21 @@ def test_learns_an_update_that_treats_units_alike():
     noisy = gen.diffusion.train_scheduler.add_noise(target, torch.randn(target.shape, generator=torch.Generator()
                                                                         .manual_seed(0)), t)
 
-    def error(pred: torch.Tensor) -> float:
-        return float(((pred - target) ** 2 * tok.mask).sum() / (len(pred) * tok.mask.sum()))
+    def error(pred: torch.Tensor, where: torch.Tensor) -> float:
+        return float(((pred - target) ** 2 * where).sum() / (len(pred) * where.sum()))
 
-    identity = error(theta)
+    everywhere = tok.mask.float()
+    edges = torch.zeros(tok.mask.numel())  # the weight between the two hidden layers, if edges
+    for idx in gen.net.units.edge_indices():
+        edges[idx.flatten()] = 1
+    edges = edges.view_as(everywhere)
+    assert bool(edges.any()) == (architecture == "graph")
+    identity = [error(theta, w) for w in (everywhere, edges) if w.any()]
     gen.fit_pairs(stacked, torch.tensor([1.0] * 8 + [0.2] * 8), [[i, i + 8] for i in range(8)], show_progress=False)
     with torch.no_grad():
-        fitted = error(gen.net.eval()(noisy, t, theta, torch.ones(8), torch.full((8,), 0.2)))
-    assert fitted < 0.2 * identity, (identity, fitted)
+        pred = gen.net.eval()(noisy, t, theta, torch.ones(8), torch.full((8,), 0.2))
+    fitted = [error(pred, w) for w in (everywhere, edges) if w.any()]
+    assert all(f < 0.2 * i for f, i in zip(fitted, identity)), (identity, fitted)
 
 
 def test_fit_sample_save_load_on_a_trajectory_zoo(trajectory_zoo_dir, tmp_path):

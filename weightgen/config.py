@@ -348,8 +348,10 @@ class GPTSpec(StrictModel):
     # weightgen/generators/gpt_units.py): one token per hidden unit with every value it indexes,
     # the units of a layer sharing encoder and head and carrying no position, so the model is
     # equivariant to permuting hidden units by construction (mlp and cnn nets; permutation
-    # augmentation is then redundant and skipped).
-    architecture: Literal["chunks", "units"] = "chunks"
+    # augmentation is then redundant and skipped). ``graph`` (ours, same file): ``units`` with the weights
+    # between two hidden layers as edges between their unit tokens (message passing), so the model stays
+    # exactly equivariant with several hidden layers (the digits CNN [16, 32]); with one, it is ``units``.
+    architecture: Literal["chunks", "units", "graph"] = "chunks"
     # The same random permutation of hidden units applied to theta and theta' (mlp and cnn nets).
     permutation_augmentation: bool = True
     # Ours: instead of a random permutation, the one that sorts theta's hidden units of each layer

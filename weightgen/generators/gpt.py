@@ -27,7 +27,9 @@ prior puts noise back into short late updates at mid noise): x0 with its residua
 
 ``architecture: units`` (ours, weightgen/generators/gpt_units.py) swaps the per-chunk encoders,
 positions and heads for one token per hidden unit, equivariant to permuting hidden units by
-construction (exactly so for one hidden layer); the rest of this module is shared.
+construction (exactly so for one hidden layer); ``architecture: graph`` (ours, same file) adds the
+weights between two hidden layers as edges between unit tokens, exact at any depth; the rest of
+this module is shared.
 
 Permutation augmentation (``weightgen.nets.permute``): each pair gets a random
 permutation of hidden units, the same for theta and theta'. It is applied to the
@@ -188,7 +190,7 @@ class GPT(Generator):
         # The permutable hidden layers, found now so that an unsupported net fails before any fitting.
         # Where the units architecture is exactly equivariant to them, augmenting would change nothing
         # but the cost (weightgen/generators/gpt_units.py).
-        units = self.unit_index() if s.architecture == "units" else None
+        units = self.unit_index() if s.architecture in ("units", "graph") else None
         exact = units is not None and units.exact
         # With canonical_order the same groups are sorted instead of shuffled.
         self.groups = (self.permutation_groups() if s.canonical_order or (s.permutation_augmentation and not exact)
@@ -211,22 +213,23 @@ class GPT(Generator):
         self.metric_range = tuple(r) if r is not None else None
 
     def unit_index(self) -> UnitIndex:
-        """Unit tokens for ``architecture: units``: every hidden layer of the net (a value of it that
-        is not generated is simply not in its units' tokens)."""
+        """Unit tokens for ``architecture: units`` and ``graph``: every hidden layer of the net (a value
+        of it that is not generated is simply not in its units' tokens); with ``graph``, the weights
+        between two hidden layers as edges."""
         if self.tokenizer.normalize == "element":
-            raise GeneratorError("gpt architecture 'units' needs one normalization per tensor "
+            raise GeneratorError(f"gpt architecture '{self.spec.architecture}' needs one normalization per tensor "
                                  "(tokenizer.normalize: tensor or none): per-element statistics differ between "
                                  "hidden units, so the model could not treat them alike; got 'element'")
         shapes = {k: shape for k, (shape, _) in self.layout.items()}
         try:
             groups = hidden_groups(self.net_build.get("name", "?"), shapes)
         except ValueError as e:
-            raise GeneratorError(str(e).replace("permutation augmentation", "gpt architecture 'units'")
+            raise GeneratorError(str(e).replace("permutation augmentation", f"gpt architecture '{self.spec.architecture}'")
                                  .replace("generator.permutation_augmentation: false",
                                           "generator.architecture: chunks")) from None
-        index = UnitIndex(self.tokenizer, groups)
+        index = UnitIndex(self.tokenizer, groups, edges=self.spec.architecture == "graph")
         if not index.units:
-            raise GeneratorError("gpt architecture 'units': no generated tensor belongs to a hidden unit "
+            raise GeneratorError(f"gpt architecture '{self.spec.architecture}': no generated tensor belongs to a hidden unit "
                                  f"(generated: {', '.join(self.tokenizer.names)}); use architecture: chunks")
         return index
 

@@ -20,7 +20,15 @@ Exact for a net with one hidden layer (the digits MLP [32] of the trajectory ben
 several, a weight between two hidden layers sits in a unit token of each (its prediction is the
 mean of the two), and inside a token its values are in the order of the *other* layer's units:
 the model is then not equivariant to that layer's permutations, and permutation augmentation
-(if configured) stays on. A graph metanetwork's message passing would remove that; not built.
+(if configured) stays on.
+
+``architecture: graph`` (ours) removes that, as graph metanetworks do: a weight between two hidden
+layers is an *edge* between a unit of each (one edge per pair of units, holding its kernel values
+of theta' and theta), not part of either unit token. Before every transformer block each edge is
+updated from itself and its two units, and each unit adds the mean of its edges; each edge gets
+its own output head. Means over edges and shared edge weights keep the model exactly equivariant
+at any depth (the digits CNN [16, 32]: conv2's 32 x 16 kernels are 512 edges). Without such a
+weight (one hidden layer) ``graph`` is ``units``.
 
 Every value is gathered from, and scattered back to, the shared tokenizer's token grid
 ``(T, W)``, so diffusion, loss, masks and sampling stay those of G.pt. The equivariance needs
@@ -58,24 +66,35 @@ class UnitIndex:
     hold each grid position (0 on padding), to average a value predicted twice.
     """
 
-    def __init__(self, tokenizer: Tokenizer, groups: list[HiddenGroup]):
+    def __init__(self, tokenizer: Tokenizer, groups: list[HiddenGroup], edges: bool = False):
         offsets = value_offsets(tokenizer)
         shapes = {s.name: s.shape for s in tokenizer.segments}
         grid = tokenizer.num_tokens * tokenizer.width
         covered = torch.zeros(grid, dtype=torch.long)
+
+        def positions(name: str) -> torch.Tensor:
+            return offsets[name] + torch.arange(math.prod(shapes[name])).view(shapes[name])
+
+        generated = [[a for a in g.axes if not a.buffer and a.name in shapes] for g in groups]
+        shared = self._shared(generated) if edges else {}
         self.units: list[torch.Tensor] = []
-        for group in groups:
-            parts = []
-            for axis in group.axes:
-                if axis.buffer or axis.name not in shapes:
-                    continue
-                shape = shapes[axis.name]
-                pos = offsets[axis.name] + torch.arange(math.prod(shape)).view(shape)
-                parts.append(pos.movedim(axis.dim, 0).reshape(group.size, -1))  # a unit's block stays together
+        unit_of_group: dict[int, int] = {}
+        for g, (group, axes) in enumerate(zip(groups, generated)):
+            # a unit's block stays together
+            parts = [positions(a.name).movedim(a.dim, 0).reshape(group.size, -1) for a in axes if a.name not in shared]
             if parts:
                 index = torch.cat(parts, 1)
+                unit_of_group[g] = len(self.units)
                 self.units.append(index)
                 covered.index_add_(0, index.flatten(), torch.ones(index.numel(), dtype=torch.long))
+        # ``edges[s]``: (unit group a, unit group b, ``(n_a, n_b, K)`` grid positions of the K values
+        # joining unit i of a to unit j of b).
+        self.edges: list[tuple[int, int, torch.Tensor]] = []
+        for name, ((ga, a), (gb, b)) in shared.items():
+            index = positions(name).movedim((a.dim, b.dim), (0, 1))
+            index = index.reshape(index.shape[0], index.shape[1], -1)
+            self.edges.append((unit_of_group[ga], unit_of_group[gb], index))
+            covered.index_add_(0, index.flatten(), torch.ones(index.numel(), dtype=torch.long))
         real = tokenizer.mask.flatten()
         rest = torch.nonzero(real & (covered == 0)).flatten()
         width = tokenizer.width
@@ -87,6 +106,41 @@ class UnitIndex:
         # Exactly equivariant only when no value sits in two units' tokens: a weight between two
         # hidden layers lies, inside each layer's unit token, in the order of the other layer's units.
         self.exact = bool((covered <= 1).all())
+
+    @staticmethod
+    def _shared(generated: list[list]) -> dict[str, tuple]:
+        """Tensors indexed by the units of two groups (a weight between two hidden layers), one unit
+        value per entry, whose two groups also own values of their own: ``name -> ((g_a, axis_a),
+        (g_b, axis_b))``. Edges hang between unit tokens, so a group with nothing else stays as in ``units``."""
+        owners: dict[str, list] = {}
+        for g, axes in enumerate(generated):
+            for a in axes:
+                owners.setdefault(a.name, []).append((g, a))
+        shared = {n: tuple(o) for n, o in owners.items() if len(o) == 2 and all(a.block == 1 for _, a in o)}
+        own = {g: {a.name for a in axes} - set(shared) for g, axes in enumerate(generated)}
+        return {n: o for n, o in shared.items() if all(own[g] for g, _ in o)}
+
+
+class EdgeBlock(nn.Module):
+    """One round of messages between the edges of one weight tensor and its two layers' units:
+    each edge is updated from itself and its two units, then each unit adds the mean of its edges
+    (a mean, so the result does not depend on the order of the units, nor on how many there are).
+    Edges are ``d_edge`` wide, narrower than the units' ``d``: there are n_a x n_b of them (512 in the
+    digits CNN), and at the units' width they cost four times the rest of the model per step."""
+
+    def __init__(self, d: int, d_edge: int):
+        super().__init__()
+        self.edge_norm, self.unit_norm = nn.LayerNorm(d_edge), nn.LayerNorm(d)
+        self.from_a, self.from_b = nn.Linear(d, d_edge), nn.Linear(d, d_edge, bias=False)
+        self.mlp = nn.Sequential(nn.Linear(d_edge, 2 * d_edge), nn.GELU(), nn.Linear(2 * d_edge, d_edge))
+        self.to_a, self.to_b = nn.Linear(d_edge, d), nn.Linear(d_edge, d)
+
+    def forward(self, e: torch.Tensor, ha: torch.Tensor, hb: torch.Tensor):
+        """``e``: ``(B, n_a, n_b, d_edge)``; ``ha``, ``hb``: ``(B, n_a, d)``, ``(B, n_b, d)``. Returns the
+        new edges and what to add to each side's units."""
+        ha_, hb_ = self.unit_norm(ha), self.unit_norm(hb)
+        e = e + self.mlp(self.edge_norm(e) + self.from_a(ha_)[:, :, None] + self.from_b(hb_)[:, None])
+        return e, self.to_a(e.mean(2)), self.to_b(e.mean(1))
 
 
 class UnitGPTNet(nn.Module):
@@ -116,9 +170,25 @@ class UnitGPTNet(nn.Module):
         layer = nn.TransformerEncoderLayer(d, heads, 4 * d, dropout=0.0, activation="gelu", batch_first=True,
                                            norm_first=True)
         self.blocks = nn.TransformerEncoder(layer, layers, norm=nn.LayerNorm(d), enable_nested_tensor=False)
+        # ``architecture: graph``: the weights between two hidden layers as edges (module docstring).
+        self.edge_pairs = [(a, b) for a, b, _ in index.edges]
+        for e, (_, _, idx) in enumerate(index.edges):
+            self.register_buffer(f"edge_index_{e}", idx, persistent=False)
+        d_edge = max(1, d // 4)
+        self.edge_in = nn.ModuleList(nn.Linear(2 * idx.shape[2], d_edge) for _, _, idx in index.edges)
+        self.edge_blocks = nn.ModuleList(nn.ModuleList(EdgeBlock(d, d_edge) for _ in index.edges)
+                                         for _ in range(layers)) if index.edges else None
+        self.edge_norm = nn.ModuleList(nn.LayerNorm(d_edge) for _ in index.edges)
+        self.edge_out = nn.ModuleList(nn.Linear(d_edge, idx.shape[2]) for _, _, idx in index.edges)
+        for head in self.edge_out:  # zero, as the unit heads
+            nn.init.zeros_(head.weight)
+            nn.init.zeros_(head.bias)
 
     def unit_indices(self) -> list[torch.Tensor]:
         return [getattr(self, f"unit_index_{g}") for g in range(self.groups)]
+
+    def edge_indices(self) -> list[torch.Tensor]:
+        return [getattr(self, f"edge_index_{e}") for e in range(len(self.edge_pairs))]
 
     def forward(self, noisy: torch.Tensor, start: torch.Tensor, scalars: torch.Tensor) -> torch.Tensor:
         """``noisy``, ``start``: ``(B, T, W)``; ``scalars``: ``(B, S, d)`` embedded metrics and
@@ -134,13 +204,29 @@ class UnitGPTNet(nn.Module):
         loose = loose.transpose(-1, -2).flatten(2)
         seq.append(torch.einsum("bli,lio->blo", loose, self.loose_in) + self.loose_pos)
         sizes.append(len(self.loose_index))
-        h = self.blocks(torch.cat(seq + [scalars], 1))
+        h = torch.cat(seq + [scalars], 1)
+        # Each edge: its K values of theta' and theta side by side, as the units' are.
+        edges = [self.edge_in[e](flat[:, idx].transpose(-1, -2).flatten(3)) for e, idx in enumerate(self.edge_indices())]
+        begins = [sum(sizes[:g]) for g in range(self.groups)]
+        for i, block in enumerate(self.blocks.layers):  # what nn.TransformerEncoder does, with edge rounds between
+            if edges:
+                delta = torch.zeros_like(h)
+                for e, (a, bb) in enumerate(self.edge_pairs):
+                    sa, sb = slice(begins[a], begins[a] + sizes[a]), slice(begins[bb], begins[bb] + sizes[bb])
+                    edges[e], da, db = self.edge_blocks[i][e](edges[e], h[:, sa], h[:, sb])
+                    delta[:, sa] += da
+                    delta[:, sb] += db
+                h = h + delta
+            h = block(h)
+        h = self.blocks.norm(h)
         out = torch.zeros(b, self.tokens * self.width, device=noisy.device, dtype=h.dtype)
         first = 0
         for g, idx in enumerate(self.unit_indices()):
             part = self.unit_out[g](h[:, first: first + sizes[g]])  # (B, n, F)
             out.index_add_(1, idx.flatten(), part.reshape(b, -1))
             first += sizes[g]
+        for e, idx in enumerate(self.edge_indices()):
+            out.index_add_(1, idx.flatten(), self.edge_out[e](self.edge_norm[e](edges[e])).reshape(b, -1))
         part = torch.einsum("bld,ldo->blo", h[:, first: first + sizes[-1]], self.loose_out) * self.loose_real
         out.index_add_(1, self.loose_index.flatten(), part.reshape(b, -1))
         return (out / self.counts).view(b, self.tokens, self.width)
