@@ -144,7 +144,7 @@ def test_refusals_name_the_fix():
     tok = Tokenizer.fit([state], token_size=16)
     with pytest.raises(GeneratorError, match="units' does not know net 'vit'.*architecture: chunks"):
         GPT(GPTSpec.model_validate(UNITS), tok, state, {"name": "vit"})
-    with pytest.raises(ConfigError, match="architecture.*'chunks'.*'units'"):
+    with pytest.raises(ConfigError, match="architecture.*'chunks'.*'units'.*'graph'"):
         parse_config({**tiny_cfg(), "generator": {**UNITS, "architecture": "neurons"}})
 
 
@@ -197,3 +197,15 @@ def test_fit_sample_save_load_on_a_trajectory_zoo(trajectory_zoo_dir, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a) and all(torch.isfinite(v).all() for v in a.values())
     net = again.build_net()
     net.load_state_dict({k: v[0] for k, v in a.items()})
+
+
+def test_graph_model_saves_and_loads_with_its_edges(tmp_path):
+    gen, states, _ = _units_gen("cnn-two-conv", architecture="graph")
+    _randomize(gen.net)
+    again = load_generator(gen.save(tmp_path / "graph"))
+    assert [tuple(i.shape) for i in again.net.units.edge_indices()] == [(4, 6, 9)]
+    tok = gen.tokenizer
+    x, start = tok.tokenize_batch(states[:2]), tok.tokenize_batch(states[2:])
+    args = torch.tensor([3, 15]), start, torch.ones(2), torch.zeros(2)
+    with torch.no_grad():
+        assert torch.equal(gen.net(x, *args), again.net(x, *args))
