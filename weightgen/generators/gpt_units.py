@@ -38,6 +38,7 @@ permuted pair is the same training example seen through permuted noise) and is n
 """
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -208,14 +209,14 @@ class UnitGPTNet(nn.Module):
         seq.append(torch.einsum("bli,lio->blo", loose, self.loose_in) + self.loose_pos)
         sizes.append(len(self.loose_index))
         h = torch.cat(seq + [scalars], 1)
+        spans = [slice(end - n, end) for n, end in zip(sizes, itertools.accumulate(sizes))]  # each group's tokens in h
         # Each edge: its K values of theta' and theta side by side, as the units' are.
         edges = [self.edge_in[e](flat[:, idx].transpose(-1, -2).flatten(3)) for e, idx in enumerate(self.edge_indices())]
-        begins = [sum(sizes[:g]) for g in range(self.groups)]
         for i, block in enumerate(self.blocks.layers):  # what nn.TransformerEncoder does, with edge rounds between
             if edges:
                 delta = torch.zeros_like(h)
                 for e, (a, bb) in enumerate(self.edge_pairs):
-                    sa, sb = slice(begins[a], begins[a] + sizes[a]), slice(begins[bb], begins[bb] + sizes[bb])
+                    sa, sb = spans[a], spans[bb]
                     edges[e], da, db = self.edge_blocks[i][e](edges[e], h[:, sa], h[:, sb])
                     delta[:, sa] += da
                     delta[:, sb] += db
@@ -223,13 +224,11 @@ class UnitGPTNet(nn.Module):
             h = block(h)
         h = self.blocks.norm(h)
         out = torch.zeros(b, self.tokens * self.width, device=noisy.device, dtype=h.dtype)
-        first = 0
         for g, idx in enumerate(self.unit_indices()):
-            part = self.unit_out[g](h[:, first: first + sizes[g]])  # (B, n, F)
+            part = self.unit_out[g](h[:, spans[g]])  # (B, n, F)
             out.index_add_(1, idx.flatten(), part.reshape(b, -1))
-            first += sizes[g]
         for e, idx in enumerate(self.edge_indices()):
             out.index_add_(1, idx.flatten(), self.edge_out[e](self.edge_norm[e](edges[e])).reshape(b, -1))
-        part = torch.einsum("bld,ldo->blo", h[:, first: first + sizes[-1]], self.loose_out) * self.loose_real
+        part = torch.einsum("bld,ldo->blo", h[:, spans[-1]], self.loose_out) * self.loose_real
         out.index_add_(1, self.loose_index.flatten(), part.reshape(b, -1))
         return (out / self.counts).view(b, self.tokens, self.width)
