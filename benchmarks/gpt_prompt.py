@@ -269,7 +269,10 @@ def main() -> None:
                          "zoo's, its held-out ones unseen): generators fitted on different zoo sizes judged from the same starts")
     ap.add_argument("--no-augmentation", action="store_true",
                     help="G.pt without permutation augmentation (a diagnostic: can it fit its own pairs then?)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (1: tiny nets, and two fits often share this 2-core machine; 2 for a lone long fit)")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     started = time.time()
     t0 = time.time()
     zoo_cfg, zoo = built_zoo(args.net, args.runs, args.spacing)
@@ -463,5 +466,4 @@ Targets: R² ≥ 0.9; one step ≥ 100 SGD steps. Plot: docs/figures/gpt_prompt.
 
 if __name__ == "__main__":
     torch.manual_seed(0)
-    torch.set_num_threads(1)  # tiny nets: threads only add contention on a shared 2-core machine
     main()
