@@ -180,3 +180,12 @@ def test_every_generator_takes_an_lr_schedule_and_names_the_allowed_ones(method)
     assert parse_config(tiny_cfg(generator={"method": method})).generator.lr_schedule == published
     msg = _error(tiny_cfg(generator={"method": method, "lr_schedule": "step"}))
     assert "generator" in msg and "lr_schedule" in msg and "'constant'" in msg and "'cosine'" in msg
+
+
+@pytest.mark.parametrize("method", ["pdiff", "rpg", "gpt"])
+def test_every_generator_takes_ema_warmup(method):
+    assert parse_config(tiny_cfg(generator={"method": method})).generator.ema_warmup is False
+    cfg = parse_config(tiny_cfg(generator={"method": method, "ema": 0.999, "ema_warmup": True}))
+    assert cfg.generator.ema_warmup is True
+    msg = _error(tiny_cfg(generator={"method": method, "ema_warmup": "sometimes"}))
+    assert f"generator.{method}.ema_warmup" in msg and "valid boolean" in msg

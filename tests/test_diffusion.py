@@ -2,6 +2,7 @@
 sampling, the 1D conv denoiser, EMA and the shared training loop."""
 from __future__ import annotations
 
+import logging
 import math
 
 import pytest
@@ -10,6 +11,7 @@ from diffusers import DDIMScheduler, DDPMScheduler
 from torch import nn
 
 from weightgen.diffusion import ConvDenoiser1d, Diffusion, make_ema, timestep_embedding, train_steps
+from weightgen.diffusion.loop import ema_decay
 
 
 def _alpha_bar(d: Diffusion, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -296,6 +298,42 @@ def test_make_ema():
     ema.update_parameters(model)
     torch.testing.assert_close(ema.module.weight, start + 0.75)
     torch.testing.assert_close(model.weight, start + 1.0)  # the model itself is untouched
+
+
+def test_ema_warmup_follows_diffusers_schedule():
+    """With warmup the n-th update (after n so far) uses min(decay, (1 + n) / (10 + n)): early
+    averages follow the model instead of its first weights; without it the decay is constant."""
+    assert ema_decay(0.999, False, 0) == 0.999
+    assert ema_decay(0.999, True, 1) == pytest.approx(2 / 11)
+    assert ema_decay(0.999, True, 100) == pytest.approx(101 / 110)
+    assert ema_decay(0.999, True, 10**6) == 0.999
+    model = nn.Linear(3, 2)
+    warm, cold = make_ema(model, 0.999, warmup=True), make_ema(model, 0.999)
+    for ema in (warm, cold):
+        ema.update_parameters(model)  # the first update copies the model
+    start = model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight += 1.0
+    for ema in (warm, cold):
+        ema.update_parameters(model)
+    torch.testing.assert_close(warm.module.weight, start + 9 / 11)  # 2/11 * start + 9/11 * (start + 1)
+    torch.testing.assert_close(cold.module.weight, start + 0.001)
+
+
+def test_a_fit_too_short_for_its_ema_is_warned_about(caplog):
+    model = nn.Linear(2, 1)
+
+    def loss_fn(step):
+        return model.weight.pow(2).sum()
+
+    with caplog.at_level(logging.WARNING, logger="weightgen.diffusion.loop"):
+        train_steps(model, loss_fn, 3, lr=0.01, ema=make_ema(model, 0.999), show_progress=False, desc="RPG")
+    assert "RPG: ema 0.999 over 3 steps" in caplog.text and "ema_warmup: true" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="weightgen.diffusion.loop"):
+        train_steps(model, loss_fn, 3, lr=0.01, ema=make_ema(model, 0.999, warmup=True), show_progress=False)
+        train_steps(model, loss_fn, 3, lr=0.01, ema=make_ema(model, 0.1), show_progress=False)
+    assert "ema" not in caplog.text
 
 
 def test_train_steps_reduces_a_quadratic_and_updates_ema():

@@ -320,3 +320,6 @@ def test_ema_is_used_saved_and_loaded(zoo, tmp_path):
     assert not torch.equal(_one(loaded, 2, seed=4, sampler="ddim", steps=5)["head.weight"], before["head.weight"])
     # and without EMA nothing of the kind is saved
     assert "ema" not in load_generator(_new(zoo).save(tmp_path / "plain")).modules()
+    # ema_warmup is part of the spec: a loaded generator averages with the schedule it was fitted with
+    assert not loaded.ema.warmup
+    assert load_generator(_new(zoo, ema=0.9, ema_warmup=True).save(tmp_path / "warm")).ema.warmup

@@ -152,6 +152,16 @@ class TokenizerSpec(StrictModel):
 LRSchedule = Literal["constant", "cosine"]
 
 
+class EMASpec(StrictModel):
+    """What every generator with an ``ema`` of its weights shares."""
+
+    # Ours, off by default (the fits in docs/results.md before it ran without): the EMA's decay
+    # follows min(ema, (1 + n) / (10 + n)) over its n updates, as diffusers' EMAModel does, so a
+    # fit of a few thousand steps at ema 0.999 samples from its late weights rather than an
+    # average still weighted toward its initialization.
+    ema_warmup: bool = False
+
+
 class DiffusionSpec(StrictModel):
     """The forward process (every published method uses T = 1000, linear betas 1e-4..2e-2)."""
 
@@ -169,7 +179,7 @@ class DiffusionSpec(StrictModel):
     temperature: float = Field(1.0, ge=0)
 
 
-class PDiffSpec(StrictModel):
+class PDiffSpec(EMASpec):
     """p-diff (Wang et al. 2024): 1D conv autoencoder with noise augmentation + latent DDPM.
 
     Defaults follow the paper and its code: input noise 0.001, latent noise 0.1 mixed as
@@ -218,7 +228,7 @@ MetricName = Literal["test_loss", "test_error", "test_accuracy", "val_loss", "va
                      "train_loss", "train_error", "train_accuracy"]
 
 
-class RPGSpec(StrictModel):
+class RPGSpec(EMASpec):
     """RPG (Wang et al. 2025, "Recurrent Diffusion for Large-Scale Parameter Generation").
 
     A recurrent model reads one input per token (its position embedding plus the
@@ -298,7 +308,7 @@ class RPGSpec(StrictModel):
         return self
 
 
-class GPTSpec(StrictModel):
+class GPTSpec(EMASpec):
     """G.pt (Peebles et al. 2022, "Learning to Learn with Generative Models of Neural Network Checkpoints").
 
     Trained on pairs (theta, theta') of checkpoints from one run of a ``trajectory`` zoo,

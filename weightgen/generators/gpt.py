@@ -200,7 +200,7 @@ class GPT(Generator):
             torch.manual_seed(0)
             self.net = GPTNet(s, self.tokenizer.num_tokens, self.tokenizer.width,
                               self.diffusion.train_scheduler.alphas_cumprod, units).to(self.device)
-        self.ema = make_ema(self.net, s.ema)
+        self.ema = make_ema(self.net, s.ema, s.ema_warmup)
 
     def modules(self) -> dict[str, nn.Module]:
         return {"net": self.net, **({"ema": self.ema} if self.ema is not None else {})}

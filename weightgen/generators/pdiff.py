@@ -103,7 +103,7 @@ class PDiff(Generator):
         self.latent_dim = math.prod(self.ae.latent_shape)
         self.denoiser = ConvDenoiser1d(1, tuple(s.denoiser_channels))
         self.diffusion = Diffusion.from_spec(s.diffusion)
-        self.ema = make_ema(self.denoiser, s.ema)
+        self.ema = make_ema(self.denoiser, s.ema, s.ema_warmup)
         self.scaler = LatentScaler(self.latent_dim)
         self.scaler.to(self.device)
         self.ae.to(self.device)

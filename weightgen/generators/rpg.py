@@ -241,7 +241,7 @@ class RPG(Generator):
             # placeholder width of 1; use_zoo rebuilds it with the real one.
             self.net = RPGNet(s, self.tokenizer.positions, self.tokenizer.width, len(self.runs),
                               self.code_length or 1).to(self.device)
-        self.ema = make_ema(self.net, s.ema)
+        self.ema = make_ema(self.net, s.ema, s.ema_warmup)
         # Real values per token (the rest is padding): masks of chosen tokens without holding a
         # (tokens x width) mask, which would cost a byte per parameter of a large network.
         self.valid = self.tokenizer.valid_counts
