@@ -269,6 +269,9 @@ def main() -> None:
                          "zoo's, its held-out ones unseen): generators fitted on different zoo sizes judged from the same starts")
     ap.add_argument("--no-augmentation", action="store_true",
                     help="G.pt without permutation augmentation (a diagnostic: can it fit its own pairs then?)")
+    ap.add_argument("--ema-warmup", action="store_true",
+                    help="G.pt's ema_warmup (ours): the EMA's decay follows min(0.999, (1 + n) / (10 + n)), so a short "
+                         "fit does not sample from an average still holding its first weights")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1: tiny nets, and two fits often share this 2-core machine; 2 for a lone long fit)")
     args = ap.parse_args()
@@ -289,7 +292,7 @@ def main() -> None:
                  "diffusion": {"prediction": args.prediction},
                  "preconditioning": args.preconditioning,
                  "permutation_augmentation": not args.no_augmentation,
-                 "canonical_order": args.canonical} if method.startswith("gpt") else {}
+                 "canonical_order": args.canonical, "ema_warmup": args.ema_warmup} if method.startswith("gpt") else {}
         cfg = parse_config({**zoo_cfg, "generator": {**GENERATORS[method], "metric": metric, "steps": args.steps,
                                                      **extra}}, setting)
         print(f"== {method} prompted by {metric}", flush=True)
@@ -302,7 +305,8 @@ def main() -> None:
                                    + ("-v" if extra and args.prediction == "v_prediction" else "")
                                    + ("-posterior" if extra and args.preconditioning == "posterior" else "")
                                    + ("-noaug" if extra and args.no_augmentation else "")
-                                   + ("-canonical" if extra and args.canonical else ""))
+                                   + ("-canonical" if extra and args.canonical else "")
+                                   + ("-emawarmup" if extra and args.ema_warmup else ""))
         gen, stats = fit_or_reuse(cfg, zoo, run_dir, args.reuse)
         t1 = time.time()
         judged = judge(gen, judge_zoo, metric, args.starts)
@@ -312,7 +316,8 @@ def main() -> None:
                         "preconditioning": getattr(cfg.generator, "preconditioning", None),
                         "permutation_augmentation": getattr(cfg.generator, "permutation_augmentation", None),
                         "pairs": args.pairs if extra else None, "balance_targets": args.balance if extra else None,
-                        "lr_schedule": cfg.generator.lr_schedule, "judge_seconds": time.time() - t1, "judged": judged,
+                        "lr_schedule": cfg.generator.lr_schedule, "ema_warmup": getattr(cfg.generator, "ema_warmup", None),
+                        "judge_seconds": time.time() - t1, "judged": judged,
                         "targets": {"r2_ge_0.9": judged["r2"] >= 0.9,
                                     "one_step_ge_100_sgd_steps": judged["sgd_steps_matched_median"] >= 100}})
         print(f"   R² {judged['r2']:.3f}; one step matches SGD's {judged['sgd_steps_matched_median']} steps (median); "
@@ -371,6 +376,8 @@ def pairs_of(row: dict) -> str | None:
     text = f"{row.get('pairs', 'uniform_pair')}, {row.get('lr_schedule', 'constant')}"
     if row.get("balance_targets"):
         text += f", targets balanced over {row['balance_targets']} bins"
+    if row.get("ema_warmup"):
+        text += ", EMA warmup"
     units = row["method"] == "gpt-units"
     if row["method"] == "gpt-graph":  # exact at any depth: augmentation always skipped
         return text + ", units and edges" + (", canonical order" if row["fit"].get("canonical_order") else "")
@@ -438,7 +445,9 @@ pairs drawn as the table's `pairs` says (`uniform_gap`: a run, a gap, then a sta
 initialization-to-trained pair is as likely as a one-checkpoint step; `uniform_pair`: every pair alike, which
 makes gap g of a 50-checkpoint run (50 - g) times likelier than gap 49: the rows from before
 `gpt.pair_sampling`) and at the table's learning-rate schedule (`cosine` to 0 with gradients clipped at 0.75, as
-the released MNIST config; `constant` with a clip of 1.0, the rows from before that default); one generator per metric; `gpt-L`: 512 wide, 8 layers, 8 heads, batch 128 (sized for a GPU); `gpt-units`:
+the released MNIST config; `constant` with a clip of 1.0, the rows from before that default); sampled from an EMA
+(0.999) of the weights, its decay warmed up as min(0.999, (1 + n) / (10 + n)) where the pairs column says `EMA warmup`
+(`ema_warmup`, ours); one generator per metric; `gpt-L`: 512 wide, 8 layers, 8 heads, batch 128 (sized for a GPU); `gpt-units`:
 the same transformer reading one token per hidden unit (its input row, bias and output column, of theta and
 the noisy theta'; `architecture: units`, ours), equivariant to permutations of the hidden units by
 construction for a net with one hidden layer (`mlp`), so augmentation is redundant and skipped

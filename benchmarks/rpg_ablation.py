@@ -33,6 +33,14 @@ VARIANTS = [  # name, generator changes, token size
     ("token size 256", {"tokens_per_step": 4}, 256),
     ("recurrent input tokens", {"recurrent_input": "tokens"}, BASE_TOKEN_SIZE),
     ("ours: x0 prediction", {"diffusion": {"prediction": "sample"}}, BASE_TOKEN_SIZE),
+    # ... with an EMA (0.999) of the weights sampled and a cosine lr, the recipe of the whole-network
+    # GPU fits, at this short budget: without warmup the average still holds the first steps' weights;
+    # with ema_warmup (ours) its decay follows min(0.999, (1 + n) / (10 + n)).
+    ("ours: x0 + cosine lr", {"diffusion": {"prediction": "sample"}, "lr_schedule": "cosine"}, BASE_TOKEN_SIZE),
+    ("ours: x0 + cosine lr + EMA 0.999", {"diffusion": {"prediction": "sample"}, "lr_schedule": "cosine",
+                                          "ema": 0.999}, BASE_TOKEN_SIZE),
+    ("ours: x0 + cosine lr + EMA 0.999 with warmup", {"diffusion": {"prediction": "sample"}, "lr_schedule": "cosine",
+                                                      "ema": 0.999, "ema_warmup": True}, BASE_TOKEN_SIZE),
     # Recurrent input again, on top of x0 prediction: at this budget epsilon leaves both at chance.
     ("ours: x0 + recurrent input tokens", {"diffusion": {"prediction": "sample"}, "recurrent_input": "tokens"},
      BASE_TOKEN_SIZE),

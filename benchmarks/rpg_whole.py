@@ -1,13 +1,14 @@
 """Whole networks from many seeds: RPG against p-diff on the same zoo (issue 4, item 3).
 
-    python benchmarks/rpg_whole.py [--only cnn-rpg ...] [--scale 1.0] [--reuse] [--temperature 0.5] [--fit-only]
+    python benchmarks/rpg_whole.py [--only cnn-rpg ...] [--scale 1.0] [--reuse] [--temperature 0.5] [--samples 100] [--fit-only]
 
 Each zoo holds 20 independent runs (seeds) of one digits net, the last 5 checkpoints of
 each, 17 steps (one epoch) apart: 100 whole networks (BatchNorm running statistics
 included, so a generated CNN is complete). RPG and p-diff are fitted on the same zoo and
 judged by the same evaluator. ``--scale`` multiplies generator training steps. ``--temperature``
-samples at that temperature (ours; the run folders and the table get a ``-tT`` suffix); with
-``--reuse`` the generator of the run at temperature 1 is sampled again instead of refitted.
+samples at that temperature (ours; the run folders and the table get a ``-tT`` suffix), ``--samples``
+draws that many networks (``-nN``); with ``--reuse`` the generator of the run at temperature 1 and
+the default number of samples is sampled again instead of refitted.
 ``--fit-only`` fits and saves the generators and judges nothing; a later ``--reuse`` run
 samples and judges them (fit on a lent GPU, judge on the CPU).
 
@@ -59,6 +60,12 @@ def settings() -> list[dict]:
                     # 68 ms a step; 4 x 64 tokens took 25-32 ms while sharing it)
                     ("rpg+x0+b16", {**x0, "batch_size": 16, "tokens_per_step": 256}, {"token_size": 64}),
                     ("rpg+x0+ema-cos", x0_ema_cos, {"token_size": 64}),
+                    # ... for a GPU: 16 checkpoints x 256 tokens per step (16x the values of a step above)
+                    ("rpg+x0+ema-cos-b16", {**x0_ema_cos, "batch_size": 16, "tokens_per_step": 256}, {"token_size": 64}),
+                    # ... with the EMA warmed up (ema_warmup, ours): at 2,500 steps the plain 0.999 average
+                    # still held the first steps' weights and sampled at chance where the model made 0.94
+                    ("rpg+x0+ema-cos-b16-warm", {**x0_ema_cos, "batch_size": 16, "tokens_per_step": 256, "ema_warmup": True},
+                     {"token_size": 64}),
                     # ... and without permutation states: every network from noise alone, none tied to a run
                     ("rpg+x0+ema-cos-nostate", {**x0_ema_cos, "permutation_state": False}, {"token_size": 64}),
                     # ... and with the paper's recurrent input (each token's prototype reads the tokens before
@@ -97,10 +104,14 @@ def temperature_note(t: float) -> str:
 def main() -> None:
     def extra(ap):
         ap.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (scale of DDIM's starting noise)")
+        ap.add_argument("--samples", type=int, default=SAMPLE["n"],
+                        help="networks sampled per setting (the paper's p-diff evaluation draws 100; run folders "
+                             "and the table get a -nN suffix when not the default)")
         ap.add_argument("--fit-only", action="store_true",
                         help="fit and save the generators, judge nothing (e.g. fit on a lent GPU, judge later with --reuse)")
     args = settings_args(__doc__, extra)
-    tag = "-".join(filter(None, [args.tag, f"t{args.temperature:g}" if args.temperature != 1 else ""]))
+    tag = "-".join(filter(None, [args.tag, f"t{args.temperature:g}" if args.temperature != 1 else "",
+                                 f"n{args.samples}" if args.samples != SAMPLE["n"] else ""]))
     rows, started = [], time.time()
     for s in settings():
         if args.only and s["name"] not in args.only:
@@ -110,6 +121,7 @@ def main() -> None:
             if k in raw["generator"]:
                 raw["generator"][k] = max(1, int(raw["generator"][k] * scale_of(args, s["name"])))
         raw["generator"]["diffusion"] = {**raw["generator"].get("diffusion", {}), "temperature": args.temperature}
+        raw["sample"] = {**raw["sample"], "n": args.samples}
         cfg = parse_config(raw, s["name"])
         print(f"== {s['name']}", flush=True)
         if args.fit_only:
@@ -165,9 +177,10 @@ states, epsilon prediction, steps (in the table) x 4 checkpoints x 64 tokens (th
 (`diffusion.prediction: v_prediction`, ours); `+ema-cos`: x0, sampled from an EMA (0.999) of the weights, the
 learning rate decayed to 0 by a cosine (ours); `-nostate`: the same without permutation states; `-tokens`: the
 recurrent model reads the previous tokens too (the paper's text; autoregressive at sampling), 256 tokens denoised per
-step; `-tn`: those tokens noised in training (`teacher_noise: 0.2`, ours). Teacher-forced mean (`-tokens` rows): the mean accuracy of 5 networks made with each token's prototype read
+step; `-tn`: those tokens noised in training (`teacher_noise: 0.2`, ours); `b16`: 16 checkpoints x 256 tokens
+per step (sized for a GPU); `-warm`: the EMA's decay warmed up as min(0.999, (1 + n) / (10 + n)) (`ema_warmup`, ours). Teacher-forced mean (`-tokens` rows): the mean accuracy of 5 networks made with each token's prototype read
 from the true previous tokens of a training checkpoint, as in training. p-diff: its autoencoder on
-the flattened network, autoencoder + diffusion steps in the table. {SAMPLE['n']} samples each, DDIM
+the flattened network, autoencoder + diffusion steps in the table. {args.samples} samples each, DDIM
 {SAMPLE['steps']} steps. Targets: mean ≥ 99% of the originals' mean, best ≥ original best, lower max IoU than
 noise-added originals at the same accuracy.{temperature_note(args.temperature)}{apart}
 
