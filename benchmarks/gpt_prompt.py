@@ -316,7 +316,7 @@ def main() -> None:
                         "preconditioning": getattr(cfg.generator, "preconditioning", None),
                         "permutation_augmentation": getattr(cfg.generator, "permutation_augmentation", None),
                         "pairs": args.pairs if extra else None, "balance_targets": args.balance if extra else None,
-                        "lr_schedule": cfg.generator.lr_schedule, "ema_warmup": getattr(cfg.generator, "ema_warmup", None),
+                        "lr_schedule": cfg.generator.lr_schedule, "ema_warmup": cfg.generator.ema_warmup,
                         "judge_seconds": time.time() - t1, "judged": judged,
                         "targets": {"r2_ge_0.9": judged["r2"] >= 0.9,
                                     "one_step_ge_100_sgd_steps": judged["sgd_steps_matched_median"] >= 100}})

@@ -53,19 +53,20 @@ def settings() -> list[dict]:
         # ours: x0 with an EMA (0.999) of the denoiser sampled and the lr decayed to 0, which took
         # the step noise out of the unseen-task generator (0.9588 -> 0.9633)
         x0_ema_cos = {**x0, "ema": 0.999, "lr_schedule": "cosine"}
+        # for a GPU: 16 checkpoints x 256 tokens per step (16x the values of a 4 x 64 step)
+        b16 = {"batch_size": 16, "tokens_per_step": 256}
         variants = (("rpg", RPG, {"token_size": 64}),
                     ("rpg+x0", x0, {"token_size": 64}),
                     ("rpg+v", {**RPG, "diffusion": {"prediction": "v_prediction"}}, {"token_size": 64}),
                     # ours, for a GPU: 16 checkpoints x every token per step (on the H100 alone
                     # 68 ms a step; 4 x 64 tokens took 25-32 ms while sharing it)
-                    ("rpg+x0+b16", {**x0, "batch_size": 16, "tokens_per_step": 256}, {"token_size": 64}),
+                    ("rpg+x0+b16", {**x0, **b16}, {"token_size": 64}),
                     ("rpg+x0+ema-cos", x0_ema_cos, {"token_size": 64}),
-                    # ... for a GPU: 16 checkpoints x 256 tokens per step (16x the values of a step above)
-                    ("rpg+x0+ema-cos-b16", {**x0_ema_cos, "batch_size": 16, "tokens_per_step": 256}, {"token_size": 64}),
+                    # ... for a GPU: b16
+                    ("rpg+x0+ema-cos-b16", {**x0_ema_cos, **b16}, {"token_size": 64}),
                     # ... with the EMA warmed up (ema_warmup, ours): at 2,500 steps the plain 0.999 average
                     # still held the first steps' weights and sampled at chance where the model made 0.94
-                    ("rpg+x0+ema-cos-b16-warm", {**x0_ema_cos, "batch_size": 16, "tokens_per_step": 256, "ema_warmup": True},
-                     {"token_size": 64}),
+                    ("rpg+x0+ema-cos-b16-warm", {**x0_ema_cos, **b16, "ema_warmup": True}, {"token_size": 64}),
                     # ... and without permutation states: every network from noise alone, none tied to a run
                     ("rpg+x0+ema-cos-nostate", {**x0_ema_cos, "permutation_state": False}, {"token_size": 64}),
                     # ... and with the paper's recurrent input (each token's prototype reads the tokens before
