@@ -34,6 +34,7 @@ from weightgen.evaluate import Evaluator
 from weightgen.generators.base import member_metric
 from weightgen.pipeline import zoo_task
 from weightgen.zoo import Zoo, build_zoo
+from weightgen.zoo.distributed import build_zoo_processes
 
 # The digits nets of a trajectory zoo and their recipes: the MLP of every earlier row, and a CNN without
 # BatchNorm (G.pt generates parameters; running statistics would come stale from the start checkpoint).
@@ -274,11 +275,14 @@ def main() -> None:
                          "fit does not sample from an average still holding its first weights")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1: tiny nets, and two fits often share this 2-core machine; 2 for a lone long fit)")
+    ap.add_argument("--build-procs", type=int, default=1, metavar="N",
+                    help="processes that build a missing zoo (torchrun, as `weightgen zoo build --procs`): on a "
+                         "16-core GPU machine, 16 build the 1,000-run CNN zoo, too large to carry there, in minutes")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     started = time.time()
     t0 = time.time()
-    zoo_cfg, zoo = built_zoo(args.net, args.runs, args.spacing)
+    zoo_cfg, zoo = built_zoo(args.net, args.runs, args.spacing, args.build_procs)
     zoo_seconds = time.time() - t0
     judge_zoo = zoo if args.judge_runs in (None, args.runs) else judging_zoo(zoo, args)
     zoo_info = {"runs": args.runs, "heldout": heldout_count(args.runs), "members": len(zoo.members(None)),
@@ -330,13 +334,17 @@ def heldout_count(runs: int) -> int:
     return max(1, runs // 10)
 
 
-def built_zoo(net: str, runs: int, spacing: str) -> tuple[dict, Zoo]:
-    """The trajectory zoo of ``runs`` runs of ``net`` (its config and the zoo, built if missing or unfinished)."""
+def built_zoo(net: str, runs: int, spacing: str, procs: int = 1) -> tuple[dict, Zoo]:
+    """The trajectory zoo of ``runs`` runs of ``net`` (its config and the zoo, built if missing or
+    unfinished, by ``procs`` processes)."""
     model, recipe = NETS[net]
     cfg = {**ZOO, "name": f"bench-gpt-{net}", "net": model, "train": recipe,
            "zoo": {**ZOO["zoo"], "runs": runs, "heldout": heldout_count(runs), "spacing": spacing}}
     path = WORK / "zoos" / (f"gpt-{net}-{runs}" + ("" if spacing == "linear" else f"-{spacing}"))
-    build_zoo(parse_config(cfg, "zoo"), path)
+    if procs > 1:
+        build_zoo_processes(parse_config(cfg, "zoo"), path, procs)
+    else:
+        build_zoo(parse_config(cfg, "zoo"), path)
     return cfg, Zoo.open(path)
 
 
@@ -344,7 +352,7 @@ def judging_zoo(zoo: Zoo, args) -> Zoo:
     """The ``--judge-runs`` zoo (built if missing): the same recipe with more runs, whose first runs are
     ``zoo``'s (run i is seeded with the zoo's seed + i). Its judged held-out runs must be ones ``zoo``'s
     generator never trained on."""
-    _, other = built_zoo(args.net, args.judge_runs, args.spacing)
+    _, other = built_zoo(args.net, args.judge_runs, args.spacing, args.build_procs)
     seen = {m.run for m in zoo.members("train")}
     judged = {ms[0].run for ms in heldout_runs(other, args.starts)}
     if judged & seen:

@@ -569,6 +569,46 @@ def test_distributed_build(tmp_path):
     zoo.close()
 
 
+def test_cli_build_with_procs_matches_one_process(tmp_path):
+    """``weightgen zoo build --procs 2`` starts torchrun itself: the same members, metrics and
+    weights as a build in one process (each run is seeded by its number, not by its rank)."""
+    data = tiny_cfg(name="procs", zoo={"mode": "seeds", "runs": 3, "checkpoints": 2, "every": 2})
+    cfg_path = write_config(tmp_path / "procs.yaml", data)
+    res = CliRunner().invoke(app, ["zoo", "build", str(cfg_path), "--out", str(tmp_path / "two"), "--procs", "2"])
+    assert res.exit_code == 0, res.output
+    assert "3 run(s) done, built by 2 processes" in " ".join(res.output.split())
+    build(data, tmp_path / "one")
+    with Zoo.open(tmp_path / "two") as two, Zoo.open(tmp_path / "one") as one:
+        assert two.verify() == []
+        assert [(m.run, m.step) for m in two.members()] == [(m.run, m.step) for m in one.members()]
+        for a, b in zip(two.members(), one.members()):
+            assert a.metrics == pytest.approx(b.metrics, abs=1e-5)
+            wa, wb = two.load(a), one.load(b)
+            assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wb)
+
+
+def test_cli_build_with_procs_failure_is_named(tmp_path):
+    """A failed multi-process build exits 2 with an error that names the zoo and says a rerun resumes."""
+    cfg_path = write_config(tmp_path / "procs.yaml", tiny_cfg(zoo={"mode": "seeds", "runs": 2, "checkpoints": 2, "every": 2}))
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a directory")
+    res = CliRunner().invoke(app, ["zoo", "build", str(cfg_path), "--out", str(blocked / "zoo"), "--procs", "2"])
+    assert res.exit_code == 2
+    text = " ".join(res.output.split())
+    assert "2-process build of" in text and "building again resumes" in text
+
+
+def test_backend_takes_gloo_when_ranks_outnumber_gpus(monkeypatch):
+    from weightgen.zoo import distributed
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert distributed.backend_for(1) == "nccl"
+    assert distributed.backend_for(16) == "gloo"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert distributed.backend_for(1) == "gloo"
+
+
 _OPEN_WRITER = """
 import sys, time
 from weightgen.zoo.store import ZooWriter

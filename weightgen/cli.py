@@ -48,19 +48,29 @@ def fail(message: str) -> None:
 def zoo_build(
     config: str = typer.Argument(None, help="YAML config, or a built-in name (default: demo)"),
     out: Path = typer.Option(None, "--out", "-o", help="zoo directory (default: zoos/<name>)"),
+    procs: int = typer.Option(1, "--procs", "-p", min=1,
+                              help="processes sharing the runs (torchrun on this machine; gloo on CPU)"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Train the zoo's members (resuming where an earlier build stopped) and store checkpoints."""
-    from weightgen.zoo import ZooError, build_zoo
+    from weightgen.zoo import Zoo, ZooError, build_zoo
+    from weightgen.zoo.distributed import build_zoo_processes
 
     _setup_logging(verbose)
     try:
         cfg, _ = resolve_config(config)
         path = out or Path("zoos") / cfg.name
-        summary = build_zoo(cfg, path)
+        if procs == 1:
+            summary = build_zoo(cfg, path)
+            console.print(f"zoo [bold]{path}[/bold]: {summary['trained']} run(s) trained, "
+                          f"{summary['skipped']} already done")
+            return
+        build_zoo_processes(cfg, path, procs)
+        with Zoo.open(path) as zoo:
+            done = sum(r["status"] == "done" for r in zoo.runs())
+        console.print(f"zoo [bold]{path}[/bold]: {done} run(s) done, built by {procs} processes")
     except (ConfigError, RegistryError, ZooError, ValueError) as e:
         fail(str(e))
-    console.print(f"zoo [bold]{path}[/bold]: {summary['trained']} run(s) trained, {summary['skipped']} already done")
 
 
 @zoo_app.command("info")
