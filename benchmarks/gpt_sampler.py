@@ -1,6 +1,6 @@
 """Is a G.pt's miss in prompt alignment the sampler's or the model's?
 
-    python benchmarks/gpt_sampler.py [--only NAME ...] [--starts 6]
+    python benchmarks/gpt_sampler.py [--only NAME ...] [--starts 6] [--table-only]
 
 Two checks on a G.pt fitted by benchmarks/gpt_prompt.py. Samplers: the same 20 prompts from each of
 the first ``--starts`` held-out initializations, made with DDIM 50 steps (what gpt_prompt judges with),
@@ -31,6 +31,9 @@ GENERATORS = {
         f"bench-prompt-gpt-units-test_error-{steps}-quadratic-uniform_gap-cosine-balance10", "gpt-mlp-200-quadratic")
     for steps in (6000, 12000, 24000)
 }
+# The CNN [16, 32] (1,000 runs, test loss), whose prompt R² stays negative: the same two checks.
+GENERATORS["gpt-graph cnn test loss, 12000 steps"] = (
+    "bench-prompt-gpt-graph-test_loss-12000-1000-runs-cnn-quadratic-uniform_gap-cosine", "gpt-cnn-1000-quadratic")
 SAMPLERS = [("ddim", 50), ("ddim", 200), ("ddpm", 1000)]
 TIMESTEPS = [5, 20, 50, 100, 200]
 # "The middle of the range": where the prompts from an initialization fall and the zoo has few checkpoints.
@@ -84,18 +87,24 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--only", nargs="*", choices=list(GENERATORS))
     ap.add_argument("--starts", type=int, default=6, help="held-out initializations prompted")
+    ap.add_argument("--table-only", action="store_true",
+                    help="measure nothing: write the table again from benchmarks/results/gpt_sampler.json")
     args = ap.parse_args()
     rows = []
-    for name, run, zoo_dir, gen in fitted_generators(GENERATORS, args.only):
+    for name, run, zoo_dir, gen in ([] if args.table_only else fitted_generators(GENERATORS, args.only)):
         print(f"== {name}", flush=True)
         metric = gen.spec.metric
         with Zoo.open(zoo_dir) as zoo:
             ev = Evaluator(zoo.build_net(), zoo_task(zoo), metric.split("_")[0])
             runs = heldout_runs(zoo, args.starts)
-            rows.append({"name": name, "run": run, "metric": metric, "starts": len(runs),
+            rows.append({"name": name, "run": run, "command": command(), "machine": machine(),
+                         "metric": metric, "starts": len(runs),
                          "samplers": sampler_rows(gen, zoo, ev, runs, metric),
                          "one_step": one_step_rows(gen, zoo, ev, runs, metric)})
-    rows = keep_earlier("gpt_sampler", rows, key=lambda r: r["name"])  # generators judged by earlier invocations
+    # Generators judged by earlier invocations keep their rows, and their command and machine.
+    rows = keep_earlier("gpt_sampler", rows, key=lambda r: r["name"], fill=("command", "machine"))
+    for r in rows:  # JSON made the timesteps strings
+        r["one_step"]["denoised"] = {int(t): v for t, v in r["one_step"]["denoised"].items()}
     rows.sort(key=lambda r: list(GENERATORS).index(r["name"]) if r["name"] in GENERATORS else len(GENERATORS))
     payload = {"benchmark": "gpt_sampler", "command": command(), "machine": machine(), "results": rows}
     write_json("gpt_sampler", payload)
@@ -108,10 +117,13 @@ def main() -> None:
         cells.append(f"{one['checkpoints']} ({one['true']:.4f})" if one["true"] is not None else "0")
         cells += [f"{one['denoised'][t]:.4f}" if t in one["denoised"] else "–" for t in TIMESTEPS]
         lines.append(f"| {r['name']} | {r['starts']} | " + " | ".join(cells) + " |")
-    m = payload["machine"]
+    commands = "\n".join(f"- `{r['command']}` on {r['machine']['platform']}, {r['machine']['cpu_count']} CPUs, "
+                          f"torch {r['machine']['torch']} ({r['machine']['date']}): {r['name']}" for r in rows)
     write_section("gpt_sampler", f"""## G.pt: the sampler or the model? (issue 5)
 
-Command: `{payload['command']}` on {m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']} ({m['date']}).
+Commands, one per row:
+{commands}
+
 Generators fitted by benchmarks/gpt_prompt.py. Samplers: {PROMPTS} prompts from each of the first held-out
 initializations (the starts column), made by each sampler; prompt R² and mean bias (achieved minus prompted).
 One step from clean: up to {CHECKPOINTS} checkpoints of those runs with a metric between {MIDDLE[0]} and {MIDDLE[1]},
