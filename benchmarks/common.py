@@ -58,6 +58,17 @@ def keep_earlier(name: str, results: list[dict], key, fill: tuple[str, ...] = ()
     return [r for r in earlier["results"] if key(r) not in done] + results
 
 
+def row_commands(rows: list[dict]) -> str:
+    """Markdown list of the commands that made ``rows`` (each row's ``command``, ``machine`` and
+    ``name``), one item per invocation, naming its rows: a table merged by ``keep_earlier``."""
+    made: dict[tuple, list[str]] = {}
+    for r in rows:
+        m = r["machine"]
+        where = f"`{r['command']}` on {m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']} ({m['date']})"
+        made.setdefault(where, []).append(r["name"])
+    return "\n".join(f"- {where}: {', '.join(names)}" for where, names in made.items())
+
+
 def write_section(name: str, markdown: str) -> None:
     """Replace (or append) the section between ``<!-- name:start -->`` and ``<!-- name:end -->``."""
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"

@@ -1,6 +1,6 @@
 """How well a fitted RPG or G.pt denoiser recovers a training checkpoint's tokens at each noise level.
 
-    python benchmarks/denoiser_error.py [--only NAME ...]
+    python benchmarks/denoiser_error.py [--only NAME ...] [--table-only]
 
 RPG: for 64 training checkpoints of the generator's zoo, each token is noised to timestep t and
 denoised once, given its prototype. G.pt: for 64 training runs, the last checkpoint (theta') is
@@ -20,7 +20,8 @@ import random
 
 import torch
 
-from common import command, fitted_generators, gpt_pair_tokens, keep_earlier, machine, write_json, write_section
+from common import (command, fitted_generators, gpt_pair_tokens, keep_earlier, machine, row_commands, write_json,
+                    write_section)
 from weightgen.generators.base import member_metric
 from weightgen.generators.gpt import training_runs
 from weightgen.zoo import Zoo
@@ -39,6 +40,9 @@ for _steps in (1500, 6000):
     for _label, _suffix in (("x0", ""), ("v", "-v"), ("x0, posterior", "-posterior")):
         GENERATORS[f"G.pt test loss, {_label}, {_steps} steps"] = (
             f"bench-gpt-test_loss-{_steps}-uniform_gap-cosine{_suffix}", "gpt-mlp-200")
+# The CNN [16, 32] (1,000 runs), whose prompt R² stays negative: is its model's miss at high noise?
+GENERATORS["G.pt test loss, gpt-graph, cnn, 12000 steps"] = (
+    "bench-prompt-gpt-graph-test_loss-12000-1000-runs-cnn-quadratic-uniform_gap-cosine", "gpt-cnn-1000-quadratic")
 # Which checkpoints of a run make the pair: the initialization to the last (what a prompt from an
 # initialization asks; a large update), and checkpoint 20 to 30 (a short step late in training).
 GPT_PAIRS = {"init -> last": (0, -1), "checkpoint 20 -> 30": (20, 30)}
@@ -100,19 +104,22 @@ def errors(gen, zoo: Zoo) -> dict[int, dict[str, float]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--only", nargs="*", choices=list(GENERATORS))
+    ap.add_argument("--table-only", action="store_true",
+                    help="measure nothing: write the table again from benchmarks/results/denoiser_error.json")
     args = ap.parse_args()
     rows = []
-    for name, run, zoo_dir, gen in fitted_generators(GENERATORS, args.only):
+    for name, run, zoo_dir, gen in ([] if args.table_only else fitted_generators(GENERATORS, args.only)):
         with Zoo.open(zoo_dir) as zoo:
             measured = ({f"{name}, {kind}": gpt_errors(gen, zoo, *at) for kind, at in GPT_PAIRS.items()}
                         if gen.method == "gpt" else {name: errors(gen, zoo)})
         for label, errs in measured.items():
             start_alone = errs.pop("start_alone", None)  # G.pt: the error of answering theta itself
-            rows.append({"name": label, "run": run, "prediction": gen.spec.diffusion.prediction, "errors": errs,
-                         "start_alone": start_alone})
+            rows.append({"name": label, "run": run, "command": command(), "machine": machine(),
+                         "prediction": gen.spec.diffusion.prediction, "errors": errs, "start_alone": start_alone})
             print(f"== {label}: " + ", ".join(f"t={t} {e['model']:.4f} (input {e['input']:.4f})"
                                              for t, e in errs.items()), flush=True)
-    rows = keep_earlier("denoiser_error", rows, key=lambda r: r["name"])  # generators measured by earlier invocations
+    # Generators measured by earlier invocations keep their rows, and their command and machine.
+    rows = keep_earlier("denoiser_error", rows, key=lambda r: r["name"], fill=("command", "machine"))
     for r in rows:  # JSON keeps the timesteps of earlier rows as strings
         r["errors"] = {int(t): e for t, e in r["errors"].items()}
     payload = {"benchmark": "denoiser_error", "command": command(), "machine": machine(), "members": MEMBERS,
@@ -128,10 +135,11 @@ def main() -> None:
             cells.append(f"{e['model']:.4f} ({e['input']:.4f}){mark}")
         name = r["name"] + (f" (theta alone: {r['start_alone']:.4f})" if r.get("start_alone") is not None else "")
         lines.append(f"| {name} | {r['prediction']} | " + " | ".join(cells) + " |")
-    m = payload["machine"]
     write_section("denoiser_error", f"""## Denoiser error by noise level (RPG and G.pt)
 
-Command: `{payload['command']}` on {m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']} ({m['date']}).
+Commands, and the rows each made:
+{row_commands(rows)}
+
 RPG: {MEMBERS} training checkpoints of each generator's zoo, every token noised to timestep t and denoised once.
 G.pt: checkpoint j of {MEMBERS} training runs noised to t and denoised once given checkpoint i of the run and both
 metrics, for (i, j) = (initialization, last), what a prompt from an initialization asks, and (20, 30). Mean

@@ -18,7 +18,8 @@ import statistics
 
 import torch
 
-from common import command, fitted_generators, gpt_pair_tokens, keep_earlier, machine, write_json, write_section
+from common import (command, fitted_generators, gpt_pair_tokens, keep_earlier, machine, row_commands, write_json,
+                    write_section)
 from gpt_prompt import PROMPTS, heldout_runs, prompt_targets, r_squared, values
 from weightgen.evaluate import Evaluator
 from weightgen.generators.base import member_metric
@@ -117,12 +118,10 @@ def main() -> None:
         cells.append(f"{one['checkpoints']} ({one['true']:.4f})" if one["true"] is not None else "0")
         cells += [f"{one['denoised'][t]:.4f}" if t in one["denoised"] else "–" for t in TIMESTEPS]
         lines.append(f"| {r['name']} | {r['starts']} | " + " | ".join(cells) + " |")
-    commands = "\n".join(f"- `{r['command']}` on {r['machine']['platform']}, {r['machine']['cpu_count']} CPUs, "
-                          f"torch {r['machine']['torch']} ({r['machine']['date']}): {r['name']}" for r in rows)
     write_section("gpt_sampler", f"""## G.pt: the sampler or the model? (issue 5)
 
-Commands, one per row:
-{commands}
+Commands, and the rows each made:
+{row_commands(rows)}
 
 Generators fitted by benchmarks/gpt_prompt.py. Samplers: {PROMPTS} prompts from each of the first held-out
 initializations (the starts column), made by each sampler; prompt R² and mean bias (achieved minus prompted).
