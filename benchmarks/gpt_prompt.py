@@ -276,8 +276,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1: tiny nets, and two fits often share this 2-core machine; 2 for a lone long fit)")
     ap.add_argument("--build-procs", type=int, default=1, metavar="N",
-                    help="processes that build a missing zoo (torchrun, as `weightgen zoo build --procs`): on a "
-                         "16-core GPU machine, 16 build the 1,000-run CNN zoo, too large to carry there, in minutes")
+                    help="processes that build a missing zoo (torchrun, as `weightgen zoo build --procs`): for a machine "
+                         "with more cores than this one, e.g. a GPU machine where the 1,000-run CNN zoo (too large to "
+                         "carry there) must be built again")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     started = time.time()
