@@ -1,7 +1,7 @@
 """G.pt prompted by a target metric (issue 5, part B): prompt alignment, one step against SGD,
 recursive prompting.
 
-    python benchmarks/gpt_prompt.py [--steps 3000] [--only "gpt test_loss" ...] [--runs 200] [--judge-runs 1000]
+    python benchmarks/gpt_prompt.py [--steps 3000] [--only "gpt test_loss" ...] [--runs 200] [--judge-runs 1000] [--fit-only]
 
 Zoo: ``--runs`` digits MLP [32] runs (SGD with momentum, lr 0.05, 30 epochs = 510 steps), 50
 checkpoints each evenly spaced from the initialization, test loss and error stored with
@@ -279,6 +279,9 @@ def main() -> None:
                     help="processes that build a missing zoo (torchrun, as `weightgen zoo build --procs`): for a machine "
                          "with more cores than this one, e.g. a GPU machine where the 1,000-run CNN zoo (too large to "
                          "carry there) must be built again")
+    ap.add_argument("--fit-only", action="store_true",
+                    help="fit and save the generators, judge nothing (e.g. fit on a lent GPU, judge here later with "
+                         "--reuse; the fit s column then says GPU)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     started = time.time()
@@ -313,6 +316,10 @@ def main() -> None:
                                    + ("-canonical" if extra and args.canonical else "")
                                    + ("-emawarmup" if extra and args.ema_warmup else ""))
         gen, stats = fit_or_reuse(cfg, zoo, run_dir, args.reuse)
+        if args.fit_only:
+            print(f"   fitted in {stats['fit_seconds']:.0f} s (loss {stats['diffusion_loss']:.4f}) into {run_dir}; "
+                  "not judged (--fit-only)", flush=True)
+            continue
         t1 = time.time()
         judged = judge(gen, judge_zoo, metric, args.starts)
         results.append({"method": method, "metric": metric, "steps": args.steps, "zoo": zoo_info, "fit": stats,
