@@ -33,7 +33,7 @@ from weightgen.config import parse_config
 from weightgen.evaluate import Evaluator
 from weightgen.generators.base import member_metric
 from weightgen.pipeline import zoo_task
-from weightgen.zoo import Zoo, build_zoo
+from weightgen.zoo import Zoo
 from weightgen.zoo.distributed import build_zoo_processes
 
 # The digits nets of a trajectory zoo and their recipes: the MLP of every earlier row, and a CNN without
@@ -349,10 +349,7 @@ def built_zoo(net: str, runs: int, spacing: str, procs: int = 1) -> tuple[dict, 
     cfg = {**ZOO, "name": f"bench-gpt-{net}", "net": model, "train": recipe,
            "zoo": {**ZOO["zoo"], "runs": runs, "heldout": heldout_count(runs), "spacing": spacing}}
     path = WORK / "zoos" / (f"gpt-{net}-{runs}" + ("" if spacing == "linear" else f"-{spacing}"))
-    if procs > 1:
-        build_zoo_processes(parse_config(cfg, "zoo"), path, procs)
-    else:
-        build_zoo(parse_config(cfg, "zoo"), path)
+    build_zoo_processes(parse_config(cfg, "zoo"), path, procs)
     return cfg, Zoo.open(path)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from common import command, fmt, machine, write_json, write_section
 from gpt_prompt import NETS
 from weightgen.config import parse_config
-from weightgen.zoo import Zoo, build_zoo
+from weightgen.zoo import Zoo
 from weightgen.zoo.distributed import build_zoo_processes
 
 CONFIG = {"name": "bench-zoo-mlp20", "seed": 0, "task": {"name": "digits"}, "net": {"name": "mlp", "hidden": [32]},
@@ -34,10 +34,7 @@ def measure(name: str, config: dict, procs: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "zoo"
         start = time.perf_counter()
-        if procs == 1:
-            build_zoo(cfg, path, show_progress=False)
-        else:
-            build_zoo_processes(cfg, path, procs)
+        build_zoo_processes(cfg, path, procs, show_progress=False)
         seconds = time.perf_counter() - start
         with Zoo.open(path) as zoo:
             members = zoo.members()

@@ -598,6 +598,23 @@ def test_cli_build_with_procs_failure_is_named(tmp_path):
     assert "2-process build of" in text and "building again resumes" in text
 
 
+def test_one_process_builds_here_without_torchrun(tmp_path, monkeypatch):
+    """``build_zoo_processes(..., 1)`` is ``build_zoo`` in this process (callers need not branch); below 1 is refused."""
+    from weightgen.config import parse_config
+    from weightgen.zoo import distributed
+
+    def no_subprocess(*args, **kwargs):
+        raise AssertionError("one process must not start torchrun")
+
+    monkeypatch.setattr(distributed.subprocess, "run", no_subprocess)
+    data = tiny_cfg(zoo={"mode": "seeds", "runs": 2, "checkpoints": 2, "every": 2})
+    distributed.build_zoo_processes(parse_config(data, "one"), tmp_path / "zoo", 1, show_progress=False)
+    with Zoo.open(tmp_path / "zoo") as zoo:
+        assert zoo.verify() == [] and len({m.run for m in zoo.members()}) == 2
+    with pytest.raises(ZooError, match="procs must be at least 1"):
+        distributed.build_zoo_processes(parse_config(data, "one"), tmp_path / "other", 0)
+
+
 def test_backend_takes_gloo_when_ranks_outnumber_gpus(monkeypatch):
     from weightgen.zoo import distributed
 

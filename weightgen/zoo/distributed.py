@@ -28,12 +28,16 @@ def backend_for(world_size: int) -> str:
     return "nccl" if torch.cuda.is_available() and torch.cuda.device_count() >= world_size else "gloo"
 
 
-def build_zoo_processes(cfg: ExperimentConfig, out: str | Path, procs: int) -> None:
+def build_zoo_processes(cfg: ExperimentConfig, out: str | Path, procs: int, show_progress: bool = True) -> None:
     """Build ``cfg``'s zoo at ``out`` with ``procs`` processes on this machine (torchrun, standalone),
-    resuming as ``build_zoo`` does. Their output goes to this process's terminal; a failed build
-    raises ``ZooError`` with torchrun's exit code (what was stored stays, and a rerun resumes)."""
+    resuming as ``build_zoo`` does; one process builds here, without torchrun. Their output goes to
+    this process's terminal; a failed build raises ``ZooError`` with torchrun's exit code (what was
+    stored stays, and a rerun resumes)."""
     if procs < 1:
         raise ZooError(f"procs must be at least 1, got {procs}")
+    if procs == 1:
+        build_zoo(cfg, out, show_progress=show_progress)
+        return
     with tempfile.TemporaryDirectory(prefix="weightgen-zoo-") as tmp:
         config = Path(tmp) / "zoo.yaml"
         config.write_text(dump_config(cfg))
