@@ -1,14 +1,15 @@
 """Whole networks from many seeds: RPG against p-diff on the same zoo (issue 4, item 3).
 
-    python benchmarks/rpg_whole.py [--only cnn-rpg ...] [--scale 1.0] [--reuse] [--temperature 0.5] [--samples 100] [--fit-only]
+    python benchmarks/rpg_whole.py [--only cnn-rpg ...] [--scale 1.0] [--reuse] [--temperature 0.5] [--state-mix 0.25] [--samples 100] [--fit-only]
 
 Each zoo holds 20 independent runs (seeds) of one digits net, the last 5 checkpoints of
 each, 17 steps (one epoch) apart: 100 whole networks (BatchNorm running statistics
 included, so a generated CNN is complete). RPG and p-diff are fitted on the same zoo and
 judged by the same evaluator. ``--scale`` multiplies generator training steps. ``--temperature``
-samples at that temperature (ours; the run folders and the table get a ``-tT`` suffix), ``--samples``
-draws that many networks (``-nN``); with ``--reuse`` the generator of the run at temperature 1 and
-the default number of samples is sampled again instead of refitted.
+samples at that temperature (ours; the run folders and the table get a ``-tT`` suffix), ``--state-mix``
+with permutation states mixed two runs at a time (ours, ``-mixM``), ``--samples``
+draws that many networks (``-nN``); with ``--reuse`` the generator of the run at the default sampling
+settings and number of samples is sampled again instead of refitted.
 ``--fit-only`` fits and saves the generators and judges nothing; a later ``--reuse`` run
 samples and judges them (fit on a lent GPU, judge on the CPU).
 
@@ -102,9 +103,18 @@ def temperature_note(t: float) -> str:
             "fitted for the table at temperature 1 (fit s: theirs); sampled and judged on this machine's CPU.")
 
 
+def state_mix_note(m: float) -> str:
+    if m == 0:
+        return ""
+    return (f" Sampled with `state_mix: {m:g}` (ours): each network's permutation state is {1 - m:g} x one training "
+            f"run's state + {m:g} x another's, from the generators fitted at state mix 0 (fit s: theirs).")
+
+
 def main() -> None:
     def extra(ap):
         ap.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (scale of DDIM's starting noise)")
+        ap.add_argument("--state-mix", type=float, default=0.0,
+                        help="RPG: each sample's permutation state mixes two runs' learned states by this weight")
         ap.add_argument("--samples", type=int, default=SAMPLE["n"],
                         help="networks sampled per setting (the paper's p-diff evaluation draws 100; run folders "
                              "and the table get a -nN suffix when not the default)")
@@ -112,6 +122,7 @@ def main() -> None:
                         help="fit and save the generators, judge nothing (e.g. fit on a lent GPU, judge later with --reuse)")
     args = settings_args(__doc__, extra)
     tag = "-".join(filter(None, [args.tag, f"t{args.temperature:g}" if args.temperature != 1 else "",
+                                 f"mix{args.state_mix:g}" if args.state_mix else "",
                                  f"n{args.samples}" if args.samples != SAMPLE["n"] else ""]))
     rows, started = [], time.time()
     for s in settings():
@@ -122,6 +133,10 @@ def main() -> None:
             if k in raw["generator"]:
                 raw["generator"][k] = max(1, int(raw["generator"][k] * scale_of(args, s["name"])))
         raw["generator"]["diffusion"] = {**raw["generator"].get("diffusion", {}), "temperature": args.temperature}
+        if args.state_mix:
+            if raw["generator"]["method"] != "rpg" or raw["generator"].get("permutation_state") is False:
+                continue  # nothing to mix
+            raw["generator"]["state_mix"] = args.state_mix
         raw["sample"] = {**raw["sample"], "n": args.samples}
         cfg = parse_config(raw, s["name"])
         print(f"== {s['name']}", flush=True)
@@ -183,7 +198,7 @@ per step (sized for a GPU); `-warm`: the EMA's decay warmed up as min(0.999, (1 
 from the true previous tokens of a training checkpoint, as in training. p-diff: its autoencoder on
 the flattened network, autoencoder + diffusion steps in the table. {args.samples} samples each, DDIM
 {SAMPLE['steps']} steps. Targets: mean ≥ 99% of the originals' mean, best ≥ original best, lower max IoU than
-noise-added originals at the same accuracy.{temperature_note(args.temperature)}{apart}
+noise-added originals at the same accuracy.{temperature_note(args.temperature)}{state_mix_note(args.state_mix)}{apart}
 
 {chr(10).join(lines)}
 

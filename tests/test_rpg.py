@@ -258,6 +258,53 @@ def test_one_permutation_state_per_run(zoo):
     assert not any("states" in k for k in without.net.state_dict())
 
 
+@pytest.mark.parametrize("recurrent_input", ["positions", "tokens"])
+def test_state_mix_blends_two_distinct_runs_states(recurrent_input):
+    gen, _, _ = _standalone(_spec(recurrent_input=recurrent_input), runs=(0, 1, 2))
+    _jitter(gen)
+    table = gen.net.states.weight.detach().clone()
+    plain = gen.sample_states(gen.net, 12, torch.Generator().manual_seed(0))
+    assert plain.dtype == torch.long and set(plain.tolist()) <= {0, 1, 2}  # released: one run's state
+    gen.spec.state_mix = 0.25
+    mixed = gen.sample_states(gen.net, 12, torch.Generator().manual_seed(0))
+    assert mixed.shape == (12, table.shape[1])
+    for row, i in zip(mixed, plain.tolist()):  # the same seed draws the same first run i
+        partners = [j for j in range(3) if torch.allclose(row, torch.lerp(table[i], table[j], 0.25))]
+        assert len(partners) == 1 and partners[0] != i
+    # The vector path reads states as the index path does: with every run's state equal, mixing is
+    # no change, so the same seed gives the same networks (to float rounding: other batch sizes).
+    draw = lambda: gen.sample_tokens(4, None, torch.Generator().manual_seed(3), "ddim", 3)  # noqa: E731
+    apart = draw()
+    gen.spec.state_mix = 0.0
+    assert not torch.allclose(apart, draw(), atol=1e-4)
+    with torch.no_grad():
+        gen.net.states.weight.copy_(table[:1].expand_as(table))
+    same = draw()
+    gen.spec.state_mix = 0.25
+    torch.testing.assert_close(draw(), same, atol=1e-5, rtol=1e-5)
+
+
+def test_state_mix_needs_states_and_two_runs():
+    from weightgen.config import GPTSpec
+    from weightgen.generators import set_sampling
+
+    with pytest.raises(ValueError, match="state_mix 0.5 .* needs permutation_state: true"):
+        _spec(permutation_state=False, state_mix=0.5)
+    with pytest.raises(ValueError, match="state_mix"):
+        _spec(state_mix=1.5)
+    gen, _, _ = _standalone(_spec(), runs=(7,))
+    set_sampling(gen.spec, state_mix=0.5)
+    with pytest.raises(GeneratorError, match=r"fitted on one run \(run 7\)"):
+        gen.sample_tokens(2, None, torch.Generator().manual_seed(0), "ddim", 2)
+    stateless, _, _ = _standalone(_spec(permutation_state=False))
+    with pytest.raises(GeneratorError, match="without them"):
+        set_sampling(stateless.spec, state_mix=0.5)
+    set_sampling(stateless.spec, state_mix=0.0)  # 0 is the released behaviour: always allowed
+    with pytest.raises(GeneratorError, match="'gpt' has no permutation states"):
+        set_sampling(GPTSpec(), state_mix=0.5)
+    set_sampling(GPTSpec(), state_mix=0.0)
+
+
 def test_loss_ignores_padding():
     gen, tok, states = _standalone(_spec(tokens_per_step=8))  # 35 + 5 + 15 values in tokens of 8
     assert (~tok.mask).sum() == 8 * 8 - 55
@@ -336,6 +383,29 @@ def test_save_load_round_trip_is_bit_identical(fitted, tmp_path):
         a = next(gen.sample(3, seed=7, sampler=sampler, steps=steps))
         b = next(again.sample(3, seed=7, sampler=sampler, steps=steps))
         assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_cli_state_mix_is_applied_and_recorded(fitted, tmp_path):
+    import json
+
+    from safetensors.torch import load_file
+    from typer.testing import CliRunner
+
+    from weightgen.cli import app
+
+    gen = load_generator(fitted[0])
+    plain = next(gen.sample(1, seed=1, sampler="ddim", steps=3))
+    gen.spec.state_mix = 0.5
+    expected = next(gen.sample(1, seed=1, sampler="ddim", steps=3))
+    assert not torch.allclose(plain["1.weight"], expected["1.weight"])
+    res = CliRunner().invoke(app, ["sample", str(fitted[0]), "-o", str(tmp_path / "s"), "-n", "1", "--seed", "1",
+                                   "--sampler", "ddim", "--steps", "3", "--state-mix", "0.5"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "s" / "samples.json").read_text())["state_mix"] == 0.5
+    got = load_file(str(tmp_path / "s" / "sample_0000.safetensors"))
+    assert all(torch.equal(got[k], expected[k][0]) for k in gen.tokenizer.names)
+    res = CliRunner().invoke(app, ["sample", str(fitted[0]), "-o", str(tmp_path / "x"), "-n", "1", "--state-mix", "2"])
+    assert res.exit_code != 0 and not (tmp_path / "x").exists()
 
 
 @pytest.mark.parametrize("recurrent_input", ["positions", "tokens"])

@@ -215,7 +215,11 @@ def sample(generator: Path = typer.Argument(..., help="saved generator directory
            temperature: float = typer.Option(None, "--temperature", min=0,
                                              help="scale of the starting noise (below 1: networks nearer the centre "
                                                   "of what the generator learned; use with --sampler ddim; default: "
-                                                  "the generator's own, 1)")
+                                                  "the generator's own, 1)"),
+           state_mix: float = typer.Option(None, "--state-mix", min=0, max=1,
+                                           help="rpg: each network's permutation state is (1 - m) s_i + m s_j of "
+                                                "two random training runs' states (0: one run's, as released; "
+                                                "above 0: further from every run, at some accuracy)")
            ) -> None:
     """Generate networks and write each as a safetensors file loadable into the net.
 
@@ -240,7 +244,7 @@ def sample(generator: Path = typer.Argument(..., help="saved generator directory
                 fail(f"--guidance needs an rpg generator fitted with condition_dropout > 0 (it learns the null "
                      f"condition to guide against); {generator} is {gen.method}"
                      + (" fitted with condition_dropout 0" if gen.method == "rpg" else ""))
-        set_sampling(gen.spec, temperature, guidance)
+        set_sampling(gen.spec, temperature, guidance, state_mix)
         condition = task_code if metric is None else metric
         if start is not None or start_metric is not None or target_metric is not None:
             condition = _gpt_prompt(start, start_metric, target_metric)

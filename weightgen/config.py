@@ -289,6 +289,12 @@ class RPGSpec(EMASpec):
     # The released code keeps the rate constant; cosine (ours) decays it to 0 over ``steps``.
     lr_schedule: LRSchedule = "constant"
     sample_chunk: int = Field(1024, ge=1)  # tokens (over all samples) denoised at once
+    # Ours, a sampling setting: each sample's permutation state is (1 - m) * s_i + m * s_j of two
+    # distinct learned states drawn at random, not one learned state (m = 0, the released code).
+    # A generator that has learned one network per source run (the whole digits BN CNN: the same
+    # network at every temperature) can only make something other than a run's network from a
+    # state it was not fitted on; m trades accuracy for distance from the runs.
+    state_mix: float = Field(0.0, ge=0, le=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
     @model_validator(mode="after")
@@ -305,6 +311,8 @@ class RPGSpec(EMASpec):
         if self.guidance_scale != 1 and self.condition_dropout == 0:
             raise ValueError(f"guidance_scale {self.guidance_scale} needs a null condition to guide against: fit "
                              f"with condition_dropout > 0 (e.g. 0.1), or keep guidance_scale 1")
+        if self.state_mix > 0 and not self.permutation_state:
+            raise ValueError(f"state_mix {self.state_mix} mixes permutation states: it needs permutation_state: true")
         return self
 
 

@@ -95,7 +95,7 @@ def run_experiment(cfg: ExperimentConfig, zoo_dir: Path | None = None, run_dir: 
     """Zoo (built or resumed) -> fit -> sample -> evaluate; the report is written to ``run_dir``.
 
     ``fitted``: a generator already fitted on this zoo with ``cfg.generator`` and its fit stats;
-    it is sampled with ``cfg.generator``'s sampling settings (temperature, guidance) instead of
+    it is sampled with ``cfg.generator``'s sampling settings (temperature, guidance, state mix) instead of
     fitting again, so one fit can be judged at several of them.
     """
     zoo_dir = Path(zoo_dir or Path("zoos") / cfg.name)
@@ -121,7 +121,8 @@ def run_experiment(cfg: ExperimentConfig, zoo_dir: Path | None = None, run_dir: 
         gen, fit_stats = fit_generator(cfg, zoo, show_progress)
     else:
         gen, fit_stats = fitted
-        set_sampling(gen.spec, cfg.generator.diffusion.temperature, getattr(cfg.generator, "guidance_scale", None))
+        set_sampling(gen.spec, cfg.generator.diffusion.temperature, getattr(cfg.generator, "guidance_scale", None),
+                     getattr(cfg.generator, "state_mix", None))
     gen.save(run_dir / "generator")
     s = cfg.sample
     if cfg.zoo.mode == "tasks":
@@ -193,6 +194,8 @@ def write_samples(gen: Generator, out: Path, n: int, seed: int, batch_size: int,
     meta["temperature"] = gen.spec.diffusion.temperature
     if getattr(gen.spec, "condition_dropout", 0):  # a generator that can be guided: say how it was
         meta["guidance_scale"] = gen.spec.guidance_scale
+    if getattr(gen.spec, "state_mix", 0):
+        meta["state_mix"] = gen.spec.state_mix
     if stream:
         nonfinite = []
         for i in range(n):

@@ -259,9 +259,11 @@ def member_metric(member, name: str) -> float:
     return 1.0 - value if name.endswith("_error") else value
 
 
-def set_sampling(spec, temperature: float | None = None, guidance_scale: float | None = None) -> None:
+def set_sampling(spec, temperature: float | None = None, guidance_scale: float | None = None,
+                 state_mix: float | None = None) -> None:
     """Set a generator spec's sampling settings (None: leave as is). They change no fitted weight,
-    so one fit serves every value; a guidance scale other than 1 needs a method that has guidance."""
+    so one fit serves every value; a guidance scale other than 1, or a state mix other than 0,
+    needs a method that has it."""
     if temperature is not None:
         spec.diffusion.temperature = temperature
     if guidance_scale is not None:
@@ -269,6 +271,16 @@ def set_sampling(spec, temperature: float | None = None, guidance_scale: float |
             spec.guidance_scale = guidance_scale
         elif guidance_scale != 1:
             raise GeneratorError(f"method {spec.method!r} has no classifier-free guidance (rpg has)")
+    if state_mix is not None:
+        if not 0 <= state_mix <= 1:
+            raise GeneratorError(f"state mix must lie in [0, 1], got {state_mix}")
+        if hasattr(spec, "state_mix"):
+            if state_mix > 0 and not spec.permutation_state:
+                raise GeneratorError(f"state mix {state_mix} mixes permutation states, and this {spec.method} "
+                                     "generator was fitted without them (permutation_state: false)")
+            spec.state_mix = state_mix
+        elif state_mix != 0:
+            raise GeneratorError(f"method {spec.method!r} has no permutation states to mix (rpg has)")
 
 
 def load_generator(directory: str | Path) -> Generator:

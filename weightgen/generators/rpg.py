@@ -159,6 +159,11 @@ class RPGNet(nn.Module):
         # Classifier-free guidance: the embedding that stands in for a dropped condition.
         self.null_condition = nn.Parameter(torch.zeros(spec.d_model)) if spec.condition_dropout > 0 else None
 
+    def state_embedding(self, states: torch.Tensor) -> torch.Tensor:
+        """``(B, D)`` permutation states: ``states`` is either each row's run index ``(B,)`` or
+        the state vectors themselves ``(B, D)`` (mixed states, ``RPGSpec.state_mix``)."""
+        return states if states.is_floating_point() else self.states(states)
+
     def condition_embedding(self, codes: torch.Tensor, drop: torch.Tensor | None = None) -> torch.Tensor:
         """``(B, D)`` embedding of each row's condition; rows where ``drop`` ``(B,)`` is true get
         the null condition instead (classifier-free guidance)."""
@@ -176,7 +181,7 @@ class RPGNet(nn.Module):
         conditional generator, replaced by the null condition where ``drop`` ``(B,)`` is true."""
         x = self.pos.unsqueeze(0).expand(len(states), -1, -1)
         if self.states is not None:
-            x = x + self.states(states)[:, None]
+            x = x + self.state_embedding(states)[:, None]
         if self.code_in is not None:
             x = x + self.reach * self.condition_embedding(codes, drop)[:, None]
         if self.token_in is not None:
@@ -202,7 +207,7 @@ class RPGNet(nn.Module):
         """The recurrent input of token ``t`` for each sample, given the previous token ``(B, W)``."""
         x = self.pos[t].expand(len(states), -1)
         if self.states is not None:
-            x = x + self.states(states)
+            x = x + self.state_embedding(states)
         if self.code_in is not None:
             x = x + self.reach[t] * self.condition_embedding(codes, drop)
         return x + self.token_in(prev)
@@ -423,10 +428,11 @@ class RPG(Generator):
         net = self.sampling_module(self.net)
         T, W, chunk = self.tokenizer.num_tokens, self.tokenizer.width, self.chunk_size(guided)
         base = int(torch.randint(0, 2**62, (1,), generator=generator))
-        states = torch.randint(len(self.runs), (n,), generator=generator).to(self.device)
+        states = self.sample_states(net, n, generator)
         if self.spec.recurrent_input == "positions":
             # Prototypes depend on the permutation state only: one sequence per distinct state.
-            used, which = states.unique(return_inverse=True)
+            first, which = distinct_rows(states)
+            used = states[first]
             codes = None if code is None else code.expand(len(used), *code.shape)
             proto = net.prototypes(used, codes=codes)  # (U, T, D)
             null = net.prototypes(used, codes=codes, drop=torch.ones(len(used), dtype=torch.bool,
@@ -452,6 +458,21 @@ class RPG(Generator):
                 prev[rows] = self._denoise(net, cond[r], base + rows * T + t, sampler, steps,
                                            None if null is None else null[r]) * real
                 yield rows, torch.full_like(rows, t), prev[rows].cpu()
+
+    def sample_states(self, net: RPGNet, n: int, generator: torch.Generator) -> torch.Tensor:
+        """The permutation state of each of ``n`` samples: a random training run's index ``(n,)``
+        (the released code), or with ``state_mix`` m > 0 the vectors ``(1 - m) s_i + m s_j`` ``(n, D)``
+        of two distinct random runs i, j."""
+        states = torch.randint(len(self.runs), (n,), generator=generator)
+        m = self.spec.state_mix
+        if m == 0 or net.states is None:
+            return states.to(self.device)
+        if len(self.runs) < 2:
+            raise GeneratorError(f"state_mix {m} mixes two runs' permutation states, and this generator was "
+                                 f"fitted on one run (run {self.runs[0]}): sample with state_mix 0")
+        other = (states + torch.randint(1, len(self.runs), (n,), generator=generator)) % len(self.runs)
+        own, their = net.states(states.to(self.device)), net.states(other.to(self.device))
+        return torch.lerp(own, their, m)
 
     def _denoise_table(self, net: RPGNet, proto: torch.Tensor, which: torch.Tensor, base: int, sampler: str,
                        steps: int | None, null: torch.Tensor | None = None
