@@ -68,6 +68,8 @@ def settings() -> list[dict]:
                     # ... with the EMA warmed up (ema_warmup, ours): at 2,500 steps the plain 0.999 average
                     # still held the first steps' weights and sampled at chance where the model made 0.94
                     ("rpg+x0+ema-cos-b16-warm", {**x0_ema_cos, **b16, "ema_warmup": True}, {"token_size": 64}),
+                    # ... and at 4 x 64 (a CPU fit of a few thousand steps, which a plain 0.999 EMA would still tie to its start)
+                    ("rpg+x0+ema-cos-warm", {**x0_ema_cos, "ema_warmup": True}, {"token_size": 64}),
                     # ... and without permutation states: every network from noise alone, none tied to a run
                     ("rpg+x0+ema-cos-nostate", {**x0_ema_cos, "permutation_state": False}, {"token_size": 64}),
                     # ... and with the paper's recurrent input (each token's prototype reads the tokens before
