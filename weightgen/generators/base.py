@@ -272,9 +272,10 @@ def set_sampling(spec, temperature: float | None = None, guidance_scale: float |
         elif guidance_scale != 1:
             raise GeneratorError(f"method {spec.method!r} has no classifier-free guidance (rpg has)")
     if state_mix is not None:
-        if not 0 <= state_mix <= 1:
-            raise GeneratorError(f"state mix must lie in [0, 1], got {state_mix}")
         if hasattr(spec, "state_mix"):
+            # Checked here, not left to the spec's validator: pydantic keeps an assigned value that
+            # fails a model-level check, which would leave the spec holding the bad mix. (The range
+            # is a field bound, refused on assignment before anything is kept.)
             if state_mix > 0 and not spec.permutation_state:
                 raise GeneratorError(f"state mix {state_mix} mixes permutation states, and this {spec.method} "
                                      "generator was fitted without them (permutation_state: false)")

@@ -465,7 +465,7 @@ class RPG(Generator):
         of two distinct random runs i, j."""
         states = torch.randint(len(self.runs), (n,), generator=generator)
         m = self.spec.state_mix
-        if m == 0 or net.states is None:
+        if m == 0:  # RPGSpec refuses a mix without permutation states
             return states.to(self.device)
         if len(self.runs) < 2:
             raise GeneratorError(f"state_mix {m} mixes two runs' permutation states, and this generator was "
