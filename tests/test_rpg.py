@@ -528,3 +528,21 @@ def test_generator_union_in_the_config():
     assert "'rgp'" in msg and "did you mean 'rpg'" in msg and "pdiff" in msg and "rpg" in msg
     assert "kernel_size must be odd" in error({"method": "rpg", "kernel_size": 4})
     assert "unet_channels" in error({"method": "rpg", "unet_channels": []})
+
+
+def test_fixed_entries_that_vary_across_the_zoo_are_warned_about(tmp_path, pdiff_zoo, caplog):
+    """A BatchNorm net's running statistics differ between seeds; left to the reference (the
+    first checkpoint), every sample would carry that one checkpoint's statistics."""
+    path = tmp_path / "bn_seeds"
+    build(tiny_cfg(net={"name": "cnn", "channels": [4, 4], "batchnorm": True}), path)
+    with Zoo.open(path) as zoo, caplog.at_level("WARNING", logger="weightgen.generators.base"):
+        RPG.from_zoo(_spec(), zoo, TokenizerSpec(token_size=16))
+        warned = [r.getMessage() for r in caplog.records]
+        assert len(warned) == 1 and "running_" in warned[0] and "tokenizer.buffers: true" in warned[0]
+        caplog.clear()
+        gen = RPG.from_zoo(_spec(), zoo, TokenizerSpec(token_size=16, buffers=True))
+        assert any(n.endswith("running_var") for n in gen.tokenizer.names) and not caplog.records
+    with Zoo.open(pdiff_zoo) as zoo, caplog.at_level("WARNING", logger="weightgen.generators.base"):
+        # p-diff's tail phase runs in eval mode: the body and its statistics stay as in the reference
+        RPG.from_zoo(_spec(), zoo, TokenizerSpec(include=["head.*"], token_size=16))
+        assert not caplog.records

@@ -49,6 +49,36 @@ class GeneratorError(ValueError):
     """A generator that cannot be built, loaded or used as asked."""
 
 
+def warn_fixed_entries_vary(zoo: Zoo, members: list, tokenizer: Tokenizer, reference: dict[str, torch.Tensor],
+                            probes: int = 8) -> list[str]:
+    """Warns, and returns their names, when floating-point entries the tokenizer does not generate
+    differ between the zoo's training checkpoints: every sample takes them from ``reference`` (the
+    first checkpoint), so a network generated beside another checkpoint's BatchNorm statistics can
+    lose most of its accuracy (timm resnet18 on digits: its last checkpoint's own weights with the
+    first's statistics reached 0.59 against 0.98, docs/results.md). Probes ``probes`` checkpoints
+    spread over the zoo, not all of them: statistics that move differ between any two."""
+    fixed = [k for k, v in reference.items() if k not in set(tokenizer.names) and v.is_floating_point()]
+    if not fixed or len(members) < 2:
+        return []
+    picks = sorted({round(i * (len(members) - 1) / (probes - 1)) for i in range(probes)} - {0})
+    varying: dict[str, float] = {}
+    for i in picks:
+        other = zoo.load(members[i], fixed)
+        for k in fixed:
+            gap = float((other[k].double() - reference[k].double()).abs().max())
+            if gap > 0:
+                varying[k] = max(gap, varying.get(k, 0.0))
+        if len(varying) == len(fixed):
+            break
+    if varying:
+        worst = max(varying, key=varying.get)
+        log.warning("%d tensor(s) the generator does not make differ between the zoo's checkpoints (e.g. '%s', up to "
+                    "%.3g apart); every sample takes them from the first checkpoint, which can cost accuracy: "
+                    "generate them too (tokenizer.buffers: true for BatchNorm statistics, or widen "
+                    "tokenizer.include)", len(varying), worst, varying[worst])
+    return sorted(varying)
+
+
 class Generator(ABC):
     method: ClassVar[str]
     spec_class: ClassVar[type[BaseModel]]
@@ -96,7 +126,9 @@ class Generator(ABC):
         if not members:
             raise GeneratorError(f"{zoo.root}: no finished training checkpoints to fit on")
         tokenizer = Tokenizer.from_spec(zoo, tokenizer_spec)
-        return cls(spec, tokenizer, zoo.load(members[0]), zoo.meta("net_build"))
+        reference = zoo.load(members[0])
+        warn_fixed_entries_vary(zoo, members, tokenizer, reference)
+        return cls(spec, tokenizer, reference, zoo.meta("net_build"))
 
     def training_tokens(self, zoo: Zoo, split: str = "train") -> torch.Tensor:
         """``(M, num_tokens, width)`` tokens of the zoo's checkpoints, checked against the tokenizer."""
