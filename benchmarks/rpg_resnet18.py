@@ -17,7 +17,7 @@ BatchNorm running statistics, which are otherwise copied from the zoo's first ch
 generator's reference). Either writes its own section (``rpg_resnet18-element``,
 ``-buffers``, ...). Targets: generated accuracy within 1 point of the original, the fit
 under one hour on this 2-core CPU. Needs the ``timm`` extra. Writes
-benchmarks/results/rpg_resnet18.json and a section of docs/results.md.
+benchmarks/results/rpg_resnet18[-variant].json and that section of docs/results.md.
 """
 from __future__ import annotations
 
@@ -28,10 +28,9 @@ import torch
 
 from common import WORK, command, fmt, machine, run_or_reuse, summarize, write_json, write_section
 from weightgen.config import parse_config
-from weightgen.evaluate import evaluate_states, stack_states
+from weightgen.evaluate import evaluate_states
 from weightgen.generators import load_generator
 from weightgen.pipeline import zoo_task
-from weightgen.tokens import Tokenizer
 from weightgen.zoo import Zoo
 
 RANKS = (64, 256, 1024)

@@ -49,15 +49,15 @@ class GeneratorError(ValueError):
     """A generator that cannot be built, loaded or used as asked."""
 
 
-def warn_fixed_entries_vary(zoo: Zoo, members: list, tokenizer: Tokenizer, reference: dict[str, torch.Tensor],
+def warn_fixed_entries_vary(zoo: Zoo, members: list, reference: dict[str, torch.Tensor],
                             probes: int = 8) -> list[str]:
-    """Warns, and returns their names, when floating-point entries the tokenizer does not generate
-    differ between the zoo's training checkpoints: every sample takes them from ``reference`` (the
-    first checkpoint), so a network generated beside another checkpoint's BatchNorm statistics can
+    """Warns, and returns their names, when floating-point entries of ``reference`` (a generator's
+    fixed entries, taken from the first checkpoint ``members[0]``) differ between the zoo's training
+    checkpoints: every sample takes them from ``reference``, so a network generated beside another checkpoint's BatchNorm statistics can
     lose most of its accuracy (timm resnet18 on digits: its last checkpoint's own weights with the
     first's statistics reached 0.59 against 0.98, docs/results.md). Probes ``probes`` checkpoints
     spread over the zoo, not all of them: statistics that move differ between any two."""
-    fixed = [k for k, v in reference.items() if k not in set(tokenizer.names) and v.is_floating_point()]
+    fixed = [k for k, v in reference.items() if v.is_floating_point()]
     if not fixed or len(members) < 2:
         return []
     picks = sorted({round(i * (len(members) - 1) / (probes - 1)) for i in range(probes)} - {0})
@@ -126,9 +126,9 @@ class Generator(ABC):
         if not members:
             raise GeneratorError(f"{zoo.root}: no finished training checkpoints to fit on")
         tokenizer = Tokenizer.from_spec(zoo, tokenizer_spec)
-        reference = zoo.load(members[0])
-        warn_fixed_entries_vary(zoo, members, tokenizer, reference)
-        return cls(spec, tokenizer, reference, zoo.meta("net_build"))
+        gen = cls(spec, tokenizer, zoo.load(members[0]), zoo.meta("net_build"))
+        warn_fixed_entries_vary(zoo, members, gen.reference)  # gen.reference: the entries not generated
+        return gen
 
     def training_tokens(self, zoo: Zoo, split: str = "train") -> torch.Tensor:
         """``(M, num_tokens, width)`` tokens of the zoo's checkpoints, checked against the tokenizer."""
