@@ -2,7 +2,7 @@
 
     python benchmarks/rpg_resnet18.py [--steps 3000] [--prediction sample|epsilon] [--ema 0.995]
         [--lr-schedule constant|cosine] [--samples 10] [--sampling-steps 50]
-        [--normalize tensor|element] [--buffers] [--reuse]
+        [--normalize tensor|element] [--buffers] [--temperature 0.5] [--reuse]
 
 Zoo, after RPG's ImageNet recipe: one resnet18 trained on digits resized to 32x32, and 50
 checkpoints saved at its last 50 optimizer steps, all within its final epoch of
@@ -15,7 +15,8 @@ on 2 cores). ``--normalize element`` (ours) makes the tokens each value's deviat
 zoo's mean checkpoint instead of RPG's one scale per tensor; ``--buffers`` also generates the
 BatchNorm running statistics, which are otherwise copied from the zoo's first checkpoint (the
 generator's reference). Either writes its own section (``rpg_resnet18-element``,
-``-buffers``, ...). Targets: generated accuracy within 1 point of the original, the fit
+``-buffers``, ...). ``--temperature`` T (ours) scales DDIM's starting noise; with ``--reuse`` it
+samples the generator fitted for the same variant at temperature 1 (suffix ``-tT``). Targets: generated accuracy within 1 point of the original, the fit
 under one hour on this 2-core CPU. Needs the ``timm`` extra. Writes
 benchmarks/results/rpg_resnet18[-variant].json and that section of docs/results.md.
 """
@@ -59,7 +60,8 @@ def readout_ceiling(zoo_dir, gen, ranks=RANKS) -> dict[str, dict[str, float]]:
 
 
 def config(steps: int, prediction: str, ema: float = 0.0, lr_schedule: str = "constant", samples: int = 10,
-           sampling_steps: int = 50, normalize: str = "tensor", buffers: bool = False) -> dict:
+           sampling_steps: int = 50, normalize: str = "tensor", buffers: bool = False,
+           temperature: float = 1.0) -> dict:
     return {"name": "bench-rpg-resnet18", "seed": 0, "task": {"name": "digits"},
             "net": {"name": "timm:resnet18", "input_size": 32},
             "train": {"optimizer": "adam", "lr": 1e-3, "batch_size": 16, "epochs": 8},
@@ -68,7 +70,7 @@ def config(steps: int, prediction: str, ema: float = 0.0, lr_schedule: str = "co
             "generator": {"method": "rpg", "d_model": 256, "layers": 2, "unet_channels": [8, 16, 32],
                           "steps": steps, "batch_size": 2, "tokens_per_step": 32, "lr": 1e-3,
                           "ema": ema or None, "lr_schedule": lr_schedule,
-                          "diffusion": {"prediction": prediction}},
+                          "diffusion": {"prediction": prediction, "temperature": temperature}},
             "sample": {"n": samples, "sampler": "ddim", "steps": sampling_steps},
             "evaluate": {"n_noise": 10}}
 
@@ -86,15 +88,20 @@ def main() -> None:
     ap.add_argument("--normalize", choices=["tensor", "element"], default="tensor",
                     help="token normalization: one scale per tensor (RPG) or per value (ours)")
     ap.add_argument("--buffers", action="store_true", help="also generate the BatchNorm running statistics")
+    ap.add_argument("--temperature", type=float, default=1.0,
+                    help="sampling temperature (ours): DDIM's starting noise scaled by it")
     ap.add_argument("--reuse", action="store_true")
     args = ap.parse_args()
     started = time.time()
     cfg = parse_config(config(args.steps, args.prediction, args.ema, args.lr_schedule, args.samples,
-                                args.sampling_steps, args.normalize, args.buffers), "rpg_resnet18")
-    variant = "".join(f"-{v}" for v in (args.normalize != "tensor" and args.normalize, args.buffers and "buffers") if v)
+                                args.sampling_steps, args.normalize, args.buffers, args.temperature), "rpg_resnet18")
+    fitted = "".join(f"-{v}" for v in (args.normalize != "tensor" and args.normalize, args.buffers and "buffers") if v)
+    variant = fitted + (f"-t{args.temperature:g}" if args.temperature != 1 else "")
     name = "rpg_resnet18" + variant
     zoo_dir, run_dir = WORK / "zoos" / "rpg-resnet18", WORK / "runs" / (cfg.name + variant)
-    report = run_or_reuse(cfg, zoo_dir, run_dir, args.reuse)
+    # Another temperature samples the generator fitted at temperature 1 (a sampling setting only).
+    report = run_or_reuse(cfg, zoo_dir, run_dir, args.reuse,
+                          fitted_in=WORK / "runs" / (cfg.name + fitted) if variant != fitted else None)
     row = summarize("resnet18", report)
     gen = load_generator(run_dir / "generator")
     row["generator_params"] = sum(p.numel() for p in gen.net.parameters())
@@ -115,7 +122,7 @@ Zoo: one resnet18 (digits at 32x32), 50 checkpoints at its last 50 steps (within
 tokens, 2 Mamba layers, d_model 256, U-Net channels [8, 16, 32], {args.steps} steps x 2 checkpoints x 32 tokens,
 {'x0 prediction (ours)' if args.prediction == 'sample' else 'epsilon prediction (released)'}{f', EMA {args.ema} (ours)' if args.ema else ''},
 {args.lr_schedule} learning rate; tokens normalized per {'value, each its deviation from the zoo mean (ours)' if args.normalize == 'element' else 'tensor (RPG)'};
-BatchNorm running statistics {'generated' if args.buffers else "copied from the zoo's first checkpoint"}. {args.samples} samples, DDIM {args.sampling_steps} steps.
+BatchNorm running statistics {'generated' if args.buffers else "copied from the zoo's first checkpoint"}. {args.samples} samples, DDIM {args.sampling_steps} steps{f', temperature {args.temperature:g} (ours; the fit column is the generator fitted at temperature 1)' if args.temperature != 1 else ''}.
 
 | params | original best / mean | weight avg | noise σ=0.01 mean | generated best / mean / median (worst) | non-finite | max IoU orig / gen | fit | sample {args.samples} | targets |
 |---|---|---|---|---|---|---|---|---|---|

@@ -203,6 +203,31 @@ def test_constant_tensors_get_std_one():
     assert torch.isfinite(tok.tokenize(states[0])).all()
 
 
+def test_element_mode_gives_values_the_zoo_never_changes_their_tensors_typical_scale():
+    """A value constant across the zoo has token 0 in every checkpoint; its scale is what the
+    generator's error there costs in the weight. It takes the median spread of its tensor's
+    changing values (the network's when the whole tensor is constant), not 1."""
+    states, params = _states("mlp", [0, 1, 2], hidden=[8])
+    for s in states:
+        s["1.weight"][:, :3] = 0.5  # part of a tensor frozen
+        s["3.bias"] = torch.zeros_like(s["3.bias"])  # a whole tensor frozen
+    tok = Tokenizer.fit(states, token_size=4, parameter_names=params, normalize="element")
+    stacked = {n: torch.stack([s[n].double() for s in states]) for n in params}
+    w = tok.stats(tok.names.index("1.weight"))[1].view(8, -1)
+    moving = stacked["1.weight"].std(0, correction=0)[:, 3:]
+    assert_close(w[:, 3:], moving, rtol=1e-6, atol=1e-12)  # changing values keep their own spread
+    assert torch.all(w[:, :3] == moving.median())
+    spreads = torch.cat([stacked[n].std(0, correction=0).flatten() for n in params])
+    assert torch.all(tok.stats(tok.names.index("3.bias"))[1] == spreads[spreads > 1e-8].median())
+    # tokens of the frozen values are exactly 0 and come back exactly
+    out = tok.detokenize(tok.tokenize(states[0]), states[1])
+    assert torch.equal(out["1.weight"][:, :3], states[0]["1.weight"][:, :3])
+    assert torch.equal(out["3.bias"], states[0]["3.bias"])
+    sample = tok.tokenize(states[0]) + 0.1  # a generator's error of 0.1 everywhere
+    err = (tok.detokenize(sample, states[1])["1.weight"] - states[0]["1.weight"])[:, :3].abs()
+    assert torch.all(err < 0.1 * moving.max() * 1.01)
+
+
 def test_token_size_limits():
     states, params = _states("mlp", [0], hidden=[8])
     largest = max(states[0][n].numel() for n in params)  # 8 x 64
