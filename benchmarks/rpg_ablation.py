@@ -68,13 +68,16 @@ VARIANTS = [  # name, generator changes, token size
                                                                "tokens_per_step": 4}, 256),
 ]
 
+ZOO_DIR = WORK / "zoos" / "rpg-ablation-mlp"
+
 
 def config(name: str, gen: dict, token_size: int) -> dict:
     slug = "".join(c if c.isalnum() else "-" for c in name.split(" (")[0]).strip("-")
     return {"name": f"bench-ablation-{slug}", "seed": 0, "task": {"name": "digits"},
             "net": {"name": "mlp", "hidden": [32]},
             "train": {"optimizer": "adam", "lr": 0.01, "batch_size": 64, "epochs": 30},
-            "zoo": {"mode": "seeds", "runs": 20, "checkpoints": 5, "every": 17},
+            # 10 runs held out (seeds 20-29): the novelty test's reference (novelty_reference.py)
+            "zoo": {"mode": "seeds", "runs": 30, "heldout": 10, "checkpoints": 5, "every": 17},
             "tokenizer": {"include": ["*"], "token_size": token_size},
             "generator": {**BASE_GEN, **gen}, "sample": {"n": 50, "sampler": "ddim", "steps": 50},
             "evaluate": {"n_noise": 50}}
@@ -90,7 +93,7 @@ def main() -> None:
         raw["generator"]["steps"] = max(1, int(raw["generator"]["steps"] * scale_of(args, name)))
         cfg = parse_config(raw, name)
         print(f"== {name}", flush=True)
-        zoo_dir, run_dir = WORK / "zoos" / "rpg-ablation-mlp", WORK / "runs" / tagged(cfg.name, args.tag)
+        zoo_dir, run_dir = ZOO_DIR, WORK / "runs" / tagged(cfg.name, args.tag)
         report = run_or_reuse(cfg, zoo_dir, run_dir, args.reuse)
         row = summarize(name, report)
         row["teacher_forced_mean"] = teacher_forced_accuracy(run_dir, zoo_dir)

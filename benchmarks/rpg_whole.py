@@ -2,7 +2,7 @@
 
     python benchmarks/rpg_whole.py [--only cnn-rpg ...] [--scale 1.0] [--reuse] [--temperature 0.5] [--state-mix 0.25] [--samples 100] [--fit-only]
 
-Each zoo holds 20 independent runs (seeds) of one digits net, the last 5 checkpoints of
+Each zoo holds 20 independent training runs (seeds) of one digits net, the last 5 checkpoints of
 each, 17 steps (one epoch) apart: 100 whole networks (BatchNorm running statistics
 included, so a generated CNN is complete). RPG and p-diff are fitted on the same zoo and
 judged by the same evaluator. ``--scale`` multiplies generator training steps. ``--temperature``
@@ -34,7 +34,9 @@ ZOOS = {
     "vit": {"net": {"name": "vit"},
             "train": {"optimizer": "adam", "lr": 0.003, "batch_size": 64, "epochs": 30}},
 }
-SEEDS_ZOO = {"mode": "seeds", "runs": 20, "checkpoints": 5, "every": 17}
+# 20 training runs (seeds 0-19) and 10 held out (seeds 20-29): networks of the zoo's own distribution that
+# no generator sees, judged beside every sample as the reference for the novelty test (novelty_reference.py).
+SEEDS_ZOO = {"mode": "seeds", "runs": 30, "heldout": 10, "checkpoints": 5, "every": 17}
 TOKENS = {"include": ["*"], "buffers": True}
 # RPG as released (2 Mamba layers, 2D positions, permutation states, epsilon), sized for a
 # 15-20k-parameter net and a 2-core CPU: 64-value tokens, 64 tokens of each of 4 checkpoints per step.
@@ -189,7 +191,7 @@ def main() -> None:
 
 Command: `{payload['command']}`; runs made on {where(rows)}.
 Zoo: 20 independent runs x last 5 checkpoints (one epoch apart) of each digits net, every parameter and
-BatchNorm statistic generated. RPG: 64-value tokens, 2 Mamba layers (d_model 256), 2D positions, permutation
+BatchNorm statistic generated (10 more runs held out as the novelty reference since 2026-11-29). RPG: 64-value tokens, 2 Mamba layers (d_model 256), 2D positions, permutation
 states, epsilon prediction, steps (in the table) x 4 checkpoints x 64 tokens (the paper trains far longer);
 `rpg+x0` is the same with x0 prediction (`diffusion.prediction: sample`, ours), `rpg+v` with v prediction
 (`diffusion.prediction: v_prediction`, ours); `+ema-cos`: x0, sampled from an EMA (0.999) of the weights, the

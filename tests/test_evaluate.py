@@ -289,3 +289,43 @@ def test_compare_streams_and_counts_nonfinite(tiny_zoo, digits):
     assert all(0 < d < 1 for i, d in enumerate(gen["nearest_distance"]) if i != 2)
     assert any("1 of 6 generated models have non-finite" in n for n in report["notes"])
     json.dumps(report, allow_nan=False)
+
+
+def test_heldout_runs_are_judged_as_generated_models_are(tmp_path_factory, digits):
+    """A seeds zoo's held-out runs (new seeds, never fitted on) join the report as group
+    'heldout', scored and measured against the training checkpoints as samples are, with a note
+    saying what the novelty test makes of them; zoos whose held-out runs are not of the training
+    distribution (trajectory: untrained starts) add nothing."""
+    from weightgen.pipeline import heldout_stack, train_stack
+
+    def zoo_of(mode, **z):
+        cfg = parse_config({"task": {"name": "digits"}, "net": {"name": "mlp", "hidden": [16]}, "train": {"epochs": 2},
+                            "zoo": {"mode": mode, "runs": 5, "heldout": 2, "checkpoints": 2, **z}})
+        path = tmp_path_factory.mktemp(mode)
+        build_zoo(cfg, path, show_progress=False)
+        return Zoo.open(path)
+
+    with zoo_of("seeds") as zoo:
+        train, held = train_stack(zoo), heldout_stack(zoo)
+        assert held is not None and held["1.weight"].shape[0] == 4 and train["1.weight"].shape[0] == 6
+        assert not any(torch.equal(h, t) for h in held["1.weight"] for t in train["1.weight"])
+        net, names = zoo.build_net(), zoo.parameter_names
+        report = compare(net, digits, train, train, names, None, sigmas=(0.01, 0.1), n_noise=10, heldout_stacked=held)
+    h = report["groups"]["heldout"]
+    assert h["n"] == 4 and h["accuracy"] == Evaluator(net, digits, "test")(held).accuracy.double().tolist()
+    assert all(d > 0 for d in h["nearest_distance"]) and all(i < 1 for i in h["max_iou"])
+    note = [n for n in report["notes"] if n.startswith("held-out runs")]
+    assert len(note) == 1 and f"mean accuracy {h['mean']:.4f}" in note[0] and "noise" in note[0]
+    with zoo_of("trajectory") as zoo:
+        assert heldout_stack(zoo) is None
+
+
+def test_heldout_note_reads_the_novelty_test():
+    base = {"original": _g(0.92, 0.9), "weight_average": _g(0.5, 0.2, 1), "generated": _g(0.90, 0.9),
+            "noise_0.01": _g(0.92, 0.95), "noise_0.05": _g(0.88, 0.7), "noise_0.1": _g(0.7, 0.4)}
+    text = [n for n in notes({**base, "heldout": _g(0.90, 0.8)}) if n.startswith("held-out runs")]
+    assert len(text) == 1 and "held-out runs sit at LOWER max IoU" in text[0] and "0.825" in text[0]
+    assert "mean max IoU 0.900 vs 0.800" in text[0]
+    text = [n for n in notes({**base, "heldout": _g(0.90, 0.86)}) if n.startswith("held-out runs")]
+    assert "held-out runs are not more novel" in text[0]
+    assert not any(n.startswith("held-out runs") for n in notes(base))

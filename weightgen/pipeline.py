@@ -82,12 +82,22 @@ def checked_first(net: torch.nn.Module, batches: Iterable[dict], what: str) -> I
     return itertools.chain([first], it)
 
 
+def heldout_stack(zoo: Zoo) -> dict[str, torch.Tensor] | None:
+    """The held-out runs' checkpoints, stacked, where they are networks of the training runs'
+    distribution (``seeds`` and ``tail`` zoos: the same recipe from new seeds); None otherwise
+    (``trajectory`` runs hold their untrained starts, ``tasks`` runs solve other tasks)."""
+    if zoo.config.zoo.mode not in ("seeds", "tail"):
+        return None
+    members = zoo.members("heldout")
+    return stack_states([zoo.load(m) for m in members]) if members else None
+
+
 def evaluate_samples(zoo: Zoo, batches: Iterable[dict], names: list[str], out_dir: Path | None,
                      cfg: ExperimentConfig, title: str) -> dict:
     net = zoo.build_net()
     batches = checked_first(net, batches, "the samples")
     return compare(net, zoo_task(zoo), train_stack(zoo), batches, names, out_dir, sigmas=cfg.evaluate.sigmas,
-                   n_noise=cfg.evaluate.n_noise, seed=cfg.seed, title=title)
+                   n_noise=cfg.evaluate.n_noise, seed=cfg.seed, title=title, heldout_stacked=heldout_stack(zoo))
 
 
 def run_experiment(cfg: ExperimentConfig, zoo_dir: Path | None = None, run_dir: Path | None = None,

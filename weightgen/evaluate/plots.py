@@ -40,6 +40,9 @@ def novelty_plot(groups: dict[str, dict], path: str | Path, title: str = "") -> 
     if "generated" in groups:
         x, y = _points(groups["generated"])
         ax.scatter(x, y, s=26, marker="^", color="crimson", alpha=0.8, label="generated")
+    if "heldout" in groups:
+        x, y = _points(groups["heldout"])
+        ax.scatter(x, y, s=26, marker="s", color="darkorange", alpha=0.8, label="held-out runs (new seeds)")
     if "weight_average" in groups:
         x, y = _points(groups["weight_average"])
         ax.scatter(x, y, s=200, marker="*", color="deepskyblue", edgecolor="black", zorder=5, label="weight average")

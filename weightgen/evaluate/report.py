@@ -58,12 +58,16 @@ def _group(scores: Scores, iou: Tensor, dist: Tensor) -> dict:
 
 def compare(net: nn.Module, task: Task, train_stacked: dict[str, Tensor],
             generated_stacked: dict[str, Tensor] | Iterable[dict[str, Tensor]], names: list[str],
-            out_dir: Path | None, sigmas=DEFAULT_SIGMAS, n_noise: int = 100, seed: int = 0, title: str = "") -> dict:
+            out_dir: Path | None, sigmas=DEFAULT_SIGMAS, n_noise: int = 100, seed: int = 0, title: str = "",
+            heldout_stacked: dict[str, Tensor] | None = None) -> dict:
     """Score originals, weight average, noise-added originals and generated models; see module doc.
 
     ``generated_stacked`` is one stacked dict or an iterable of them (streamed: one batch
-    in memory at a time). Returns the report (nan written as None) and, with ``out_dir``,
-    writes report.json, report.md and novelty.png there.
+    in memory at a time). ``heldout_stacked``: networks the zoo's own recipe made from seeds the
+    generator never saw (its held-out runs), judged exactly as generated models are, as the
+    reference for what a new network from the zoo's distribution scores (group ``heldout``).
+    Returns the report (nan written as None) and, with ``out_dir``, writes report.json,
+    report.md and novelty.png there.
     """
     names = list(names)
     ev = Evaluator(net, task, "test")
@@ -84,6 +88,8 @@ def compare(net: nn.Module, task: Task, train_stacked: dict[str, Tensor],
     for sigma in sigmas:
         groups[f"{NOISE_PREFIX}{sigma:g}"] = judge([noise_added(train_stacked, names, sigma, n_noise, seed)])
     groups["generated"] = judge([generated_stacked] if isinstance(generated_stacked, dict) else generated_stacked)
+    if heldout_stacked is not None:
+        groups["heldout"] = judge([heldout_stacked])
 
     report = _clean({
         "title": title or f"{task.name}: generated vs originals and baselines",
@@ -131,12 +137,15 @@ def _standard_error(values: list[float]) -> float:
     return float(np.std(v, ddof=1) / math.sqrt(len(v))) if len(v) > 1 else 0.0
 
 
-def _novelty_note(groups: dict) -> str:
-    gen, points = groups["generated"], _noise_points(groups)
+def _novelty_note(groups: dict, key: str = "generated", head: str = "novelty at equal accuracy: generated",
+                  who: str = "generated models") -> str:
+    """Whether group ``key`` sits at lower max IoU than noise-added originals at its accuracy;
+    ``head`` opens the note, ``who`` names the group's models in it."""
+    gen, points = groups[key], _noise_points(groups)
     acc, iou = gen["mean"], gen["max_iou_mean"]
     if not points or iou is None:
-        return "novelty at equal accuracy: no noise-added originals (or no finite generated model) to compare with"
-    head = f"novelty at equal accuracy: generated mean accuracy {acc:.4f} at mean max IoU {iou:.3f}; "
+        return f"{head} models: none finite, or no noise-added originals to compare with"
+    head = f"{head} mean accuracy {acc:.4f} at mean max IoU {iou:.3f}; "
     # A noise level whose accuracy differs from the generated mean by less than that mean's
     # standard error is as accurate as far as the evaluation can tell: without this, 0.9889
     # against 0.9886 would count as "more accurate than every noise level".
@@ -144,20 +153,20 @@ def _novelty_note(groups: dict) -> str:
     if at is not None:
         noise_iou, where = at
         if iou < noise_iou:
-            return head + (f"noise-added originals reach {noise_iou:.3f} at that accuracy ({where}): generated models sit "
+            return head + (f"noise-added originals reach {noise_iou:.3f} at that accuracy ({where}): {who} sit "
                            f"at LOWER max IoU than noise-added originals at the same accuracy")
-        return head + (f"noise-added originals reach {noise_iou:.3f} at that accuracy ({where}): generated models are "
+        return head + (f"noise-added originals reach {noise_iou:.3f} at that accuracy ({where}): {who} are "
                        f"not more novel than noise-added originals at the same accuracy")
     s, a, i = min(points, key=lambda p: abs(p[1] - acc))
     if acc > a:  # more accurate than every noise level
         if iou < i:
             return head + (f"no noise level is that accurate; the most accurate (σ={s}: {a:.4f}, max IoU {i:.3f}) is "
-                           f"both less accurate and less novel: generated models sit at LOWER max IoU than "
+                           f"both less accurate and less novel: {who} sit at LOWER max IoU than "
                            f"noise-added originals while being more accurate")
         return head + (f"no noise level is that accurate; the most accurate (σ={s}: {a:.4f}) has max IoU {i:.3f}: "
                        f"more accurate, but not shown to be more novel than noise-added originals at the same accuracy")
     if i <= iou:
-        return head + (f"noise σ={s} is both more accurate ({a:.4f}) and lower in max IoU ({i:.3f}): generated models "
+        return head + (f"noise σ={s} is both more accurate ({a:.4f}) and lower in max IoU ({i:.3f}): {who} "
                        f"are not more novel than noise-added originals at the same accuracy")
     return head + (f"every noise level is more accurate (least: σ={s} at {a:.4f}, max IoU {i:.3f}); the lower max IoU "
                    f"comes with lower accuracy: not shown to be more novel than noise-added originals at the same accuracy")
@@ -190,7 +199,26 @@ def notes(groups: dict) -> list[str]:
         out.append("the weight average has non-finite weights or outputs")
     out.append(_novelty_note(groups))
     out.extend(_copy_notes(gen, orig))
+    if "heldout" in groups:
+        out.append(_heldout_note(groups))
     return out
+
+
+def _heldout_note(groups: dict) -> str:
+    """The same novelty test applied to the zoo's held-out runs: networks its own recipe made from
+    new seeds, so what the test says of a network that is new and drawn from the zoo's distribution."""
+    h = groups["heldout"]
+    if h["mean"] is None:
+        return f"held-out runs: none of the {h['n']} is finite"
+    verdict = _novelty_note(groups, "heldout", "held-out runs (the zoo's recipe, seeds the generator never saw), "
+                                               "judged as generated models are:", "held-out runs")
+    g = groups["generated"]
+    against = ""
+    if g["mean"] is not None and g["max_iou_mean"] is not None and h["max_iou_mean"] is not None:
+        against = (f"; generated models against them: mean accuracy {g['mean']:.4f} vs {h['mean']:.4f}, mean max IoU "
+                   f"{g['max_iou_mean']:.3f} vs {h['max_iou_mean']:.3f}")
+    return (f"{verdict}; they lie {_fmt(h['nearest_distance_mean'], '.4g')} (mean) from their nearest training "
+            f"checkpoint, best / median {h['best']:.4f} / {h['median']:.4f}{against}")
 
 
 def _copy_notes(gen: dict, orig: dict) -> list[str]:
