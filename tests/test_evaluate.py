@@ -310,7 +310,9 @@ def test_heldout_runs_are_judged_as_generated_models_are(tmp_path_factory, digit
         assert held is not None and held["1.weight"].shape[0] == 4 and train["1.weight"].shape[0] == 6
         assert not any(torch.equal(h, t) for h in held["1.weight"] for t in train["1.weight"])
         net, names = zoo.build_net(), zoo.parameter_names
-        report = compare(net, digits, train, train, names, None, sigmas=(0.01, 0.1), n_noise=10, heldout_stacked=held)
+        out = tmp_path_factory.mktemp("report")
+        report = compare(net, digits, train, train, names, out, sigmas=(0.01, 0.1), n_noise=10, heldout_stacked=held)
+    assert (out / "novelty.png").stat().st_size > 0 and "| heldout | 4 |" in (out / "report.md").read_text()
     h = report["groups"]["heldout"]
     assert h["n"] == 4 and h["accuracy"] == Evaluator(net, digits, "test")(held).accuracy.double().tolist()
     assert all(d > 0 for d in h["nearest_distance"]) and all(i < 1 for i in h["max_iou"])
