@@ -89,7 +89,10 @@ def settings() -> list[dict]:
                                                           "tokens_per_step": 256, "teacher_noise": 0.2}, {"token_size": 64}),
                     ("rpg+x0+ema-cos-tokens-tn", {**x0_ema_cos, "recurrent_input": "tokens", "tokens_per_step": 256,
                                                   "teacher_noise": 0.2}, {"token_size": 64}),
-                    ("pdiff", PDIFF, {"token_size": "flat", "normalize": "none"}))
+                    ("pdiff", PDIFF, {"token_size": "flat", "normalize": "none"}),
+                    # ours: per-value normalization, which took p-diff on one run's whole CNN from chance to
+                    # 0.9704 (benchmarks/pdiff.py)
+                    ("pdiff+element-norm", PDIFF, {"token_size": "flat", "normalize": "element"}))
         for method, gen, tok in variants:
             out.append({"name": f"{net}-{method}", "zoo": f"rpg-whole-{net}", "config": {
                 "name": f"bench-whole-{net}-{method.replace('+', '-')}", "seed": 0, "task": {"name": "digits"}, **z, "zoo": SEEDS_ZOO,
@@ -122,9 +125,14 @@ def main() -> None:
         ap.add_argument("--samples", type=int, default=SAMPLE["n"],
                         help="networks sampled per setting (the paper's p-diff evaluation draws 100; run folders "
                              "and the table get a -nN suffix when not the default)")
+        ap.add_argument("--align", action="store_true",
+                        help="zoo.align: weight_matching (ours): every run's hidden units put in the first run's order "
+                             "(a separate zoo folder, -aligned; nets mlp and cnn only)")
         ap.add_argument("--fit-only", action="store_true",
                         help="fit and save the generators, judge nothing (e.g. fit on a lent GPU, judge later with --reuse)")
     args = settings_args(__doc__, extra)
+    if args.align:
+        args.tag = "-".join(filter(None, [args.tag, "aligned"]))
     tag = "-".join(filter(None, [args.tag, f"t{args.temperature:g}" if args.temperature != 1 else "",
                                  f"mix{args.state_mix:g}" if args.state_mix else "",
                                  f"n{args.samples}" if args.samples != SAMPLE["n"] else ""]))
@@ -133,6 +141,10 @@ def main() -> None:
         if args.only and s["name"] not in args.only:
             continue
         raw = copy.deepcopy(s["config"])
+        zoo_name = s["zoo"]
+        if args.align:
+            raw["zoo"] = {**raw["zoo"], "align": "weight_matching"}
+            zoo_name += "-aligned"
         for k in STEP_KEYS:
             if k in raw["generator"]:
                 raw["generator"][k] = max(1, int(raw["generator"][k] * scale_of(args, s["name"])))
@@ -145,17 +157,17 @@ def main() -> None:
         cfg = parse_config(raw, s["name"])
         print(f"== {s['name']}", flush=True)
         if args.fit_only:
-            zoo_dir = WORK / "zoos" / s["zoo"]
+            zoo_dir = WORK / "zoos" / zoo_name
             build_zoo(cfg, zoo_dir, show_progress=False)
             with Zoo.open(zoo_dir) as zoo:
                 _, stats = fit_or_reuse(cfg, zoo, WORK / "runs" / tagged(cfg.name, args.tag), args.reuse)
             print(f"   fitted in {stats['fit_seconds']:.0f} s (loss {stats['diffusion_loss']:.4f}); not judged (--fit-only)", flush=True)
             continue
         run_dir = WORK / "runs" / tagged(cfg.name, tag)
-        report = run_or_reuse(cfg, WORK / "zoos" / s["zoo"], run_dir, args.reuse,
+        report = run_or_reuse(cfg, WORK / "zoos" / zoo_name, run_dir, args.reuse,
                               fitted_in=WORK / "runs" / tagged(cfg.name, args.tag) if tag != args.tag else None)
         row = summarize(s["name"], report)
-        row["teacher_forced_mean"] = teacher_forced_accuracy(run_dir, WORK / "zoos" / s["zoo"])
+        row["teacher_forced_mean"] = teacher_forced_accuracy(run_dir, WORK / "zoos" / zoo_name)
         o, g = row["original"], row["generated"]
         row["steps"] = {k: raw["generator"][k] for k in STEP_KEYS if k in raw["generator"]}
         row["targets"] = {
@@ -184,6 +196,9 @@ def main() -> None:
             f"| {fmt(o['max_iou_mean'], '.3f')} / {fmt(n.get('0.05', {}).get('max_iou_mean'), '.3f')} / "
             f"{fmt(g['max_iou_mean'], '.3f')} | {fmt(o['nearest_distance_mean'], '.3g')} / "
             f"{fmt(g['nearest_distance_mean'], '.3g')} | {fmt(r['timing'].get('fit_seconds'), '.0f')} | {ok} |")
+    align_note = ("Zoo aligned (`zoo.align: weight_matching`, ours): each run's hidden units permuted, by weight matching, "
+                  "into the first training run's order; every network computes what it did, the weight average and the "
+                  "distances are measured in that order. ")
     judged_apart = [r["name"] for r in rows if (r.get("machine") or {}).get("cuda") and r["timing"].get("device") == "cpu"]
     apart = f" Fitted on the GPU (`--fit-only`), sampled and judged on a CPU: {', '.join(judged_apart)}." if judged_apart else ""
     notes = "\n".join(f"- **{r['name']}** (steps {r['steps']}): " + "; ".join(r["notes"]) for r in rows)
@@ -200,7 +215,8 @@ recurrent model reads the previous tokens too (the paper's text; autoregressive 
 step; `-tn`: those tokens noised in training (`teacher_noise: 0.2`, ours); `b16`: 16 checkpoints x 256 tokens
 per step (sized for a GPU); `-warm`: the EMA's decay warmed up as min(0.999, (1 + n) / (10 + n)) (`ema_warmup`, ours). Teacher-forced mean (`-tokens` rows): the mean accuracy of 5 networks made with each token's prototype read
 from the true previous tokens of a training checkpoint, as in training. p-diff: its autoencoder on
-the flattened network, autoencoder + diffusion steps in the table. {args.samples} samples each, DDIM
+the flattened network, autoencoder + diffusion steps in the table; `+element-norm`: each value standardized over the
+zoo (ours). {align_note if args.align else ""}{args.samples} samples each, DDIM
 {SAMPLE['steps']} steps. Targets: mean ≥ 99% of the originals' mean, best ≥ original best, lower max IoU than
 noise-added originals at the same accuracy.{temperature_note(args.temperature)}{state_mix_note(args.state_mix)}{apart}
 

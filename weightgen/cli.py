@@ -89,6 +89,13 @@ def zoo_info(path: Path = typer.Argument(..., help="zoo directory"),
     table = Table(title=f"zoo {path}", show_header=False)
     table.add_row("task / net", f"{cfg.task.name} / {cfg.net.name} {cfg.net.kwargs or ''}")
     table.add_row("mode", cfg.zoo.mode)
+    aligned = zoo.meta("aligned")
+    if aligned:
+        ref = aligned["reference"]
+        table.add_row("aligned", f"{aligned['method']}: {aligned['runs_permuted']} of {aligned['runs']} runs permuted into "
+                                 f"run {ref['run']}'s order (step {ref['step']})")
+    elif cfg.zoo.align != "none":
+        table.add_row("aligned", f"not yet ({cfg.zoo.align} runs once every run is trained)")
     table.add_row("runs", f"{sum(r['status'] == 'done' for r in runs)} done, {sum(r['status'] != 'done' for r in runs)} unfinished")
     for split in ("train", "heldout"):
         ms = [m for m in members if m.split == split]

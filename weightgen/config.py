@@ -101,6 +101,7 @@ class ZooSpec(StrictModel):
     - ``tasks``: runs for class-subset ``codes`` of the task, the code stored as the condition.
     ``heldout``: runs (or, in ``tasks`` mode, codes) trained and stored but marked held out,
     so that generators never see them and evaluation can compare against them.
+    ``align``: ``weight_matching`` puts every run's hidden units in the first run's order (ours).
     ``init``: where each run starts. ``run``: from its own seed's random weights. ``shared``:
     every run from the same weights (drawn with the zoo's seed); the run's seed still orders
     its data. ``pretrained``: one network is first trained on the base task (all classes)
@@ -125,6 +126,10 @@ class ZooSpec(StrictModel):
     # last_step * (i / (k - 1))^2, so early training, where the loss falls fastest, is sampled
     # densely (the density falls as 1 / sqrt(step); never one step twice).
     spacing: Literal["linear", "quadratic"] = "linear"
+    # Ours (``weightgen.zoo.align``): once every run is trained, permute each run's hidden units
+    # (one permutation per run, found by weight matching on its last checkpoint) into the order of
+    # the first training run, so independent runs share one ordering; nets: mlp, cnn.
+    align: Literal["none", "weight_matching"] = "none"
 
     @model_validator(mode="after")
     def _check(self) -> "ZooSpec":

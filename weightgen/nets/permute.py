@@ -165,3 +165,41 @@ def canonical_permutations(states: dict[str, Tensor], groups: list[HiddenGroup])
 def inverse_permutations(perms: list[Tensor]) -> list[Tensor]:
     """The permutations that put ``permute_batch(states, groups, perms)`` back in the original order."""
     return [p.argsort(1) for p in perms]
+
+
+def _unit_rows(x: Tensor, dim: int, size: int) -> Tensor:
+    """``x`` (one network's entry) as ``(size, -1)``: row u holds every value unit u indexes along ``dim``."""
+    return x.movedim(dim, 0).reshape(size, -1).double()
+
+
+def matching_permutations(state: dict[str, Tensor], reference: dict[str, Tensor], groups: list[HiddenGroup],
+                          max_rounds: int = 100, seed: int = 0) -> list[Tensor]:
+    """One ``(size,)`` tensor per group: the permutation of ``state``'s hidden units that brings its
+    weights closest to ``reference``'s (weight matching, Ainsworth et al. 2023, "Git Re-Basin").
+
+    Coordinate ascent: each layer in turn (random order per round) gets the linear assignment that
+    maximizes the summed inner products of its units' values with the reference's, the other layers'
+    permutations held; rounds repeat until none changes. Buffers (running statistics) are moved
+    but not matched on. Apply with ``permute_state``: the network computes the same function."""
+    from scipy.optimize import linear_sum_assignment
+
+    perms = [torch.arange(g.size) for g in groups]
+    rng = torch.Generator().manual_seed(seed)
+    for _ in range(max_rounds):
+        changed = False
+        for gi in torch.randperm(len(groups), generator=rng).tolist():
+            group = groups[gi]
+            current = permute_state(state, groups, perms)
+            score = torch.zeros(group.size, group.size, dtype=torch.float64)
+            for axis in group.axes:
+                if axis.buffer or axis.name not in state:
+                    continue
+                score += _unit_rows(reference[axis.name], axis.dim, group.size) @ \
+                    _unit_rows(current[axis.name], axis.dim, group.size).T
+            _, col = linear_sum_assignment(score.numpy(), maximize=True)
+            col = torch.as_tensor(col, dtype=torch.long)
+            if not torch.equal(col, torch.arange(group.size)):
+                perms[gi], changed = perms[gi][col], True
+        if not changed:
+            break
+    return perms

@@ -15,9 +15,11 @@ import torch.distributed as dist
 
 from weightgen.config import ConfigError, ExperimentConfig, dump_config, parse_config
 from weightgen.nets import build_net, parameter_names
+from weightgen.nets.permute import GROUPS as PERMUTABLE
 from weightgen.progress import progress_bar
 from weightgen.tasks import all_codes, get_task, parse_code
 
+from .align import align_zoo
 from .store import ZooError, ZooWriter
 from .train import Schedule, match_any, steps_per_epoch, train_member
 
@@ -183,6 +185,9 @@ def _build(cfg: ExperimentConfig, path: Path, writer: ZooWriter, show_progress: 
         tail = list(cfg.zoo.tail)
         if tail and not any(match_any(n, tail) for n in parameter_names(net)):
             raise ZooError(f"zoo.tail patterns {tail} match no parameter of net '{cfg.net.name}'")
+        if cfg.zoo.align != "none" and cfg.net.name not in PERMUTABLE:  # say so before any run is trained
+            raise ZooError(f"zoo.align '{cfg.zoo.align}' permutes hidden units, which weightgen knows for nets "
+                           f"{', '.join(PERMUTABLE)}, not '{cfg.net.name}'; use zoo.align: none")
         writer.set_meta("config", cfg.model_dump(mode="json"))
         writer.set_meta("config_yaml", dump_config(cfg))
         writer.set_meta("parameter_names", parameter_names(net))
@@ -216,4 +221,7 @@ def _build(cfg: ExperimentConfig, path: Path, writer: ZooWriter, show_progress: 
             bar.advance(job)
     if world > 1:
         dist.barrier()
-    return {"runs": len(plans), "trained": len(todo), "skipped": len([p for p in plans if p.run in done])}
+    summary = {"runs": len(plans), "trained": len(todo), "skipped": len([p for p in plans if p.run in done])}
+    if cfg.zoo.align != "none" and rank == 0:  # every run is done here (the barrier above)
+        summary["aligned"] = align_zoo(path, writer, cfg.net.name, cfg.seed)
+    return summary

@@ -294,6 +294,31 @@ class ZooWriter:
         )
         return name
 
+    def replace_checkpoint(self, member: Member, state: dict[str, torch.Tensor]) -> str:
+        """Store new tensors for an existing checkpoint (same names and shapes; e.g. its hidden
+        units permuted). Written under a new shard name, and only then is the row pointed at it
+        (in one statement) and the old file removed: killed at any moment, the row names a complete
+        file whose sha256 it holds, and a leftover file is an orphan. Returns the new shard name."""
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+        spec = {k: [list(v.shape), _dtype_name(v)] for k, v in tensors.items()}
+        if spec != member.tensors:
+            raise ZooError(f"checkpoint {member.shard}: new tensors differ in names, shapes or dtypes from the stored ones")
+        data = st_save(tensors)
+        stem, _, rev = member.shard.removesuffix(".safetensors").partition(".v")
+        name = f"{stem}.v{int(rev or 0) + 1}.safetensors"
+        final = self.root / SHARDS / name
+        tmp = final.with_name(f".tmp-{os.getpid()}-{name}")
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+        _fsync_dir(final.parent)
+        self._con.execute("UPDATE checkpoints SET shard = ?, sha256 = ? WHERE id = ?",
+                          (name, hashlib.sha256(data).hexdigest(), member.id))
+        (self.root / SHARDS / member.shard).unlink(missing_ok=True)
+        return name
+
     def finish_run(self, run: int, train_seconds: float | None = None) -> None:
         self._con.execute("UPDATE runs SET status = 'done', finished = ?, train_seconds = ? WHERE run = ?",
                           (time.time(), train_seconds, run))
