@@ -151,13 +151,15 @@ def same_config(path: Path, cfg, sampling: bool = True) -> bool:
 
 
 def at_default_sampling(cfg):
-    """``cfg`` with the generator's sampling settings (temperature, guidance, state mix) and the
-    sample section (how many, which sampler) at their defaults: what decides the fit."""
+    """``cfg`` with the generator's sampling settings (temperature, guidance, state mix), the
+    sample section (how many, which sampler) and the evaluate section (how samples are judged)
+    at their defaults: what decides the fit."""
     from weightgen.generators import set_sampling
 
     plain = cfg.model_copy(deep=True)
     set_sampling(plain.generator, 1.0, 1.0, 0.0)
     plain.sample = type(plain.sample)()
+    plain.evaluate = type(plain.evaluate)()
     return plain
 
 

@@ -33,6 +33,10 @@ ZOOS = {
             "train": {"optimizer": "adam", "lr": 0.01, "batch_size": 64, "epochs": 20}},
     "vit": {"net": {"name": "vit"},
             "train": {"optimizer": "adam", "lr": 0.003, "batch_size": 64, "epochs": 30}},
+    # rpg_ablation.py's MLP [32] recipe: the net without BatchNorm, where averaging aligned runs needs no
+    # recomputed statistics
+    "mlp": {"net": {"name": "mlp", "hidden": [32]},
+            "train": {"optimizer": "adam", "lr": 0.01, "batch_size": 64, "epochs": 30}},
 }
 # 20 training runs (seeds 0-19) and 10 held out (seeds 20-29): networks of the zoo's own distribution that
 # no generator sees, judged beside every sample as the reference for the novelty test (novelty_reference.py).
@@ -128,6 +132,9 @@ def main() -> None:
         ap.add_argument("--align", action="store_true",
                         help="zoo.align: weight_matching (ours): every run's hidden units put in the first run's order "
                              "(a separate zoo folder, -aligned; nets mlp and cnn only)")
+        ap.add_argument("--recalibrate-bn", action="store_true",
+                        help="evaluate.recalibrate_bn (ours): BatchNorm statistics of every made network recomputed on "
+                             "the training inputs before judging (-bn; judges the generators fitted without it)")
         ap.add_argument("--fit-only", action="store_true",
                         help="fit and save the generators, judge nothing (e.g. fit on a lent GPU, judge later with --reuse)")
     args = settings_args(__doc__, extra)
@@ -135,6 +142,7 @@ def main() -> None:
         args.tag = "-".join(filter(None, [args.tag, "aligned"]))
     tag = "-".join(filter(None, [args.tag, f"t{args.temperature:g}" if args.temperature != 1 else "",
                                  f"mix{args.state_mix:g}" if args.state_mix else "",
+                                 "bn" if args.recalibrate_bn else "",
                                  f"n{args.samples}" if args.samples != SAMPLE["n"] else ""]))
     rows, started = [], time.time()
     for s in settings():
@@ -154,6 +162,8 @@ def main() -> None:
                 continue  # nothing to mix
             raw["generator"]["state_mix"] = args.state_mix
         raw["sample"] = {**raw["sample"], "n": args.samples}
+        if args.recalibrate_bn:
+            raw["evaluate"] = {**raw["evaluate"], "recalibrate_bn": True}
         cfg = parse_config(raw, s["name"])
         print(f"== {s['name']}", flush=True)
         if args.fit_only:
@@ -199,6 +209,9 @@ def main() -> None:
     align_note = ("Zoo aligned (`zoo.align: weight_matching`, ours): each run's hidden units permuted, by weight matching, "
                   "into the first training run's order; every network computes what it did, the weight average and the "
                   "distances are measured in that order. ")
+    bn_note = (" BatchNorm statistics of every made network (weight average, noise-added originals, samples) recomputed "
+               "on the training inputs before judging (`evaluate.recalibrate_bn`, ours), from the generators fitted "
+               "for the table without it (fit s: theirs).")
     judged_apart = [r["name"] for r in rows if (r.get("machine") or {}).get("cuda") and r["timing"].get("device") == "cpu"]
     apart = f" Fitted on the GPU (`--fit-only`), sampled and judged on a CPU: {', '.join(judged_apart)}." if judged_apart else ""
     notes = "\n".join(f"- **{r['name']}** (steps {r['steps']}): " + "; ".join(r["notes"]) for r in rows)
@@ -218,7 +231,7 @@ from the true previous tokens of a training checkpoint, as in training. p-diff: 
 the flattened network, autoencoder + diffusion steps in the table; `+element-norm`: each value standardized over the
 zoo (ours). {align_note if args.align else ""}{args.samples} samples each, DDIM
 {SAMPLE['steps']} steps. Targets: mean ≥ 99% of the originals' mean, best ≥ original best, lower max IoU than
-noise-added originals at the same accuracy.{temperature_note(args.temperature)}{state_mix_note(args.state_mix)}{apart}
+noise-added originals at the same accuracy.{temperature_note(args.temperature)}{bn_note if args.recalibrate_bn else ""}{state_mix_note(args.state_mix)}{apart}
 
 {chr(10).join(lines)}
 

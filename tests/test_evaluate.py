@@ -331,3 +331,44 @@ def test_heldout_note_reads_the_novelty_test():
     text = [n for n in notes({**base, "heldout": _g(0.90, 0.86)}) if n.startswith("held-out runs")]
     assert "held-out runs are not more novel" in text[0]
     assert not any(n.startswith("held-out runs") for n in notes(base))
+
+
+def test_recalibrated_batchnorm_statistics_are_those_of_the_training_inputs(digits):
+    from weightgen.evaluate.recalibrate import recalibrate_bn
+
+    net = build_net("cnn", digits.input_shape, digits.num_classes, channels=[4, 6], batchnorm=True)
+    states = _states("cnn", digits, 3, channels=[4, 6], batchnorm=True)
+    stacked = stack_states(states)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    out = recalibrate_bn(net, digits.split("train")[0], stacked, batch_size=500)  # several batches: cumulative
+    x = digits.split("train")[0]
+    for b in range(3):
+        for k, v in stacked.items():  # weights untouched
+            if "running" not in k and "num_batches" not in k:
+                assert torch.equal(out[k][b], v[b])
+        conv = nn.Conv2d(1, 4, 3, padding=1)
+        conv.load_state_dict({"weight": stacked["features.0.0.weight"][b], "bias": stacked["features.0.0.bias"][b]})
+        with torch.no_grad():
+            h = conv(x.reshape(len(x), *digits.input_shape))
+        torch.testing.assert_close(out["features.0.1.running_mean"][b], h.mean((0, 2, 3)), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(out["features.0.1.running_var"][b], h.var((0, 2, 3)), atol=0.02, rtol=0.02)  # per-batch variances averaged
+    for k, v in net.state_dict().items():  # the scratch net is given back as it was
+        assert torch.equal(v, before[k])
+    assert all(m.momentum == 0.1 for m in net.modules() if isinstance(m, nn.BatchNorm2d))
+
+
+def test_compare_recalibrates_made_networks_only(digits):
+    net = build_net("cnn", digits.input_shape, digits.num_classes, channels=[4, 6], batchnorm=True)
+    stacked = stack_states(_states("cnn", digits, 3, channels=[4, 6], batchnorm=True))
+    names = [k for k, v in stacked.items() if v.is_floating_point()]
+    args = (net, digits, stacked, stacked, names, None)
+    plain = compare(*args, sigmas=(0.01,), n_noise=3, heldout_stacked=stacked)
+    redone = compare(*args, sigmas=(0.01,), n_noise=3, heldout_stacked=stacked, recalibrate=True)
+    assert redone["recalibrate_bn"] and not plain["recalibrate_bn"]
+    for group in ("original", "heldout"):
+        assert redone["groups"][group]["accuracy"] == plain["groups"][group]["accuracy"]
+    assert redone["groups"]["generated"]["accuracy"] != plain["groups"]["generated"]["accuracy"]
+    mlp = build_net("mlp", digits.input_shape, digits.num_classes, hidden=[8])
+    mlp_states = stack_states(_states("mlp", digits, 2, hidden=[8]))
+    assert not compare(mlp, digits, mlp_states, mlp_states, list(mlp_states), None, sigmas=(0.01,), n_noise=2,
+                       recalibrate=True)["recalibrate_bn"]

@@ -422,6 +422,9 @@ class EvaluateSpec(StrictModel):
     split: Literal["val", "test"] = "test"
     sigmas: list[float] = Field(default_factory=lambda: [0.001, 0.003, 0.01, 0.03, 0.05, 0.1, 0.15])
     n_noise: int = Field(100, ge=1)
+    # Ours, off by default: recompute the BatchNorm statistics of every made network (weight average,
+    # noise-added originals, samples) on the training inputs before judging it (evaluate/recalibrate.py).
+    recalibrate_bn: bool = False
 
 
 GENERATOR_METHODS = ("pdiff", "rpg", "gpt")

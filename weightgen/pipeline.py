@@ -97,7 +97,8 @@ def evaluate_samples(zoo: Zoo, batches: Iterable[dict], names: list[str], out_di
     net = zoo.build_net()
     batches = checked_first(net, batches, "the samples")
     return compare(net, zoo_task(zoo), train_stack(zoo), batches, names, out_dir, sigmas=cfg.evaluate.sigmas,
-                   n_noise=cfg.evaluate.n_noise, seed=cfg.seed, title=title, heldout_stacked=heldout_stack(zoo))
+                   n_noise=cfg.evaluate.n_noise, seed=cfg.seed, title=title, heldout_stacked=heldout_stack(zoo),
+                   recalibrate=cfg.evaluate.recalibrate_bn)
 
 
 def run_experiment(cfg: ExperimentConfig, zoo_dir: Path | None = None, run_dir: Path | None = None,

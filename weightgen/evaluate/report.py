@@ -23,6 +23,7 @@ from .baselines import DEFAULT_SIGMAS, noise_added, weight_average
 from .batched import Evaluator, Scores
 from .novelty import flatten_states, max_iou, nearest_distance
 from .plots import NOISE_PREFIX, novelty_plot
+from .recalibrate import has_batchnorm, recalibrate_bn
 
 # A generated model nearer to a checkpoint than this fraction of the originals' typical
 # distance to their own nearest neighbour is counted as a copy of that checkpoint.
@@ -59,13 +60,15 @@ def _group(scores: Scores, iou: Tensor, dist: Tensor) -> dict:
 def compare(net: nn.Module, task: Task, train_stacked: dict[str, Tensor],
             generated_stacked: dict[str, Tensor] | Iterable[dict[str, Tensor]], names: list[str],
             out_dir: Path | None, sigmas=DEFAULT_SIGMAS, n_noise: int = 100, seed: int = 0, title: str = "",
-            heldout_stacked: dict[str, Tensor] | None = None) -> dict:
+            heldout_stacked: dict[str, Tensor] | None = None, recalibrate: bool = False) -> dict:
     """Score originals, weight average, noise-added originals and generated models; see module doc.
 
     ``generated_stacked`` is one stacked dict or an iterable of them (streamed: one batch
     in memory at a time). ``heldout_stacked``: networks the zoo's own recipe made from seeds the
     generator never saw (its held-out runs), judged exactly as generated models are, as the
     reference for what a new network from the zoo's distribution scores (group ``heldout``).
+    ``recalibrate``: every made network (weight average, noise-added originals, samples) gets its
+    BatchNorm statistics recomputed on the task's training inputs first (``recalibrate.py``, ours).
     Returns the report (nan written as None) and, with ``out_dir``, writes report.json,
     report.md and novelty.png there.
     """
@@ -74,9 +77,13 @@ def compare(net: nn.Module, task: Task, train_stacked: dict[str, Tensor],
     ref_flat = flatten_states(train_stacked, names)
     originals = ev(train_stacked)
 
-    def judge(batches: Iterable[dict[str, Tensor]]) -> dict:
+    x_train = task.split("train")[0]
+
+    def judge(batches: Iterable[dict[str, Tensor]], made: bool = True) -> dict:
         scores, dists = [], []
         for stacked in batches:
+            if recalibrate and made:
+                stacked = recalibrate_bn(net, x_train, stacked)
             scores.append(ev(stacked))
             dists.append(nearest_distance(flatten_states(stacked, names).to(ref_flat.device), ref_flat).cpu())
         s = Scores.cat(scores)
@@ -89,13 +96,13 @@ def compare(net: nn.Module, task: Task, train_stacked: dict[str, Tensor],
         groups[f"{NOISE_PREFIX}{sigma:g}"] = judge([noise_added(train_stacked, names, sigma, n_noise, seed)])
     groups["generated"] = judge([generated_stacked] if isinstance(generated_stacked, dict) else generated_stacked)
     if heldout_stacked is not None:
-        groups["heldout"] = judge([heldout_stacked])
+        groups["heldout"] = judge([heldout_stacked], made=False)
 
     report = _clean({
         "title": title or f"{task.name}: generated vs originals and baselines",
         "task": task.name, "split": "test", "num_test": int(len(task.y_test)),
         "generated_names": names, "num_generated_params": int(ref_flat.shape[1]),
-        "groups": groups, "notes": notes(groups),
+        "groups": groups, "notes": notes(groups), "recalibrate_bn": bool(recalibrate and has_batchnorm(net)),
     })
     if out_dir is not None:
         write_report(report, Path(out_dir))
@@ -264,7 +271,9 @@ def markdown(report: dict) -> str:
     lines = [f"# {report['title']}", "",
              f"Task `{report['task']}`, {report['split']} split ({report['num_test']} samples); "
              f"{len(report['generated_names'])} generated tensors, {report['num_generated_params']} values. "
-             "Max IoU and nearest L2 distance are measured against all training checkpoints.", "",
+             "Max IoU and nearest L2 distance are measured against all training checkpoints." +
+             (" BatchNorm statistics of every made network (weight average, noise-added, generated) recomputed on the "
+              "training inputs (`evaluate.recalibrate_bn`)." if report.get("recalibrate_bn") else ""), "",
              "| group | n (non-finite) | best | mean | median | max IoU | nearest distance |",
              "|---|---|---|---|---|---|---|"]
     for key, g in report["groups"].items():
