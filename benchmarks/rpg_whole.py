@@ -65,6 +65,9 @@ def settings() -> list[dict]:
         variants = (("rpg", RPG, {"token_size": 64}),
                     ("rpg+x0", x0, {"token_size": 64}),
                     ("rpg+v", {**RPG, "diffusion": {"prediction": "v_prediction"}}, {"token_size": 64}),
+                    # ... without permutation states: on an aligned zoo (--align) the runs share one order,
+                    # so noise alone may pick a network that is no run's
+                    ("rpg+x0-nostate", {**x0, "permutation_state": False}, {"token_size": 64}),
                     # ours, for a GPU: 16 checkpoints x every token per step (on the H100 alone
                     # 68 ms a step; 4 x 64 tokens took 25-32 ms while sharing it)
                     ("rpg+x0+b16", {**x0, **b16}, {"token_size": 64}),

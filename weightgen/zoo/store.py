@@ -269,14 +269,9 @@ class ZooWriter:
         for name in stale:
             (self.root / SHARDS / name).unlink(missing_ok=True)
 
-    def add_checkpoint(self, run: int, ckpt: int, step: int, state: dict[str, torch.Tensor], metrics: dict) -> str:
-        """Write one checkpoint's tensors, then its row. Returns the shard's file name."""
-        info = self._con.execute("SELECT seed, task, condition, split FROM runs WHERE run = ?", (run,)).fetchone()
-        if info is None:
-            raise ZooError(f"run {run} was not begun")
-        tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    def _write_shard(self, name: str, tensors: dict[str, torch.Tensor]) -> bytes:
+        """Write ``tensors`` to shard ``name`` durably (temporary file, fsync, rename); returns its bytes."""
         data = st_save(tensors)
-        name = f"r{run:05d}_c{ckpt:04d}.safetensors"
         final = self.root / SHARDS / name
         tmp = final.with_name(f".tmp-{os.getpid()}-{name}")
         with open(tmp, "wb") as f:
@@ -285,6 +280,16 @@ class ZooWriter:
             os.fsync(f.fileno())
         os.replace(tmp, final)
         _fsync_dir(final.parent)
+        return data
+
+    def add_checkpoint(self, run: int, ckpt: int, step: int, state: dict[str, torch.Tensor], metrics: dict) -> str:
+        """Write one checkpoint's tensors, then its row. Returns the shard's file name."""
+        info = self._con.execute("SELECT seed, task, condition, split FROM runs WHERE run = ?", (run,)).fetchone()
+        if info is None:
+            raise ZooError(f"run {run} was not begun")
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+        name = f"r{run:05d}_c{ckpt:04d}.safetensors"
+        data = self._write_shard(name, tensors)
         spec = {k: [list(v.shape), _dtype_name(v)] for k, v in tensors.items()}
         self._con.execute(
             "INSERT INTO checkpoints(run, seed, step, task, condition, split, metrics, shard, sha256, tensors, created)"
@@ -303,17 +308,9 @@ class ZooWriter:
         spec = {k: [list(v.shape), _dtype_name(v)] for k, v in tensors.items()}
         if spec != member.tensors:
             raise ZooError(f"checkpoint {member.shard}: new tensors differ in names, shapes or dtypes from the stored ones")
-        data = st_save(tensors)
         stem, _, rev = member.shard.removesuffix(".safetensors").partition(".v")
         name = f"{stem}.v{int(rev or 0) + 1}.safetensors"
-        final = self.root / SHARDS / name
-        tmp = final.with_name(f".tmp-{os.getpid()}-{name}")
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-        _fsync_dir(final.parent)
+        data = self._write_shard(name, tensors)
         self._con.execute("UPDATE checkpoints SET shard = ?, sha256 = ? WHERE id = ?",
                           (name, hashlib.sha256(data).hexdigest(), member.id))
         (self.root / SHARDS / member.shard).unlink(missing_ok=True)
