@@ -139,6 +139,13 @@ def permute_state(state: dict[str, Tensor], groups: list[HiddenGroup], perms: li
     return {k: v[0] for k, v in batched.items()}
 
 
+def _unit_values(x: Tensor, dim: int, size: int) -> Tensor:
+    """Stacked entry ``x`` ``(B, ...)`` as ``(B, size, -1)``: row u of network b holds every value its
+    unit u indexes along ``dim`` (a dimension of one network, not counting B)."""
+    x = x.movedim(dim + 1, 1)
+    return x.reshape(x.shape[0], size, -1)
+
+
 def canonical_permutations(states: dict[str, Tensor], groups: list[HiddenGroup]) -> list[Tensor]:
     """One ``(B, size)`` tensor per group: row b's units of that layer sorted by the squared norm
     of every parameter value they index (incoming weights, bias, BatchNorm affine, the next layer's
@@ -152,8 +159,7 @@ def canonical_permutations(states: dict[str, Tensor], groups: list[HiddenGroup])
         for axis in group.axes:
             if axis.buffer or axis.name not in states:
                 continue
-            x = states[axis.name].movedim(axis.dim + 1, 1)
-            norms = x.reshape(x.shape[0], group.size, -1).pow(2).sum(-1)  # a unit's block folded in
+            norms = _unit_values(states[axis.name], axis.dim, group.size).pow(2).sum(-1)  # a unit's block folded in
             key = norms if key is None else key + norms
         if key is None:
             raise PermutationError(f"no parameter of a hidden layer of {group.size} units is in the states "
@@ -165,11 +171,6 @@ def canonical_permutations(states: dict[str, Tensor], groups: list[HiddenGroup])
 def inverse_permutations(perms: list[Tensor]) -> list[Tensor]:
     """The permutations that put ``permute_batch(states, groups, perms)`` back in the original order."""
     return [p.argsort(1) for p in perms]
-
-
-def _unit_rows(x: Tensor, dim: int, size: int) -> Tensor:
-    """``x`` (one network's entry) as ``(size, -1)``: row u holds every value unit u indexes along ``dim``."""
-    return x.movedim(dim, 0).reshape(size, -1).double()
 
 
 def matching_permutations(state: dict[str, Tensor], reference: dict[str, Tensor], groups: list[HiddenGroup],
@@ -194,8 +195,9 @@ def matching_permutations(state: dict[str, Tensor], reference: dict[str, Tensor]
             for axis in group.axes:
                 if axis.buffer or axis.name not in state:
                     continue
-                score += _unit_rows(reference[axis.name], axis.dim, group.size) @ \
-                    _unit_rows(current[axis.name], axis.dim, group.size).T
+                ref, cur = (_unit_values(x[axis.name].unsqueeze(0), axis.dim, group.size)[0].double()
+                            for x in (reference, current))
+                score += ref @ cur.T
             _, col = linear_sum_assignment(score.numpy(), maximize=True)
             col = torch.as_tensor(col, dtype=torch.long)
             if not torch.equal(col, torch.arange(group.size)):
