@@ -15,7 +15,7 @@ from torch import nn
 from weightgen.config import parse_config
 from weightgen.evaluate import (
     Evaluator, Scores, compare, evaluate_states, evaluate_stream, flatten_states, iou_matrix, max_iou,
-    nearest_distance, noise_added, stack_states, unstack_states, weight_average,
+    interpolated, nearest_distance, noise_added, stack_states, unstack_states, weight_average,
 )
 from weightgen.evaluate import novelty
 from weightgen.evaluate.report import notes
@@ -213,6 +213,30 @@ def test_weight_average(digits):
                                                     stacked["1.weight"][2]) / 3)
     assert torch.equal(avg["3.weight"][0], stacked["3.weight"][0])
 
+
+
+def test_interpolated_lies_between_two_runs(digits):
+    stacked = stack_states(_states("mlp", digits, 6, hidden=[8]))
+    runs = [0, 0, 1, 1, 2, 2]
+    names = ["1.weight", "1.bias"]
+    mid = interpolated(stacked, names, runs, 0.5, 20, seed=1)
+    ends = interpolated(stacked, names, runs, 0.0, 20, seed=1)
+    flat = stacked["1.weight"].flatten(1)
+    for i in range(20):
+        a = int((flat == ends["1.weight"][i].flatten()).all(1).nonzero())  # weight 0: the first of the pair
+        # the other end solves mid = (a + b) / 2 and is an original of another run
+        b_flat = 2 * mid["1.weight"][i].flatten() - flat[a]
+        b = int(torch.cdist(b_flat[None], flat).argmin())
+        torch.testing.assert_close(b_flat, flat[b], atol=1e-5, rtol=0)
+        assert runs[a] != runs[b]
+        assert torch.equal(mid["3.weight"][i], stacked["3.weight"][a])  # not generated: copied from the first
+    assert torch.equal(interpolated(stacked, names, runs, 0.5, 20, seed=1)["1.bias"], mid["1.bias"])
+    with pytest.raises(ValueError, match="two runs"):
+        interpolated(stacked, names, [0] * 6, 0.5, 4, seed=0)
+    with pytest.raises(ValueError, match="run of each"):
+        interpolated(stacked, names, runs[:3], 0.5, 4, seed=0)
+    with pytest.raises(ValueError, match="weight"):
+        interpolated(stacked, names, runs, 1.5, 4, seed=0)
 
 def _g(mean, iou, n=10):
     return {"n": n, "n_nonfinite": 0, "best": mean, "mean": mean, "median": mean, "worst": mean,
