@@ -150,6 +150,40 @@ def same_config(path: Path, cfg, sampling: bool = True) -> bool:
     return dump_config(stored) == dump_config(cfg)
 
 
+def config_differences(path: Path, cfg) -> list[str]:
+    """The dotted keys whose values differ between the run's stored config and ``cfg``, both at default
+    sampling settings (what decides the fit); [] when they fit the same generator or nothing is stored."""
+    import yaml
+
+    from weightgen.config import ConfigError, dump_config, load_config
+
+    try:
+        stored = load_config(path) if path.is_file() else None
+    except ConfigError:
+        return ["(unreadable config.yaml)"]
+    if stored is None:
+        return []
+    a, b = (yaml.safe_load(dump_config(at_default_sampling(c))) for c in (stored, cfg))
+
+    def diff(x, y, prefix=""):
+        if isinstance(x, dict) and isinstance(y, dict):
+            return [d for k in sorted(set(x) | set(y)) for d in diff(x.get(k), y.get(k), f"{prefix}{k}.")]
+        return [] if x == y else [f"{prefix.rstrip('.')}: {x!r} stored, {y!r} asked"]
+    return diff(a, b)
+
+
+def refuse_to_overwrite_fit(run_dir: Path, cfg) -> None:
+    """With ``--reuse``, a run folder holding a generator fitted with another config is not refitted over:
+    a forgotten ``--scale`` would otherwise replace an hour's fit with a short one. Names the keys that differ."""
+    if not (run_dir / "generator").is_dir():
+        return
+    differs = config_differences(run_dir / "config.yaml", cfg)
+    if differs:
+        raise SystemExit(f"{run_dir} holds a generator fitted with another config ({'; '.join(differs[:4])}); "
+                         "--reuse will not refit over it: pass the settings it was fitted with, another --tag, "
+                         "or remove the folder")
+
+
 def at_default_sampling(cfg):
     """``cfg`` with the generator's sampling settings (temperature, guidance, state mix), the
     sample section (how many, which sampler) and the evaluate section (how samples are judged)
@@ -182,6 +216,8 @@ def run_or_reuse(cfg, zoo_dir: Path, run_dir: Path, reuse: bool, fitted_in: Path
     fitted, fit_machine = None, None
     if reuse:
         fitted, fit_machine = saved_fit(run_dir, cfg) or saved_fit(fitted_in, cfg) or (None, None)
+        if fitted is None:
+            refuse_to_overwrite_fit(run_dir, cfg)
     report = run_experiment(cfg, zoo_dir, run_dir, show_progress=True, fitted=fitted)
     report["machine"] = fit_machine or machine()  # where the generator was fitted
     made_on.write_text(json.dumps(report["machine"], indent=1))
@@ -217,6 +253,8 @@ def fit_or_reuse(cfg, zoo, run_dir: Path, reuse: bool):
     saved = saved_fit(run_dir, cfg) if reuse else None
     if saved is not None:
         return saved[0]
+    if reuse:
+        refuse_to_overwrite_fit(run_dir, cfg)
     gen, stats = fit_generator(cfg, zoo)
     run_dir.mkdir(parents=True, exist_ok=True)
     gen.save(run_dir / "generator")
