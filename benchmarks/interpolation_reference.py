@@ -24,6 +24,7 @@ from common import WORK, command, fmt, machine, more_novel_than_noise, settings_
 from rpg_whole import SEEDS_ZOO, TOKENS, ZOOS
 from weightgen.config import parse_config
 from weightgen.evaluate import compare, interpolated
+from weightgen.evaluate.report import novelty_note
 from weightgen.pipeline import heldout_stack, train_stack, zoo_task
 from weightgen.tokens.tokenizer import Tokenizer
 from weightgen.zoo import Zoo, build_zoo
@@ -64,7 +65,9 @@ def judge(s: dict, weight: float) -> dict:
     row = summarize(s["name"], report)
     o, g = row["original"], row["generated"]
     row.update(weight=weight, aligned=s["aligned"], recalibrate_bn=report["recalibrate_bn"],
-               heldout=report["groups"].get("heldout", {}).get("mean"))
+               heldout=report["groups"].get("heldout", {}).get("mean"),
+               novelty_note=novelty_note(report["groups"], head="novelty at equal accuracy: interpolated",
+                                         who="interpolated models"))
     row["targets"] = {"mean_ge_99pct_original_mean": g["mean"] >= 0.99 * o["mean"],
                       "best_ge_original_best": g["best"] >= o["best"],
                       "more_novel_than_noise": more_novel_than_noise(row)}
@@ -99,9 +102,7 @@ def main() -> None:
             f"| {fmt(o['max_iou_mean'], '.3f')} / {fmt(g['max_iou_mean'], '.3f')} "
             f"| {fmt(o['nearest_distance_mean'], '.3g')} / {fmt(g['nearest_distance_mean'], '.3g')} "
             f"| {' '.join(('✔' if v else '✘') + k for k, v in r['targets'].items())} |")
-    notes = "\n".join(f"- **{r['name']}, w={r['weight']:g}**: "
-                      + next(n for n in r["notes"] if n.startswith("novelty at equal accuracy")).replace("generated", "interpolated")
-                      for r in rows)
+    notes = "\n".join(f"- **{r['name']}, w={r['weight']:g}**: {r['novelty_note']}" for r in rows)
     write_section("interpolation_reference", f"""## Networks between two runs, made without learning (issue 4)
 
 Command: `{payload['command']}` on {machine()['platform']}, {machine()['cpu_count']} CPUs, torch {torch.__version__} ({machine()['date']}).
@@ -114,7 +115,7 @@ so. Targets as issue 4's for generated networks.
 
 {chr(10).join(lines)}
 
-The evaluator's novelty notes (the word "generated" read as "interpolated"):
+The evaluator's novelty notes:
 
 {notes}
 """)

@@ -25,6 +25,7 @@ from rpg_ablation import config as ablation_config
 from rpg_whole import SEEDS_ZOO, TOKENS, ZOOS
 from weightgen.config import parse_config
 from weightgen.evaluate import compare
+from weightgen.evaluate.report import novelty_note
 from weightgen.pipeline import heldout_stack, train_stack, zoo_task
 from weightgen.tokens.tokenizer import Tokenizer
 from weightgen.zoo import Zoo, build_zoo
@@ -60,6 +61,7 @@ def judge(s: dict) -> dict:
     row = summarize(s["name"], report)
     row.update(what=s["what"], runs=runs, checkpoints_per_run=cfg.zoo.checkpoints,
                heldout_accuracy=report["groups"]["generated"]["accuracy"],
+               novelty_note=novelty_note(report["groups"], head="novelty at equal accuracy: held-out", who="held-out runs"),
                more_novel_than_noise=more_novel_than_noise(row))
     return row
 
@@ -90,8 +92,7 @@ def main() -> None:
             f"| {fmt(r['weight_average'])} | {noise} | {fmt(o['max_iou_mean'], '.3f')} / {fmt(h['max_iou_mean'], '.3f')} "
             f"| {fmt(o['nearest_distance_mean'], '.3g')} / {fmt(h['nearest_distance_mean'], '.3g')} "
             f"| {'yes' if r['more_novel_than_noise'] else 'no'} |")
-    notes = "\n".join(f"- **{r['name']}**: " + next(n for n in r["notes"] if n.startswith("novelty at equal accuracy"))
-                      .replace("generated", "held-out") for r in rows)
+    notes = "\n".join(f"- **{r['name']}**: {r['novelty_note']}" for r in rows)
     write_section("novelty_reference", f"""## The novelty test applied to SGD's own new networks (issue 4)
 
 Command: `{payload['command']}` on {machine()['platform']}, {machine()['cpu_count']} CPUs, torch {torch.__version__} ({machine()['date']}).
@@ -104,7 +105,7 @@ the zoo does not hold. Where it fails the test, the test asks more than novelty 
 
 {chr(10).join(lines)}
 
-The evaluator's novelty notes (the word "generated" read as "held-out"):
+The evaluator's novelty notes:
 
 {notes}
 """)

@@ -144,8 +144,8 @@ def _standard_error(values: list[float]) -> float:
     return float(np.std(v, ddof=1) / math.sqrt(len(v))) if len(v) > 1 else 0.0
 
 
-def _novelty_note(groups: dict, key: str = "generated", head: str = "novelty at equal accuracy: generated",
-                  who: str = "generated models") -> str:
+def novelty_note(groups: dict, key: str = "generated", head: str = "novelty at equal accuracy: generated",
+                 who: str = "generated models") -> str:
     """Whether group ``key`` sits at lower max IoU than noise-added originals at its accuracy;
     ``head`` opens the note, ``who`` names the group's models in it."""
     gen, points = groups[key], _noise_points(groups)
@@ -204,7 +204,7 @@ def notes(groups: dict) -> list[str]:
                    f"({_pts(gen['mean'], avg['mean'])})")
     else:
         out.append("the weight average has non-finite weights or outputs")
-    out.append(_novelty_note(groups))
+    out.append(novelty_note(groups))
     out.extend(_copy_notes(gen, orig))
     if "heldout" in groups:
         out.append(_heldout_note(groups))
@@ -217,7 +217,7 @@ def _heldout_note(groups: dict) -> str:
     h = groups["heldout"]
     if h["mean"] is None:
         return f"held-out runs: none of the {h['n']} is finite"
-    verdict = _novelty_note(groups, "heldout", "held-out runs (the zoo's recipe, seeds the generator never saw), "
+    verdict = novelty_note(groups, "heldout", "held-out runs (the zoo's recipe, seeds the generator never saw), "
                                                "judged as generated models are:", "held-out runs")
     g = groups["generated"]
     against = ""
