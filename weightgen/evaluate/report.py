@@ -133,7 +133,7 @@ def _noise_iou_at(points, acc: float, tolerance: float = 0.0) -> tuple[float, st
         if min(a0, a1) <= acc <= max(a0, a1):
             t = 0.5 if a1 == a0 else (acc - a0) / (a1 - a0)
             found.append((i0 + t * (i1 - i0), f"interpolated between σ={s0} and σ={s1}"))
-    found += [(i, f"at σ={s}" if a == acc else f"σ={s} at {a:.4f}, within the generated mean's standard error "
+    found += [(i, f"at σ={s}" if a == acc else f"σ={s} at {a:.4f}, within the mean's standard error "
                                                  f"{tolerance:.4f}") for s, a, i in points if abs(a - acc) <= tolerance]
     return min(found) if found else None
 
