@@ -23,9 +23,9 @@ import torch
 from common import WORK, command, fmt, machine, more_novel_than_noise, settings_args, summarize, write_json, write_section
 from rpg_whole import SEEDS_ZOO, TOKENS, ZOOS
 from weightgen.config import parse_config
-from weightgen.evaluate import compare, interpolated
+from weightgen.evaluate import interpolated
 from weightgen.evaluate.report import novelty_note
-from weightgen.pipeline import heldout_stack, train_stack, zoo_task
+from weightgen.pipeline import evaluate_samples, train_stack
 from weightgen.tokens.tokenizer import Tokenizer
 from weightgen.zoo import Zoo, build_zoo
 
@@ -40,13 +40,12 @@ def settings() -> list[dict]:
         for aligned in (False, True):
             zoo = {**SEEDS_ZOO, **({"align": "weight_matching"} if aligned else {})}
             name = f"{net}{'-aligned' if aligned else ''}"
-            config = {"name": f"interpolation-{name}", "seed": 0, "task": {"name": "digits"}, **ZOOS[net], "zoo": zoo,
-                      "tokenizer": TOKENS, "evaluate": {"n_noise": N}}
             bn = [True, False] if net == "cnn" and aligned else [net == "cnn"]
             for recalibrate in bn:
-                out.append({"name": name + ("" if recalibrate or net != "cnn" else "-stored-bn"), "net": net,
-                            "zoo": WORK / "zoos" / f"rpg-whole-{name}", "aligned": aligned,
-                            "recalibrate": recalibrate, "config": config})
+                config = {"name": f"interpolation-{name}", "seed": 0, "task": {"name": "digits"}, **ZOOS[net], "zoo": zoo,
+                          "tokenizer": TOKENS, "evaluate": {"n_noise": N, "recalibrate_bn": recalibrate}}
+                out.append({"name": name + ("" if recalibrate or net != "cnn" else "-stored-bn"),
+                            "zoo": WORK / "zoos" / f"rpg-whole-{name}", "aligned": aligned, "config": config})
     return out
 
 
@@ -58,9 +57,7 @@ def judge(s: dict, weight: float) -> dict:
         train = train_stack(zoo)
         runs = [m.run for m in zoo.members("train")]
         made = interpolated(train, names, runs, weight, N, seed=cfg.seed)
-        report = compare(zoo.build_net(), zoo_task(zoo), train, made, names, None, sigmas=cfg.evaluate.sigmas,
-                         n_noise=cfg.evaluate.n_noise, seed=cfg.seed, heldout_stacked=heldout_stack(zoo),
-                         recalibrate=s["recalibrate"])
+        report = evaluate_samples(zoo, [made], names, None, cfg, title=f"{s['name']}: interpolated at w={weight:g}")
     report.update(timing={}, fit=None)
     row = summarize(s["name"], report)
     o, g = row["original"], row["generated"]

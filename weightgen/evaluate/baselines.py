@@ -65,8 +65,8 @@ def interpolated(train_stacked: dict[str, Tensor], names: list[str], runs: list[
     every other entry taken from ``a``.
 
     On a zoo whose runs were put in one order (``zoo.align``) this is a network between two runs
-    that no run holds, made without any learning: what a generator mixing two runs' permutation
-    states (``state_mix``) can at most be expected to match. On independent runs the line leaves
+    that no run holds, made without any learning: the reference for a generator that mixes two
+    runs' permutation states (``state_mix``). On independent runs the line leaves
     the runs' basins (the midpoint is the weight average of two)."""
     b = _check_names(train_stacked, names)
     if len(runs) != b:
