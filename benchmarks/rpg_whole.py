@@ -134,7 +134,7 @@ def main() -> None:
                              "and the table get a -nN suffix when not the default)")
         ap.add_argument("--align", action="store_true",
                         help="zoo.align: weight_matching (ours): every run's hidden units put in the first run's order "
-                             "(a separate zoo folder, -aligned; nets mlp and cnn only)")
+                             "(a separate zoo folder, -aligned; nets mlp, cnn and vit)")
         ap.add_argument("--recalibrate-bn", action="store_true",
                         help="evaluate.recalibrate_bn (ours): BatchNorm statistics of every made network recomputed on "
                              "the training inputs before judging (-bn; judges the generators fitted without it)")

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 from typer.testing import CliRunner
 
 from conftest import STEPS_PER_EPOCH_64, build, tiny_cfg
 from weightgen.cli import app
-from weightgen.nets import build_net
+from weightgen.nets import NETS, build_net
 from weightgen.nets.permute import hidden_groups, matching_permutations, permute_state, random_permutations
 from weightgen.pipeline import zoo_task
 from weightgen.zoo import Zoo, ZooError, ZooWriter
@@ -18,10 +19,11 @@ from weightgen.zoo.align import ALIGN_META, align_zoo
 @pytest.mark.parametrize("name,make", [
     ("mlp", lambda: build_net("mlp", (1, 8, 8), 10, hidden=[8, 6])),
     ("cnn", lambda: build_net("cnn", (1, 8, 8), 10, channels=[4, 6], batchnorm=True)),
-], ids=["mlp", "cnn-batchnorm"])
+    ("vit", lambda: build_net("vit", (1, 8, 8), 10, dim=12, heads=3)),
+], ids=["mlp", "cnn-batchnorm", "vit"])
 def test_matching_undoes_a_shuffle_of_the_hidden_units(name, make):
     state = dict(make().state_dict())
-    groups = hidden_groups(name, {k: v.shape for k, v in state.items()})
+    groups = hidden_groups(name, {k: v.shape for k, v in state.items()}, {"heads": 3} if name == "vit" else None)
     for seed in range(3):
         perms = [p[0] for p in random_permutations(groups, 1, torch.Generator().manual_seed(seed))]
         shuffled = permute_state(state, groups, perms)
@@ -77,16 +79,19 @@ def test_an_aligned_zoo_holds_the_same_networks_in_one_order(tmp_path):
     # aligning again (a build interrupted after permuting, before recording it) changes nothing
     writer = ZooWriter(tmp_path / "aligned")
     writer._con.execute("DELETE FROM meta WHERE key = ?", (ALIGN_META,))
-    again = align_zoo(tmp_path / "aligned", writer, "cnn")
+    again = align_zoo(tmp_path / "aligned", writer)
     writer.close()
     assert again["runs_permuted"] == 0
     with Zoo.open(tmp_path / "aligned") as aligned:
         assert {m.shard for m in aligned.members(None)} == before and aligned.meta(ALIGN_META) == again
 
 
-def test_align_is_refused_for_a_net_it_cannot_permute_before_training(tmp_path):
-    cfg = tiny_cfg(net={"name": "vit"}, zoo={"mode": "seeds", "runs": 2, "align": "weight_matching"})
-    with pytest.raises(ZooError, match="zoo.align 'weight_matching'.*mlp, cnn, not 'vit'"):
+def test_align_is_refused_for_a_net_it_cannot_permute_before_training(tmp_path, monkeypatch):
+    # a net weightgen builds but whose hidden units it does not know (as any timm architecture)
+    monkeypatch.setitem(NETS._items, "linear-probe",
+                        lambda input_shape, num_classes: nn.Sequential(nn.Flatten(), nn.Linear(64, num_classes)))
+    cfg = tiny_cfg(net={"name": "linear-probe"}, zoo={"mode": "seeds", "runs": 2, "align": "weight_matching"})
+    with pytest.raises(ZooError, match="zoo.align 'weight_matching'.*mlp, cnn, vit, not 'linear-probe'"):
         build(cfg, tmp_path / "z")
     with Zoo.open(tmp_path / "z") as zoo:
         assert zoo.members(None) == []

@@ -204,20 +204,26 @@ class FlattenCNN(nn.Module):
         return self.head(self.features(x).flatten(1))
 
 
+VIT_KWARGS = {"dim": 12, "depth": 2, "heads": 3, "mlp_ratio": 1.5}
+
+
 @pytest.mark.parametrize("name,make,layers", [
     ("mlp", lambda: build_net("mlp", (1, 8, 8), 10, hidden=[8, 6]), 2),
     ("cnn", lambda: build_net("cnn", (1, 8, 8), 10, channels=[4, 6, 5]), 3),
     ("cnn", lambda: build_net("cnn", (1, 8, 8), 10, channels=[4, 6], batchnorm=True), 2),
     ("cnn", lambda: FlattenCNN(batchnorm=True), 2),
-], ids=["mlp", "cnn", "cnn-batchnorm", "cnn-flatten-head"])
+    # the residual stream, then each block's MLP units and its heads
+    ("vit", lambda: build_net("vit", (1, 8, 8), 10, **VIT_KWARGS), 5),
+], ids=["mlp", "cnn", "cnn-batchnorm", "cnn-flatten-head", "vit"])
 def test_a_permuted_network_computes_the_same_function(name, make, layers):
     net = make().eval()  # eval: BatchNorm uses its (permuted) running statistics
     state = _randomized(net)
-    groups = hidden_groups(name, {k: v.shape for k, v in state.items()})
+    groups = hidden_groups(name, {k: v.shape for k, v in state.items()}, VIT_KWARGS if name == "vit" else None)
     assert len(groups) == layers
     x = torch.randn(7, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     expected = net(x)
     perms = [p[0] for p in random_permutations(groups, 1, torch.Generator().manual_seed(2))]
+    perms = [p.roll(1) if torch.equal(p, torch.arange(len(p))) else p for p in perms]  # none the identity
     permuted = permute_state(state, groups, perms)
     for g in groups:  # every entry a hidden layer indexes has moved...
         for axis in g.axes:
@@ -230,11 +236,12 @@ def test_a_permuted_network_computes_the_same_function(name, make, layers):
     ("mlp", lambda: build_net("mlp", (1, 8, 8), 10, hidden=[8, 6])),
     ("cnn", lambda: build_net("cnn", (1, 8, 8), 10, channels=[4, 6], batchnorm=True)),
     ("cnn", lambda: FlattenCNN(batchnorm=True)),
-], ids=["mlp", "cnn-batchnorm", "cnn-flatten-head"])
+    ("vit", lambda: build_net("vit", (1, 8, 8), 10, **VIT_KWARGS)),
+], ids=["mlp", "cnn-batchnorm", "cnn-flatten-head", "vit"])
 def test_every_permuted_copy_has_one_canonical_form(name, make):
     net = make().eval()
     state = _randomized(net)
-    groups = hidden_groups(name, {k: v.shape for k, v in state.items()})
+    groups = hidden_groups(name, {k: v.shape for k, v in state.items()}, VIT_KWARGS if name == "vit" else None)
     batch = lambda st: {k: v.unsqueeze(0) for k, v in st.items()}  # noqa: E731
     canonical = permute_batch(batch(state), groups, canonical_permutations(batch(state), groups))
     x = torch.randn(7, 1, 8, 8, generator=torch.Generator().manual_seed(1))
@@ -293,12 +300,14 @@ def test_canonical_order_sorts_both_checkpoints_of_a_pair_by_theta():
 
 
 def test_unsupported_net_is_named():
-    state = build_net("vit", (1, 8, 8), 10).state_dict()
-    with pytest.raises(PermutationError, match="net 'vit'.*mlp, cnn"):
-        hidden_groups("vit", {k: v.shape for k, v in state.items()})
+    state = build_net("vit", (1, 8, 8), 10).state_dict()  # any state: the net's name is what is refused
+    with pytest.raises(PermutationError, match="net 'timm:resnet18'.*mlp, cnn, vit"):
+        hidden_groups("timm:resnet18", {k: v.shape for k, v in state.items()})
+    with pytest.raises(PermutationError, match="width 32.*not a multiple of its 5 heads"):
+        hidden_groups("vit", {k: v.shape for k, v in state.items()}, {"heads": 5})
     tok = Tokenizer.fit([state], token_size=16)
-    net_build = {"name": "vit", "input_shape": [1, 8, 8], "num_classes": 10, "kwargs": {}}
-    with pytest.raises(GeneratorError, match="net 'vit'.*permutation_augmentation: false"):
+    net_build = {"name": "timm:resnet18", "input_shape": [1, 8, 8], "num_classes": 10, "kwargs": {}}
+    with pytest.raises(GeneratorError, match="net 'timm:resnet18'.*permutation_augmentation: false"):
         GPT(_spec(), tok, state, net_build)
     assert GPT(_spec(permutation_augmentation=False), tok, state, net_build).groups == []
 

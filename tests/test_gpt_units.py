@@ -13,7 +13,7 @@ from weightgen.config import ConfigError, GPTSpec, TokenizerSpec, parse_config
 from weightgen.generators import GENERATORS, GeneratorError, load_generator
 from weightgen.generators.gpt import GPT, member_metric
 from weightgen.nets import build_net
-from weightgen.nets.permute import hidden_groups, permute_batch, random_permutations
+from weightgen.nets.permute import hidden_groups, permute_batch, permute_state, random_permutations
 from weightgen.tokens import Tokenizer
 from weightgen.zoo import Zoo
 
@@ -142,8 +142,8 @@ def test_refusals_name_the_fix():
         _units_gen("mlp", normalize="element")
     state = build_net("vit", (1, 8, 8), 10).state_dict()
     tok = Tokenizer.fit([state], token_size=16)
-    with pytest.raises(GeneratorError, match="units' does not know net 'vit'.*architecture: chunks"):
-        GPT(GPTSpec.model_validate(UNITS), tok, state, {"name": "vit"})
+    with pytest.raises(GeneratorError, match="units' does not know net 'timm:resnet18'.*architecture: chunks"):
+        GPT(GPTSpec.model_validate(UNITS), tok, state, {"name": "timm:resnet18"})
     with pytest.raises(ConfigError, match="architecture.*'chunks'.*'units'.*'graph'"):
         parse_config({**tiny_cfg(), "generator": {**UNITS, "architecture": "neurons"}})
 
@@ -209,3 +209,26 @@ def test_graph_model_saves_and_loads_with_its_edges(tmp_path):
     args = torch.tensor([3, 15]), start, torch.ones(2), torch.zeros(2)
     with torch.no_grad():
         assert torch.equal(gen.net(x, *args), again.net(x, *args))
+
+
+def test_vit_unit_tokens_move_with_their_units():
+    """The ViT's groups (residual channels, MLP units, heads whose rows sit in three stacked parts of
+    one tensor): permuting one group's units permutes the rows of its unit tokens, nothing else."""
+    nets = [build_net("vit", (1, 8, 8), 10, seed=s, dim=8, depth=1) for s in range(2)]  # 4 heads of 2
+    states = [n.state_dict() for n in nets]
+    params = [k for k, _ in nets[0].named_parameters()]
+    tok = Tokenizer.fit(states, params, token_size=16, parameter_names=params)
+    gen = GPT(GPTSpec.model_validate(UNITS), tok, states[0], {"name": "vit", "kwargs": {}})
+    groups = hidden_groups("vit", {k: v.shape for k, v in states[0].items()})
+    assert [g.size for g in groups] == [8, 16, 4]
+    index = gen.net.units.unit_indices()
+    assert [tuple(i.shape[:1]) for i in index] == [(8,), (16,), (4,)]
+    flat = tok.tokenize_batch([states[1]]).flatten()
+    for g, group in enumerate(groups):
+        perms = [torch.arange(x.size) for x in groups]
+        perms[g] = torch.arange(group.size).roll(1)
+        moved = tok.tokenize_batch([permute_state(states[1], groups, perms)]).flatten()
+        torch.testing.assert_close(moved[index[g]], flat[index[g]][perms[g]], atol=1e-6, rtol=0)
+        for other in set(range(len(groups))) - {g}:  # other groups' units hold the same values, maybe reordered
+            torch.testing.assert_close(moved[index[other]].sort(1).values, flat[index[other]].sort(1).values,
+                                       atol=1e-6, rtol=0)

@@ -128,7 +128,7 @@ class ZooSpec(StrictModel):
     spacing: Literal["linear", "quadratic"] = "linear"
     # Ours (``weightgen.zoo.align``): once every run is trained, permute each run's hidden units
     # (one permutation per run, found by weight matching on its last checkpoint) into the order of
-    # the first training run, so independent runs share one ordering; nets: mlp, cnn.
+    # the first training run, so independent runs share one ordering; nets: mlp, cnn, vit.
     align: Literal["none", "weight_matching"] = "none"
 
     @model_validator(mode="after")
@@ -372,12 +372,13 @@ class GPTSpec(EMASpec):
     # (the tokenizer's tokens), each position with its own encoder and head. ``units`` (ours,
     # weightgen/generators/gpt_units.py): one token per hidden unit with every value it indexes,
     # the units of a layer sharing encoder and head and carrying no position, so the model is
-    # equivariant to permuting hidden units by construction (mlp and cnn nets; permutation
-    # augmentation is then redundant and skipped). ``graph`` (ours, same file): ``units`` with the weights
+    # equivariant to permuting hidden units by construction where no value belongs to two units
+    # (an mlp or cnn with one hidden layer; permutation augmentation is then redundant and skipped; mlp, cnn
+    # and vit nets). ``graph`` (ours, same file): ``units`` with the weights
     # between two hidden layers as edges between their unit tokens (message passing), so the model stays
     # exactly equivariant with several hidden layers (the digits CNN [16, 32]); with one, it is ``units``.
     architecture: Literal["chunks", "units", "graph"] = "chunks"
-    # The same random permutation of hidden units applied to theta and theta' (mlp and cnn nets).
+    # The same random permutation of hidden units applied to theta and theta' (mlp, cnn and vit nets).
     permutation_augmentation: bool = True
     # Ours: instead of a random permutation, the one that sorts theta's hidden units of each layer
     # by the squared norm of the values they index (weightgen.nets.permute.canonical_permutations),

@@ -222,7 +222,7 @@ class GPT(Generator):
                                  "hidden units, so the model could not treat them alike; got 'element'")
         shapes = {k: shape for k, (shape, _) in self.layout.items()}
         try:
-            groups = hidden_groups(self.net_build.get("name", "?"), shapes)
+            groups = hidden_groups(self.net_build.get("name", "?"), shapes, self.net_build.get("kwargs"))
         except ValueError as e:
             raise GeneratorError(str(e).replace("permutation augmentation", f"gpt architecture '{self.spec.architecture}'")
                                  .replace("generator.permutation_augmentation: false",
@@ -239,7 +239,7 @@ class GPT(Generator):
         would change the network's function. Buffers follow whatever is generated."""
         shapes = {k: shape for k, (shape, _) in self.layout.items()}
         try:
-            groups = hidden_groups(self.net_build.get("name", "?"), shapes)
+            groups = hidden_groups(self.net_build.get("name", "?"), shapes, self.net_build.get("kwargs"))
         except ValueError as e:
             raise GeneratorError(str(e)) from None
         generated = set(self.tokenizer.names)

@@ -44,7 +44,7 @@ import math
 import torch
 from torch import nn
 
-from weightgen.nets.permute import HiddenGroup
+from weightgen.nets.permute import HiddenGroup, unit_values
 from weightgen.tokens import Tokenizer
 
 
@@ -84,7 +84,7 @@ class UnitIndex:
         unit_of_group: dict[int, int] = {}
         for g, (group, axes) in enumerate(zip(groups, generated)):
             # a unit's block stays together
-            parts = [positions(a.name).movedim(a.dim, 0).reshape(group.size, -1) for a in axes if a.name not in shared]
+            parts = [unit_values(positions(a.name)[None], a, group.size)[0] for a in axes if a.name not in shared]
             if parts:
                 index = torch.cat(parts, 1)
                 unit_of_group[g] = len(self.units)
@@ -119,7 +119,7 @@ class UnitIndex:
         for g, axes in enumerate(generated):
             for a in axes:
                 owners.setdefault(a.name, []).append((g, a))
-        shared = {n: tuple(o) for n, o in owners.items() if len(o) == 2 and all(a.block == 1 for _, a in o)}
+        shared = {n: tuple(o) for n, o in owners.items() if len(o) == 2 and all(a.block == 1 and a.outer == 1 for _, a in o)}
         own = {g: {a.name for a in axes} - set(shared) for g, axes in enumerate(generated)}
         return {n: o for n, o in shared.items() if all(own[g] for g, _ in o)}
 

@@ -9,8 +9,10 @@ that do not depend on one arbitrary ordering of the units.
 
 A ``HiddenGroup`` lists the axes one hidden layer's permutation moves. When a layer is
 flattened into a linear one (channels x positions), one unit is a contiguous ``block`` of
-input columns: permuting a channel moves its block of spatial positions with it.
-``hidden_groups`` knows the library's ``mlp`` and ``cnn``; other nets are refused by name.
+input columns: permuting a channel moves its block of spatial positions with it. An axis
+that stacks several tensors' units (attention's fused query, key and value rows) is split
+into ``outer`` equal parts, the same permutation applied inside each.
+``hidden_groups`` knows the library's ``mlp``, ``cnn`` and ``vit``; other nets are refused by name.
 
 ``canonical_permutations`` (ours, G.pt's ``canonical_order``) picks one ordering of each
 network instead of a random one: every layer's units sorted by the squared norm of the values
@@ -37,6 +39,7 @@ class Axis:
     dim: int
     block: int = 1
     buffer: bool = False  # running statistics: not trained, but permuted all the same
+    outer: int = 1  # the dimension is ``outer`` stacked parts of units x block (attention's q, k, v rows)
 
 
 @dataclass(frozen=True)
@@ -93,15 +96,57 @@ def _cnn_groups(shapes: dict[str, tuple[int, ...]]) -> list[HiddenGroup]:
     return groups
 
 
-GROUPS = {"mlp": _mlp_groups, "cnn": _cnn_groups}
+def _vit_groups(shapes: dict[str, tuple[int, ...]], heads: int) -> list[HiddenGroup]:
+    # weightgen.nets.vit: three kinds of symmetry, each exact for the network's function.
+    # 1. The residual stream's channels: every tensor that writes to or reads from it, LayerNorms
+    #    included (a LayerNorm's mean and variance over channels ignore their order).
+    # 2. Each block's MLP hidden units (as in the ``mlp``).
+    # 3. Each block's attention heads: a head's query, key and value rows and its columns of the
+    #    output projection move together. Permutations inside a head (its query/key dimensions,
+    #    its value dimensions) are exact too but left out: nested in the heads' permutation they
+    #    would not be independent groups, and a head is the unit a run learns in its own order.
+    dim = shapes["patch_embed.weight"][0]
+    if dim % heads:
+        raise PermutationError(f"vit: width {dim} (patch_embed.weight) is not a multiple of its {heads} heads")
+    blocks = [p.removesuffix(".norm1") for _, p in _indexed(shapes, r"blocks\.(\d+)\.norm1\.weight")]
+    residual = [Axis("patch_embed.weight", 0), Axis("patch_embed.bias", 0), Axis("cls_token", 2),
+                Axis("pos_embed", 2), Axis("norm.weight", 0), Axis("norm.bias", 0), Axis("head.weight", 1)]
+    inner = []
+    for b in blocks:
+        residual += [Axis(f"{b}.{n}", d) for n, d in (
+            ("norm1.weight", 0), ("norm1.bias", 0), ("attn.in_proj_weight", 1), ("attn.out_proj.weight", 0),
+            ("attn.out_proj.bias", 0), ("norm2.weight", 0), ("norm2.bias", 0), ("mlp.0.weight", 1),
+            ("mlp.2.weight", 0), ("mlp.2.bias", 0))]
+        inner.append(HiddenGroup(shapes[f"{b}.mlp.0.weight"][0], (
+            Axis(f"{b}.mlp.0.weight", 0), Axis(f"{b}.mlp.0.bias", 0), Axis(f"{b}.mlp.2.weight", 1))))
+        inner.append(HiddenGroup(heads, (
+            Axis(f"{b}.attn.in_proj_weight", 0, dim // heads, outer=3),
+            Axis(f"{b}.attn.in_proj_bias", 0, dim // heads, outer=3),
+            Axis(f"{b}.attn.out_proj.weight", 1, dim // heads))))
+    groups = [HiddenGroup(dim, tuple(residual))] + inner
+    return [HiddenGroup(g.size, tuple(a for a in g.axes if a.name in shapes)) for g in groups]
 
 
-def hidden_groups(net: str, shapes: dict[str, tuple[int, ...]]) -> list[HiddenGroup]:
-    """The permutable hidden layers of net ``net`` (a registered net name), from its entries' shapes."""
+def _vit_heads(kwargs: dict) -> int:
+    # nn.MultiheadAttention stores no head count among its tensors: it is the net's ``heads``.
+    from inspect import signature
+
+    from .vit import vit
+    return int(kwargs.get("heads", signature(vit).parameters["heads"].default))
+
+
+# net name -> groups from the entries' shapes and the net's build kwargs (a ViT's head count)
+GROUPS = {"mlp": lambda shapes, kwargs: _mlp_groups(shapes), "cnn": lambda shapes, kwargs: _cnn_groups(shapes),
+          "vit": lambda shapes, kwargs: _vit_groups(shapes, _vit_heads(kwargs))}
+
+
+def hidden_groups(net: str, shapes: dict[str, tuple[int, ...]], kwargs: dict | None = None) -> list[HiddenGroup]:
+    """The permutable hidden layers of net ``net`` (a registered net name), from its entries' shapes
+    and the keyword arguments it was built with (``net.kwargs``; a ViT's ``heads``)."""
     if net not in GROUPS:
         raise PermutationError(f"permutation augmentation does not know net '{net}'; it supports "
                                f"{', '.join(GROUPS)} (turn it off with generator.permutation_augmentation: false)")
-    return GROUPS[net]({k: tuple(v) for k, v in shapes.items()})
+    return GROUPS[net]({k: tuple(v) for k, v in shapes.items()}, dict(kwargs or {}))
 
 
 def random_permutations(groups: list[HiddenGroup], n: int, generator: torch.Generator | None = None) -> list[Tensor]:
@@ -109,14 +154,14 @@ def random_permutations(groups: list[HiddenGroup], n: int, generator: torch.Gene
     return [torch.rand(n, g.size, generator=generator).argsort(1) for g in groups]
 
 
-def _permute_axis(x: Tensor, dim: int, block: int, perm: Tensor) -> Tensor:
-    """``x`` ``(B, ...)`` with the units along ``dim`` (a dimension of one row, not counting B)
-    reordered, row b by ``perm[b]`` (``perm``: ``(B, units)``)."""
-    x = x.movedim(dim + 1, 1)
+def _permute_axis(x: Tensor, axis: Axis, perm: Tensor) -> Tensor:
+    """``x`` ``(B, ...)`` with the units along ``axis.dim`` (a dimension of one row, not counting B)
+    reordered, row b by ``perm[b]`` (``perm``: ``(B, units)``), in each of its ``outer`` parts."""
+    x = x.movedim(axis.dim + 1, 1)
     moved = x.shape
-    x = x.reshape(moved[0], perm.shape[1], block, *moved[2:])
-    x = x[torch.arange(len(perm), device=x.device)[:, None], perm.to(x.device)]
-    return x.reshape(moved).movedim(1, dim + 1)
+    x = x.reshape(moved[0], axis.outer, perm.shape[1], axis.block, *moved[2:])
+    x = x[torch.arange(len(perm), device=x.device)[:, None], :, perm.to(x.device)]  # (B, units, outer, ...)
+    return x.movedim(2, 1).reshape(moved).movedim(1, axis.dim + 1)
 
 
 def permute_batch(states: dict[str, Tensor], groups: list[HiddenGroup], perms: list[Tensor]) -> dict[str, Tensor]:
@@ -129,7 +174,7 @@ def permute_batch(states: dict[str, Tensor], groups: list[HiddenGroup], perms: l
     for group, perm in zip(groups, perms):
         for axis in group.axes:
             if axis.name in out:
-                out[axis.name] = _permute_axis(out[axis.name], axis.dim, axis.block, perm)
+                out[axis.name] = _permute_axis(out[axis.name], axis, perm)
     return out
 
 
@@ -139,11 +184,13 @@ def permute_state(state: dict[str, Tensor], groups: list[HiddenGroup], perms: li
     return {k: v[0] for k, v in batched.items()}
 
 
-def _unit_values(x: Tensor, dim: int, size: int) -> Tensor:
+def unit_values(x: Tensor, axis: Axis, size: int) -> Tensor:
     """Stacked entry ``x`` ``(B, ...)`` as ``(B, size, -1)``: row u of network b holds every value its
-    unit u indexes along ``dim`` (a dimension of one network, not counting B)."""
-    x = x.movedim(dim + 1, 1)
-    return x.reshape(x.shape[0], size, -1)
+    unit u indexes along ``axis.dim`` (a dimension of one network, not counting B), its block and
+    its row in each ``outer`` part together."""
+    x = x.movedim(axis.dim + 1, 1)
+    x = x.reshape(x.shape[0], axis.outer, size, -1)
+    return x.movedim(2, 1).reshape(x.shape[0], size, -1)
 
 
 def canonical_permutations(states: dict[str, Tensor], groups: list[HiddenGroup]) -> list[Tensor]:
@@ -159,7 +206,7 @@ def canonical_permutations(states: dict[str, Tensor], groups: list[HiddenGroup])
         for axis in group.axes:
             if axis.buffer or axis.name not in states:
                 continue
-            norms = _unit_values(states[axis.name], axis.dim, group.size).pow(2).sum(-1)  # a unit's block folded in
+            norms = unit_values(states[axis.name], axis, group.size).pow(2).sum(-1)  # a unit's block folded in
             key = norms if key is None else key + norms
         if key is None:
             raise PermutationError(f"no parameter of a hidden layer of {group.size} units is in the states "
@@ -195,7 +242,7 @@ def matching_permutations(state: dict[str, Tensor], reference: dict[str, Tensor]
             for axis in group.axes:
                 if axis.buffer or axis.name not in state:
                     continue
-                ref, cur = (_unit_values(x[axis.name].unsqueeze(0), axis.dim, group.size)[0].double()
+                ref, cur = (unit_values(x[axis.name].unsqueeze(0), axis, group.size)[0].double()
                             for x in (reference, current))
                 score += ref @ cur.T
             _, col = linear_sum_assignment(score.numpy(), maximize=True)

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 ALIGN_META = "aligned"
 
 
-def align_zoo(path, writer: ZooWriter, net: str, seed: int = 0) -> dict:
+def align_zoo(path, writer: ZooWriter, seed: int = 0) -> dict:
     """Align every finished run of the zoo at ``path`` (written through ``writer``) to its first
     training run; returns (and stores as metadata ``aligned``) what was done."""
     done = writer.get_meta(ALIGN_META)
@@ -45,7 +45,8 @@ def align_zoo(path, writer: ZooWriter, net: str, seed: int = 0) -> dict:
             raise ZooError(f"{path}: no finished training run to align the zoo to")
         ref_member = [m for m in train if m.run == train[0].run][-1]
         reference = zoo.load(ref_member)
-        groups = hidden_groups(net, {k: tuple(v.shape) for k, v in reference.items()})
+        net = zoo.meta("net_build")
+        groups = hidden_groups(net["name"], {k: tuple(v.shape) for k, v in reference.items()}, net.get("kwargs"))
         moved = 0
         for run, ckpts in groupby(members, key=lambda m: m.run):
             ckpts = list(ckpts)

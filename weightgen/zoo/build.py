@@ -223,5 +223,5 @@ def _build(cfg: ExperimentConfig, path: Path, writer: ZooWriter, show_progress: 
         dist.barrier()
     summary = {"runs": len(plans), "trained": len(todo), "skipped": len([p for p in plans if p.run in done])}
     if cfg.zoo.align != "none" and rank == 0:  # every run is done here (the barrier above)
-        summary["aligned"] = align_zoo(path, writer, cfg.net.name, cfg.seed)
+        summary["aligned"] = align_zoo(path, writer, cfg.seed)
     return summary
