@@ -53,7 +53,8 @@ def keep_earlier(name: str, results: list[dict], key, fill: tuple[str, ...] = ()
         return results
     for row in earlier["results"]:
         for field in fill:
-            row.setdefault(field, earlier.get(field))
+            if row.get(field) is None:  # absent, or written as None before the field was filled in per row
+                row[field] = earlier.get(field)
     done = {key(r) for r in results}
     return [r for r in earlier["results"] if key(r) not in done] + results
 
@@ -65,7 +66,9 @@ def row_commands(rows: list[dict]) -> str:
     for r in rows:
         m = r["machine"]
         where = f"`{r['command']}` on {m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']} ({m['date']})"
-        made.setdefault(where, []).append(r["name"])
+        names = made.setdefault(where, [])
+        if r["name"] not in names:  # a setting measured at several weights or levels is named once
+            names.append(r["name"])
     return "\n".join(f"- {where}: {', '.join(names)}" for where, names in made.items())
 
 

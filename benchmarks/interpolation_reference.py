@@ -1,9 +1,9 @@
 """Networks between two training runs, made without learning, judged as samples (issue 4's targets, calibrated).
 
-    python benchmarks/interpolation_reference.py [--only cnn-aligned mlp ...] [--weights 0.1 0.25 0.5]
+    python benchmarks/interpolation_reference.py [--only cnn-aligned mlp vit-aligned ...] [--weights 0.1 0.25 0.5]
 
 ``weightgen.evaluate.interpolated`` (ours) draws 50 pairs of training checkpoints from two different runs
-and returns ``(1 - w) a + w b``. On the rpg_whole seeds zoos as trained (``cnn``, ``mlp``) the runs'
+and returns ``(1 - w) a + w b``. On the rpg_whole seeds zoos as trained (``cnn``, ``mlp``, ``vit``) the runs'
 hidden units are in unrelated orders; on the same zoos aligned by weight matching (``-aligned``,
 ``zoo.align``) they share one. This is what a generator that mixes two runs' permutation states
 (``state_mix``) can be compared with, and it tells whether issue 4's three targets (mean >= 99% of the
@@ -11,6 +11,7 @@ originals' mean, best >= original best, lower max IoU than noise-added originals
 can be met by a network no run holds that nothing learned. The CNN's made networks (interpolations,
 noise-added originals) get BatchNorm statistics recomputed on the training inputs (``evaluate.recalibrate_bn``)
 where the setting says so, as the weight average of an aligned zoo needs.
+Rows of earlier invocations that this one does not redo are kept (one table for all).
 Writes benchmarks/results/interpolation_reference.json and a section of docs/results.md.
 """
 from __future__ import annotations
@@ -20,7 +21,8 @@ import time
 
 import torch
 
-from common import WORK, command, fmt, machine, more_novel_than_noise, settings_args, summarize, write_json, write_section
+from common import (WORK, command, fmt, keep_earlier, machine, more_novel_than_noise, row_commands, settings_args, summarize,
+                    write_json, write_section)
 from rpg_whole import SEEDS_ZOO, TOKENS, ZOOS
 from weightgen.config import parse_config
 from weightgen.evaluate import interpolated
@@ -36,7 +38,7 @@ def settings() -> list[dict]:
     """Each rpg_whole zoo a net can be aligned for, as trained and aligned; the CNN also aligned without
     recomputed BatchNorm statistics (its interpolated running statistics used as they are)."""
     out = []
-    for net in ("cnn", "mlp"):
+    for net in ("cnn", "mlp", "vit"):
         for aligned in (False, True):
             zoo = {**SEEDS_ZOO, **({"align": "weight_matching"} if aligned else {})}
             name = f"{net}{'-aligned' if aligned else ''}"
@@ -49,7 +51,8 @@ def settings() -> list[dict]:
     return out
 
 
-def judge(s: dict, weight: float) -> dict:
+def judge(s: dict, weight: float, made_by: dict) -> dict:
+    """One setting at one weight; ``made_by``: this invocation's command and machine, stored in the row."""
     cfg = parse_config(copy.deepcopy(s["config"]), s["name"])
     build_zoo(cfg, s["zoo"], show_progress=False)  # the benchmark's zoo, built (or checked) once
     with Zoo.open(s["zoo"]) as zoo:
@@ -61,7 +64,7 @@ def judge(s: dict, weight: float) -> dict:
     report.update(timing={}, fit=None)
     row = summarize(s["name"], report)
     o, g = row["original"], row["generated"]
-    row.update(weight=weight, aligned=s["aligned"], recalibrate_bn=report["recalibrate_bn"],
+    row.update(weight=weight, aligned=s["aligned"], **made_by, recalibrate_bn=report["recalibrate_bn"],
                heldout=report["groups"].get("heldout", {}).get("mean"),
                novelty_note=novelty_note(report["groups"], head="novelty at equal accuracy: interpolated",
                                          who="interpolated models"))
@@ -77,17 +80,24 @@ def main() -> None:
                         help="w of (1 - w) a + w b, a and b checkpoints of two different runs")
     args = settings_args(__doc__, extra)
     rows, started = [], time.time()
+    made_by = {"command": command(), "machine": machine()}  # one invocation, one line of the section's commands
     for s in settings():
         if args.only and s["name"] not in args.only:
             continue
         for w in args.weights:
-            rows.append(judge(s, w))
+            rows.append(judge(s, w, made_by))
             r = rows[-1]
             print(f"== {s['name']} w={w:g}: mean {fmt(r['generated']['mean'])} at max IoU "
                   f"{fmt(r['generated']['max_iou_mean'], '.3f')}; {r['targets']}", flush=True)
-    payload = {"benchmark": "interpolation_reference", "command": command(), "machine": machine(),
-               "seconds": time.time() - started, "results": rows}
+    rows = keep_earlier("interpolation_reference", rows, key=lambda r: (r["name"], r["weight"]), fill=("command", "machine"))
+    payload = {"benchmark": "interpolation_reference", **made_by, "seconds": time.time() - started, "results": rows}
     write_json("interpolation_reference", payload)
+    write_doc(rows)
+    print(f"wrote benchmarks/results/interpolation_reference.json ({time.time() - started:.0f} s)")
+
+
+def write_doc(rows: list[dict]) -> None:
+    """The docs/results.md section from the rows of benchmarks/results/interpolation_reference.json."""
     lines = ["| zoo | w | BatchNorm statistics | original best / mean | weight avg | interpolated best / mean / median (worst) "
              "| max IoU orig / interpolated | nearest dist orig / interpolated | targets |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -102,9 +112,11 @@ def main() -> None:
     notes = "\n".join(f"- **{r['name']}, w={r['weight']:g}**: {r['novelty_note']}" for r in rows)
     write_section("interpolation_reference", f"""## Networks between two runs, made without learning (issue 4)
 
-Command: `{payload['command']}` on {machine()['platform']}, {machine()['cpu_count']} CPUs, torch {torch.__version__} ({machine()['date']}).
-The rpg_whole seeds zoos (20 training runs x last 5 checkpoints of the digits CNN with BatchNorm and of the
-MLP [32]), as trained and aligned by weight matching (`zoo.align`, ours). {N} networks (1 − w) a + w b, a and b
+Commands, and the rows each made:
+{row_commands(rows)}
+
+The rpg_whole seeds zoos (20 training runs x last 5 checkpoints of the digits CNN with BatchNorm, of the
+MLP [32] and of the tiny ViT), as trained and aligned by weight matching (`zoo.align`, ours). {N} networks (1 − w) a + w b, a and b
 checkpoints of two different runs drawn at random (`weightgen.evaluate.interpolated`, ours), judged exactly
 as a generator's samples: {N} noise-added originals per σ, BatchNorm statistics of every made network
 (these, the weight average, noise-added originals) recomputed on the training inputs where the column says
@@ -116,7 +128,6 @@ The evaluator's novelty notes:
 
 {notes}
 """)
-    print(f"wrote benchmarks/results/interpolation_reference.json ({time.time() - started:.0f} s)")
 
 
 if __name__ == "__main__":
