@@ -305,6 +305,8 @@ def test_unsupported_net_is_named():
         hidden_groups("timm:resnet18", {k: v.shape for k, v in state.items()})
     with pytest.raises(PermutationError, match="width 32.*not a multiple of its 5 heads"):
         hidden_groups("vit", {k: v.shape for k, v in state.items()}, {"heads": 5})
+    with pytest.raises(PermutationError, match="vit: no entry 'patch_embed.weight'"):
+        hidden_groups("vit", {k: v.shape for k, v in state.items() if not k.startswith("patch_embed")})
     tok = Tokenizer.fit([state], token_size=16)
     net_build = {"name": "timm:resnet18", "input_shape": [1, 8, 8], "num_classes": 10, "kwargs": {}}
     with pytest.raises(GeneratorError, match="net 'timm:resnet18'.*permutation_augmentation: false"):

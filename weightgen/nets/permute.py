@@ -105,6 +105,9 @@ def _vit_groups(shapes: dict[str, tuple[int, ...]], heads: int) -> list[HiddenGr
     #    output projection move together. Permutations inside a head (its query/key dimensions,
     #    its value dimensions) are exact too but left out: nested in the heads' permutation they
     #    would not be independent groups, and a head is the unit a run learns in its own order.
+    if "patch_embed.weight" not in shapes:
+        raise PermutationError("vit: no entry 'patch_embed.weight', which gives the residual width; "
+                               f"entries: {', '.join(sorted(shapes)[:6])}...")
     dim = shapes["patch_embed.weight"][0]
     if dim % heads:
         raise PermutationError(f"vit: width {dim} (patch_embed.weight) is not a multiple of its {heads} heads")
