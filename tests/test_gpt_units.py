@@ -51,13 +51,18 @@ SHARED = {"mlp-two-hidden", "cnn-two-conv"}  # a weight between two hidden layer
 
 def _units_gen(key: str, include: list[str] | None = None, normalize: str = "tensor", **spec):
     name, make = NETS[key]
-    nets = [make(s) for s in range(4)]
+    gen, states = _gen_on(name, [make(s) for s in range(4)], include, normalize, **spec)
+    return gen, states, name
+
+
+def _gen_on(name: str, nets: list[nn.Module], include: list[str] | None = None, normalize: str = "tensor", **spec):
+    """A units G.pt (``UNITS`` updated by ``spec``) on the states of ``nets``, of registered net ``name``."""
     states = [n.state_dict() for n in nets]
     params = [k for k, _ in nets[0].named_parameters()]
     names = [k for k in params if include is None or any(k.startswith(p) for p in include)]
     tok = Tokenizer.fit(states, names, token_size=16, parameter_names=params, normalize=normalize)
     gen = GPT(GPTSpec.model_validate({**UNITS, **spec}), tok, states[0], {"name": name, "kwargs": {}})
-    return gen, states, name
+    return gen, states
 
 
 def _randomize(module: nn.Module) -> None:
@@ -214,11 +219,9 @@ def test_graph_model_saves_and_loads_with_its_edges(tmp_path):
 def test_vit_unit_tokens_move_with_their_units():
     """The ViT's groups (residual channels, MLP units, heads whose rows sit in three stacked parts of
     one tensor): permuting one group's units permutes the rows of its unit tokens, nothing else."""
-    nets = [build_net("vit", (1, 8, 8), 10, seed=s, dim=8, depth=1) for s in range(2)]  # 4 heads of 2
-    states = [n.state_dict() for n in nets]
-    params = [k for k, _ in nets[0].named_parameters()]
-    tok = Tokenizer.fit(states, params, token_size=16, parameter_names=params)
-    gen = GPT(GPTSpec.model_validate(UNITS), tok, states[0], {"name": "vit", "kwargs": {}})
+    vits = [build_net("vit", (1, 8, 8), 10, seed=s, dim=8, depth=1) for s in range(2)]  # 4 heads of 2
+    gen, states = _gen_on("vit", vits)
+    tok = gen.tokenizer
     groups = hidden_groups("vit", {k: v.shape for k, v in states[0].items()})
     assert [g.size for g in groups] == [8, 16, 4]
     index = gen.net.units.unit_indices()
