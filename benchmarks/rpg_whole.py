@@ -1,6 +1,6 @@
 """Whole networks from many seeds: RPG against p-diff on the same zoo (issue 4, item 3).
 
-    python benchmarks/rpg_whole.py [--only cnn-rpg ...] [--scale 1.0] [--reuse] [--temperature 0.5] [--state-mix 0.25] [--samples 100] [--fit-only]
+    python benchmarks/rpg_whole.py [--only cnn-rpg ...] [--scale 1.0] [--reuse] [--temperature 0.5] [--state-mix 0.25] [--samples 100] [--fit-seed 1] [--fit-only]
 
 Each zoo holds 20 independent training runs (seeds) of one digits net, the last 5 checkpoints of
 each, 17 steps (one epoch) apart: 100 whole networks (BatchNorm running statistics
@@ -138,11 +138,16 @@ def main() -> None:
         ap.add_argument("--recalibrate-bn", action="store_true",
                         help="evaluate.recalibrate_bn (ours): BatchNorm statistics of every made network recomputed on "
                              "the training inputs before judging (-bn; judges the generators fitted without it)")
+        ap.add_argument("--fit-seed", type=int, default=None,
+                        help="generator.seed: fit with these draws instead of the experiment's seed, on the same "
+                             "zoo (run folders and the table get a -fsN suffix), to measure fit-to-fit spread")
         ap.add_argument("--fit-only", action="store_true",
                         help="fit and save the generators, judge nothing (e.g. fit on a lent GPU, judge later with --reuse)")
     args = settings_args(__doc__, extra)
     if args.align:
         args.tag = "-".join(filter(None, [args.tag, "aligned"]))
+    if args.fit_seed is not None:
+        args.tag = "-".join(filter(None, [args.tag, f"fs{args.fit_seed}"]))
     tag = "-".join(filter(None, [args.tag, f"t{args.temperature:g}" if args.temperature != 1 else "",
                                  f"mix{args.state_mix:g}" if args.state_mix else "",
                                  "bn" if args.recalibrate_bn else "",
@@ -165,6 +170,8 @@ def main() -> None:
                 continue  # nothing to mix
             raw["generator"]["state_mix"] = args.state_mix
         raw["sample"] = {**raw["sample"], "n": args.samples}
+        if args.fit_seed is not None:
+            raw["generator"]["seed"] = args.fit_seed
         if args.recalibrate_bn:
             raw["evaluate"] = {**raw["evaluate"], "recalibrate_bn": True}
         cfg = parse_config(raw, s["name"])

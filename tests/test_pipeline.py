@@ -191,6 +191,22 @@ def test_fitting_is_reproducible_from_the_config_seed(pdiff_zoo):
                        next(b.sample(2, seed=0, sampler="ddim", steps=5))["head.weight"])
 
 
+def test_generator_seed_refits_with_other_draws_and_defaults_to_the_experiment_seed(pdiff_zoo):
+    """``generator.seed`` changes the fit's draws on the same zoo (what a fit-to-fit spread needs);
+    left unset it is the experiment's ``seed``, so configs written before it fit as they did."""
+    gen = {**PDIFF_GEN, "ae_steps": 5, "diffusion_steps": 5}
+    zoo = Zoo.open(pdiff_zoo)
+    try:
+        def head(generator_cfg):
+            g, _ = fit_generator(parse({**PDIFF_ZOO_CFG, "generator": generator_cfg}), zoo, show_progress=False)
+            return next(g.sample(2, seed=0, sampler="ddim", steps=5))["head.weight"]
+        unset, same, other = head(gen), head({**gen, "seed": PDIFF_ZOO_CFG.get("seed", 0)}), head({**gen, "seed": 7})
+    finally:
+        zoo.close()
+    assert torch.equal(unset, same)
+    assert not torch.equal(unset, other)
+
+
 # -- the commands ---------------------------------------------------------------------------------
 
 RUN_CFG = {

@@ -158,7 +158,11 @@ LRSchedule = Literal["constant", "cosine"]
 
 
 class EMASpec(StrictModel):
-    """What every generator with an ``ema`` of its weights shares."""
+    """What every generator (each keeps an ``ema`` of its weights) shares."""
+
+    # The fit's seed (the generator's initial weights, its batches and noise); None: the experiment's
+    # ``seed``, which also seeds the zoo. Set it to refit one generator on the same zoo with other draws.
+    seed: int | None = None
 
     # Ours, off by default (the fits in docs/results.md before it ran without): the EMA's decay
     # follows min(ema, (1 + n) / (10 + n)) over its n updates, as diffusers' EMAModel does, so a

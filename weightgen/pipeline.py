@@ -35,10 +35,11 @@ def zoo_task(zoo: Zoo) -> Task:
 
 def fit_generator(cfg: ExperimentConfig, zoo: Zoo, show_progress: bool = True) -> tuple[Generator, dict]:
     cls = GENERATORS.get(cfg.generator.method)
-    torch.manual_seed(cfg.seed)  # the generator's initial weights come from the global RNG
+    seed = cfg.seed if cfg.generator.seed is None else cfg.generator.seed
+    torch.manual_seed(seed)  # the generator's initial weights come from the global RNG
     gen = cls.from_zoo(cfg.generator, zoo, cfg.tokenizer)
     start = time.perf_counter()
-    stats = gen.fit(zoo, show_progress=show_progress, seed=cfg.seed)
+    stats = gen.fit(zoo, show_progress=show_progress, seed=seed)
     stats["fit_seconds"] = time.perf_counter() - start
     return gen, stats
 
