@@ -124,6 +124,14 @@ def state_mix_note(m: float) -> str:
             f"run's state + {m:g} x another's, from the generators fitted at state mix 0 (fit s: theirs).")
 
 
+def fit_seed_note(seed: int | None) -> str:
+    if seed is None:
+        return ""
+    return (f" Generators fitted with `generator.seed: {seed}` (the fit's own draws: initial weights, batches, noise) on "
+            "the same zoo; the tables without an -fs tag fit with the experiment's seed 0. Several such fits of one "
+            "config measure how far one fit can be from the next.")
+
+
 def main() -> None:
     def extra(ap):
         ap.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (scale of DDIM's starting noise)")
@@ -241,7 +249,7 @@ from the true previous tokens of a training checkpoint, as in training. p-diff: 
 the flattened network, autoencoder + diffusion steps in the table; `+element-norm`: each value standardized over the
 zoo (ours). {align_note if args.align else ""}{args.samples} samples each, DDIM
 {SAMPLE['steps']} steps. Targets: mean ≥ 99% of the originals' mean, best ≥ original best, lower max IoU than
-noise-added originals at the same accuracy.{temperature_note(args.temperature)}{bn_note if args.recalibrate_bn else ""}{state_mix_note(args.state_mix)}{apart}
+noise-added originals at the same accuracy.{temperature_note(args.temperature)}{bn_note if args.recalibrate_bn else ""}{state_mix_note(args.state_mix)}{fit_seed_note(args.fit_seed)}{apart}
 
 {chr(10).join(lines)}
 
