@@ -110,8 +110,9 @@ def _vit_groups(shapes: dict[str, tuple[int, ...]], heads: int) -> list[HiddenGr
     #    would not be independent groups, and matched once after alignment they took only 9% more
     #    off attention's distance between runs (docs/results.md, "Between two runs").
     if "patch_embed.weight" not in shapes:
+        names = sorted(shapes)
         raise PermutationError("vit: no entry 'patch_embed.weight', which gives the residual width; "
-                               f"entries: {', '.join(sorted(shapes)[:6])}...")
+                               f"entries: {', '.join(names[:6])}{', ...' if len(names) > 6 else ''}")
     dim = shapes["patch_embed.weight"][0]
     if dim % heads:
         raise PermutationError(f"vit: width {dim} (patch_embed.weight) is not a multiple of its {heads} heads")
