@@ -1,6 +1,6 @@
 """Whole networks from many seeds: RPG against p-diff on the same zoo (issue 4, item 3).
 
-    python benchmarks/rpg_whole.py [--only cnn-rpg ...] [--scale 1.0] [--reuse] [--temperature 0.5] [--state-mix 0.25] [--samples 100] [--fit-seed 1] [--fit-only]
+    python benchmarks/rpg_whole.py [--only cnn-rpg ...] [--scale 1.0] [--reuse] [--temperature 0.5] [--state-mix 0.25] [--samples 100] [--fit-seed 1] [--fold-bn] [--fit-only]
 
 Each zoo holds 20 independent training runs (seeds) of one digits net, the last 5 checkpoints of
 each, 17 steps (one epoch) apart: 100 whole networks (BatchNorm running statistics
@@ -143,6 +143,9 @@ def main() -> None:
         ap.add_argument("--align", action="store_true",
                         help="zoo.align: weight_matching (ours): every run's hidden units put in the first run's order "
                              "(a separate zoo folder, -aligned; nets mlp, cnn and vit)")
+        ap.add_argument("--fold-bn", action="store_true",
+                        help="zoo.fold_bn (ours): every checkpoint's BatchNorms folded into the convs before them, so "
+                             "no BatchNorm statistic is generated (a separate zoo folder, -folded; BatchNorm nets)")
         ap.add_argument("--recalibrate-bn", action="store_true",
                         help="evaluate.recalibrate_bn (ours): BatchNorm statistics of every made network recomputed on "
                              "the training inputs before judging (-bn; judges the generators fitted without it)")
@@ -154,6 +157,8 @@ def main() -> None:
     args = settings_args(__doc__, extra)
     if args.align:
         args.tag = "-".join(filter(None, [args.tag, "aligned"]))
+    if args.fold_bn:
+        args.tag = "-".join(filter(None, [args.tag, "folded"]))
     if args.fit_seed is not None:
         args.tag = "-".join(filter(None, [args.tag, f"fs{args.fit_seed}"]))
     tag = "-".join(filter(None, [args.tag, f"t{args.temperature:g}" if args.temperature != 1 else "",
@@ -169,6 +174,11 @@ def main() -> None:
         if args.align:
             raw["zoo"] = {**raw["zoo"], "align": "weight_matching"}
             zoo_name += "-aligned"
+        if args.fold_bn:
+            if not raw["net"].get("batchnorm"):
+                continue  # nothing to fold
+            raw["zoo"] = {**raw["zoo"], "fold_bn": True}
+            zoo_name += "-folded"
         for k in STEP_KEYS:
             if k in raw["generator"]:
                 raw["generator"][k] = max(1, int(raw["generator"][k] * scale_of(args, s["name"])))
@@ -227,6 +237,9 @@ def main() -> None:
     align_note = ("Zoo aligned (`zoo.align: weight_matching`, ours): each run's hidden units permuted, by weight matching, "
                   "into the first training run's order; every network computes what it did, the weight average and the "
                   "distances are measured in that order. ")
+    fold_note = ("Zoo folded (`zoo.fold_bn`, ours): in every checkpoint each BatchNorm folded into the conv before it "
+                 "(its statistics and scale into the conv's weight and bias) and left an identity; every network "
+                 "computes what it did, and the BatchNorm entries, one constant everywhere, are not generated. ")
     bn_note = (" BatchNorm statistics of every made network (weight average, noise-added originals, samples) recomputed "
                "on the training inputs before judging (`evaluate.recalibrate_bn`, ours), from the generators fitted "
                "for the table without it (fit s: theirs).")
@@ -247,7 +260,7 @@ step; `-tn`: those tokens noised in training (`teacher_noise: 0.2`, ours); `b16`
 per step (sized for a GPU); `-warm`: the EMA's decay warmed up as min(0.999, (1 + n) / (10 + n)) (`ema_warmup`, ours). Teacher-forced mean (`-tokens` rows): the mean accuracy of 5 networks made with each token's prototype read
 from the true previous tokens of a training checkpoint, as in training. p-diff: its autoencoder on
 the flattened network, autoencoder + diffusion steps in the table; `+element-norm`: each value standardized over the
-zoo (ours). {align_note if args.align else ""}{args.samples} samples each, DDIM
+zoo (ours). {align_note if args.align else ""}{fold_note if args.fold_bn else ""}{args.samples} samples each, DDIM
 {SAMPLE['steps']} steps. Targets: mean ≥ 99% of the originals' mean, best ≥ original best, lower max IoU than
 noise-added originals at the same accuracy.{temperature_note(args.temperature)}{bn_note if args.recalibrate_bn else ""}{state_mix_note(args.state_mix)}{fit_seed_note(args.fit_seed)}{apart}
 

@@ -96,6 +96,12 @@ def zoo_info(path: Path = typer.Argument(..., help="zoo directory"),
                                  f"run {ref['run']}'s order (step {ref['step']})")
     elif cfg.zoo.align != "none":
         table.add_row("aligned", f"not yet ({cfg.zoo.align} runs once every run is trained)")
+    folded = zoo.meta("bn_folded")
+    if folded:
+        table.add_row("BatchNorm folded", f"{len(folded['pairs'])} BatchNorm(s) folded into the layers before them "
+                                          "(their entries are not generated)")
+    elif cfg.zoo.fold_bn:
+        table.add_row("BatchNorm folded", "not yet (folding runs once every run is trained)")
     table.add_row("runs", f"{sum(r['status'] == 'done' for r in runs)} done, {sum(r['status'] != 'done' for r in runs)} unfinished")
     for split in ("train", "heldout"):
         ms = [m for m in members if m.split == split]

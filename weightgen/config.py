@@ -102,6 +102,7 @@ class ZooSpec(StrictModel):
     ``heldout``: runs (or, in ``tasks`` mode, codes) trained and stored but marked held out,
     so that generators never see them and evaluation can compare against them.
     ``align``: ``weight_matching`` puts every run's hidden units in the first run's order (ours).
+    ``fold_bn``: every checkpoint's BatchNorms folded into the layers before them (ours).
     ``init``: where each run starts. ``run``: from its own seed's random weights. ``shared``:
     every run from the same weights (drawn with the zoo's seed); the run's seed still orders
     its data. ``pretrained``: one network is first trained on the base task (all classes)
@@ -130,6 +131,11 @@ class ZooSpec(StrictModel):
     # (one permutation per run, found by weight matching on its last checkpoint) into the order of
     # the first training run, so independent runs share one ordering; nets: mlp, cnn, vit.
     align: Literal["none", "weight_matching"] = "none"
+    # Ours (``weightgen.zoo.fold``): once every run is trained, fold each BatchNorm into the conv or
+    # linear layer before it and leave the BatchNorm an identity (same eval-mode function), so no
+    # generated running statistic can contradict the generated weights; the tokenizer leaves the
+    # BatchNorm entries, now one constant everywhere, out of the tokens.
+    fold_bn: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> "ZooSpec":
@@ -467,6 +473,14 @@ class ExperimentConfig(StrictModel):
     generator: GeneratorSpec = Field(default_factory=PDiffSpec)
     sample: SampleSpec = Field(default_factory=SampleSpec)
     evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec)
+
+    @model_validator(mode="after")
+    def _check(self) -> "ExperimentConfig":
+        if self.zoo.fold_bn and self.evaluate.recalibrate_bn:
+            # a folded BatchNorm given recomputed statistics normalizes away the scale and shift folded into its layer
+            raise ValueError("evaluate.recalibrate_bn recomputes the BatchNorm statistics that zoo.fold_bn folded into "
+                             "the layers before them, which would undo the fold; set one of them to false")
+        return self
 
 
 def format_validation_error(err: ValidationError, source: str) -> str:

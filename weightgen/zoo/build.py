@@ -15,11 +15,13 @@ import torch.distributed as dist
 
 from weightgen.config import ConfigError, ExperimentConfig, dump_config, parse_config
 from weightgen.nets import build_net, parameter_names
+from weightgen.nets.fold_bn import FoldError, fold_pairs
 from weightgen.nets.permute import GROUPS as PERMUTABLE
 from weightgen.progress import progress_bar
 from weightgen.tasks import all_codes, get_task, parse_code
 
 from .align import align_zoo
+from .fold import fold_zoo
 from .store import ZooError, ZooWriter
 from .train import Schedule, match_any, steps_per_epoch, train_member
 
@@ -188,6 +190,14 @@ def _build(cfg: ExperimentConfig, path: Path, writer: ZooWriter, show_progress: 
         if cfg.zoo.align != "none" and cfg.net.name not in PERMUTABLE:  # say so before any run is trained
             raise ZooError(f"zoo.align '{cfg.zoo.align}' permutes hidden units, which weightgen knows for nets "
                            f"{', '.join(PERMUTABLE)}, not '{cfg.net.name}'; use zoo.align: none")
+        if cfg.zoo.fold_bn:  # say so before any run is trained
+            try:
+                pairs = fold_pairs(net)
+            except FoldError as e:
+                raise ZooError(f"zoo.fold_bn: {e}") from None
+            if not pairs:
+                raise ZooError(f"zoo.fold_bn: net '{cfg.net.name}' has no BatchNorm right after a conv or linear "
+                               "layer to fold; use zoo.fold_bn: false")
         writer.set_meta("config", cfg.model_dump(mode="json"))
         writer.set_meta("config_yaml", dump_config(cfg))
         writer.set_meta("parameter_names", parameter_names(net))
@@ -222,6 +232,8 @@ def _build(cfg: ExperimentConfig, path: Path, writer: ZooWriter, show_progress: 
     if world > 1:
         dist.barrier()
     summary = {"runs": len(plans), "trained": len(todo), "skipped": len([p for p in plans if p.run in done])}
+    if cfg.zoo.fold_bn and rank == 0:  # every run is done here (the barrier above); before aligning
+        summary["bn_folded"] = fold_zoo(path, writer)
     if cfg.zoo.align != "none" and rank == 0:  # every run is done here (the barrier above)
         summary["aligned"] = align_zoo(path, writer, cfg.seed)
     return summary
