@@ -20,7 +20,8 @@ from weightgen.zoo.fold import FOLD_META, fold_zoo
 
 class Mixed(nn.Module):
     """Every case the fold must tell apart: a conv with and without bias before a BatchNorm, a
-    Linear before a BatchNorm1d, a BatchNorm after a ReLU, and a conv whose output a BatchNorm shares."""
+    Linear before a BatchNorm1d, a BatchNorm after a ReLU, a conv whose output a BatchNorm shares, and
+    a conv + BatchNorm applied twice (shared weights)."""
 
     def __init__(self):
         super().__init__()
@@ -28,12 +29,14 @@ class Mixed(nn.Module):
         self.c2, self.b2 = nn.Conv2d(4, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6)
         self.b_after_relu = nn.BatchNorm2d(6)
         self.c3, self.b3 = nn.Conv2d(6, 6, 1), nn.BatchNorm2d(6)  # c3's output also feeds the residual sum
+        self.c5, self.b5 = nn.Conv2d(6, 6, 1), nn.BatchNorm2d(6)  # called twice
         self.fc, self.b4 = nn.Linear(6, 5), nn.BatchNorm1d(5)
 
     def forward(self, x):
         x = self.b_after_relu(torch.relu(self.b2(self.c2(torch.relu(self.b1(self.c1(x)))))))
         y = self.c3(x)
         x = self.b3(y) + y
+        x = self.b5(self.c5(torch.relu(self.b5(self.c5(x)))))
         return self.b4(self.fc(x.mean((2, 3))))
 
 

@@ -30,7 +30,7 @@ BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
 class FoldError(ValueError):
-    """The network has no BatchNorm that can be folded, or cannot be traced to find one."""
+    """The network cannot be traced to find its (layer, BatchNorm) pairs."""
 
 
 @dataclass(frozen=True)
@@ -43,13 +43,18 @@ class FoldPair:
 
 def fold_pairs(net: nn.Module) -> list[FoldPair]:
     """Every (layer, BatchNorm) of ``net`` where the BatchNorm's input is the output of a conv or
-    linear layer that nothing else reads, found by tracing the forward pass (``torch.fx``)."""
+    linear layer that nothing else reads, found by tracing the forward pass (``torch.fx``). A module
+    called more than once (shared weights) is never folded: the fold would change its other uses."""
     try:
         graph = torch.fx.symbolic_trace(net).graph
     except Exception as e:  # fx raises many kinds for control flow it cannot follow
         raise FoldError(f"cannot trace {type(net).__name__} to find its conv-BatchNorm pairs ({type(e).__name__}: {e}); "
                         "use zoo.fold_bn: false") from None
     modules = dict(net.named_modules())
+    calls: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
     pairs = []
     for node in graph.nodes:
         if node.op != "call_module" or not isinstance(modules[node.target], BATCHNORMS):
@@ -58,7 +63,7 @@ def fold_pairs(net: nn.Module) -> list[FoldPair]:
         if not (isinstance(src, torch.fx.Node) and src.op == "call_module" and isinstance(modules[src.target], FOLDABLE)):
             continue
         layer = modules[src.target]
-        if len(src.users) != 1 or not bn.track_running_stats:
+        if len(src.users) != 1 or calls[src.target] > 1 or calls[node.target] > 1 or not bn.track_running_stats:
             continue
         has_bias = layer.bias is not None
         if not has_bias and not bn.affine:
