@@ -64,6 +64,19 @@ def build(data: dict, path: Path) -> dict:
     return build_zoo(parse(data), path, show_progress=False)
 
 
+def rerun_as_if_interrupted(zoo_dir: Path, meta_key: str, step):
+    """``step(zoo_dir, writer)`` (a post-training zoo step such as ``align_zoo``) run again on a finished
+    zoo whose metadata ``meta_key`` is removed: a build interrupted after the rewrite, before recording it."""
+    from weightgen.zoo import ZooWriter
+
+    writer = ZooWriter(zoo_dir)
+    try:
+        writer._con.execute("DELETE FROM meta WHERE key = ?", (meta_key,))
+        return step(zoo_dir, writer)
+    finally:
+        writer.close()
+
+
 def manifest_rows(zoo_dir: Path, sql: str, args: tuple = ()) -> list[tuple]:
     """Read the manifest directly, read-only (never through the code under test)."""
     con = sqlite3.connect(f"file:{Path(zoo_dir) / 'manifest.sqlite'}?mode=ro", uri=True, timeout=30)

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from conftest import STEPS_PER_EPOCH_64, build, tiny_cfg
+from conftest import STEPS_PER_EPOCH_64, build, rerun_as_if_interrupted, tiny_cfg
 from weightgen.cli import app
 from weightgen.nets import NETS, build_net
 from weightgen.nets.permute import hidden_groups, matching_permutations, permute_state, random_permutations
@@ -77,10 +77,7 @@ def test_an_aligned_zoo_holds_the_same_networks_in_one_order(tmp_path):
     shown = CliRunner().invoke(app, ["zoo", "info", str(tmp_path / "aligned")])
     assert shown.exit_code == 0 and "weight_matching:" in shown.output and "permuted" in shown.output
     # aligning again (a build interrupted after permuting, before recording it) changes nothing
-    writer = ZooWriter(tmp_path / "aligned")
-    writer._con.execute("DELETE FROM meta WHERE key = ?", (ALIGN_META,))
-    again = align_zoo(tmp_path / "aligned", writer)
-    writer.close()
+    again = rerun_as_if_interrupted(tmp_path / "aligned", ALIGN_META, align_zoo)
     assert again["runs_permuted"] == 0
     with Zoo.open(tmp_path / "aligned") as aligned:
         assert {m.shard for m in aligned.members(None)} == before and aligned.meta(ALIGN_META) == again

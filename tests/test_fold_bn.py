@@ -7,14 +7,14 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from conftest import build, parse, tiny_cfg
+from conftest import build, parse, rerun_as_if_interrupted, tiny_cfg
 from weightgen.cli import app
 from weightgen.config import ConfigError
 from weightgen.nets import NETS, build_net
 from weightgen.nets.fold_bn import fold_batchnorm, fold_pairs, folded_entries, is_folded
 from weightgen.pipeline import fit_generator, zoo_task
 from weightgen.tokens import Tokenizer, TokenizerError
-from weightgen.zoo import Zoo, ZooError, ZooWriter
+from weightgen.zoo import Zoo, ZooError
 from weightgen.zoo.fold import FOLD_META, fold_zoo
 
 
@@ -129,10 +129,7 @@ def test_a_folded_zoo_holds_the_same_networks_and_generates_no_batchnorm_entry(t
     shown = CliRunner().invoke(app, ["zoo", "info", str(tmp_path / "folded")])
     assert shown.exit_code == 0 and "2 BatchNorm(s) folded" in shown.output
     # folding again (a build interrupted after rewriting, before recording it) rewrites nothing
-    writer = ZooWriter(tmp_path / "folded")
-    writer._con.execute("DELETE FROM meta WHERE key = ?", (FOLD_META,))
-    again = fold_zoo(tmp_path / "folded", writer)
-    writer.close()
+    again = rerun_as_if_interrupted(tmp_path / "folded", FOLD_META, fold_zoo)
     assert again["checkpoints_folded"] == 0
     with Zoo.open(tmp_path / "folded") as folded:
         assert {m.shard for m in folded.members(None)} == before
