@@ -250,7 +250,7 @@ def main() -> None:
 
 Command: `{payload['command']}`; runs made on {where(rows)}.
 Zoo: 20 independent runs x last 5 checkpoints (one epoch apart) of each digits net, every parameter and
-BatchNorm statistic generated (10 more runs held out as the novelty reference since 2026-11-29). RPG: 64-value tokens, 2 Mamba layers (d_model 256), 2D positions, permutation
+{"(the zoo folded, see below) no " if args.fold_bn else ""}BatchNorm statistic generated (10 more runs held out as the novelty reference since 2026-11-29). RPG: 64-value tokens, 2 Mamba layers (d_model 256), 2D positions, permutation
 states, epsilon prediction, steps (in the table) x 4 checkpoints x 64 tokens (the paper trains far longer);
 `rpg+x0` is the same with x0 prediction (`diffusion.prediction: sample`, ours), `rpg+v` with v prediction
 (`diffusion.prediction: v_prediction`, ours); `+ema-cos`: x0, sampled from an EMA (0.999) of the weights, the
