@@ -11,11 +11,11 @@ from conftest import build, parse, rerun_as_if_interrupted, tiny_cfg
 from weightgen.cli import app
 from weightgen.config import ConfigError
 from weightgen.nets import NETS, build_net
-from weightgen.nets.fold_bn import fold_batchnorm, fold_pairs, folded_entries, is_folded
+from weightgen.nets.fold_bn import BATCHNORMS, FOLD_META, fold_batchnorm, fold_pairs, folded_entries, is_folded
 from weightgen.pipeline import fit_generator, zoo_task
 from weightgen.tokens import Tokenizer, TokenizerError
 from weightgen.zoo import Zoo, ZooError
-from weightgen.zoo.fold import FOLD_META, fold_zoo
+from weightgen.zoo.fold import fold_zoo
 
 
 class Mixed(nn.Module):
@@ -43,7 +43,7 @@ class Mixed(nn.Module):
 def _randomize_statistics(net: nn.Module, seed: int = 0) -> None:
     g = torch.Generator().manual_seed(seed)
     for m in net.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+        if isinstance(m, BATCHNORMS):
             m.running_mean.copy_(torch.randn(m.num_features, generator=g))
             m.running_var.copy_(torch.rand(m.num_features, generator=g) * 2 + 0.1)
             m.weight.data.copy_(torch.randn(m.num_features, generator=g))

@@ -77,6 +77,7 @@ def zoo_build(
 def zoo_info(path: Path = typer.Argument(..., help="zoo directory"),
              verify: bool = typer.Option(False, "--verify", help="check every shard's sha256")) -> None:
     """Summarize a zoo: members, parameters, metrics."""
+    from weightgen.nets.fold_bn import FOLD_META
     from weightgen.zoo import Zoo, ZooError
 
     try:
@@ -96,7 +97,7 @@ def zoo_info(path: Path = typer.Argument(..., help="zoo directory"),
                                  f"run {ref['run']}'s order (step {ref['step']})")
     elif cfg.zoo.align != "none":
         table.add_row("aligned", f"not yet ({cfg.zoo.align} runs once every run is trained)")
-    folded = zoo.meta("bn_folded")
+    folded = zoo.meta(FOLD_META)
     if folded:
         table.add_row("BatchNorm folded", f"{len(folded['pairs'])} BatchNorm(s) folded into the layers before them "
                                           "(their entries are not generated)")

@@ -17,9 +17,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .batched import stack_states
+from weightgen.nets.fold_bn import BATCHNORMS
 
-BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+from .batched import stack_states
 
 
 def has_batchnorm(net: nn.Module) -> bool:

@@ -27,6 +27,7 @@ from torch import nn
 
 FOLDABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+FOLD_META = "bn_folded"  # the zoo metadata a fold writes (``weightgen.zoo.fold``) and ``folded_entries`` reads
 
 
 class FoldError(ValueError):

@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from weightgen.nets.constraints import constrain
-from weightgen.nets.fold_bn import folded_entries
+from weightgen.nets.fold_bn import FOLD_META, folded_entries
 
 FLAT = "flat"
 NORMALIZE_MODES = ("tensor", "element", "none")
@@ -197,7 +197,7 @@ class Tokenizer:
         names = select_names(first, include or ["*"], exclude or [], params)
         # a folded zoo's BatchNorm entries are one constant in every checkpoint: taken from the
         # reference checkpoint, never generated (where an error would only cost)
-        folded = set(folded_entries(zoo.meta("bn_folded")))
+        folded = set(folded_entries(zoo.meta(FOLD_META)))
         if folded and not [n for n in names if n not in folded]:
             raise TokenizerError(f"include {include} / exclude {exclude} select only BatchNorm entries that zoo.fold_bn "
                                  "made the same constant in every checkpoint; nothing is left to generate")

@@ -12,13 +12,11 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict
 
-from weightgen.nets.fold_bn import fold_batchnorm, fold_pairs, is_folded
+from weightgen.nets.fold_bn import FOLD_META, fold_batchnorm, fold_pairs, is_folded
 
 from .store import Zoo, ZooWriter
 
 log = logging.getLogger(__name__)
-
-FOLD_META = "bn_folded"
 
 
 def fold_zoo(path, writer: ZooWriter) -> dict:
