@@ -15,7 +15,8 @@ from conftest import build, parse, tiny_cfg
 from weightgen.config import ConfigError, RPGSpec, TokenizerSpec, parse_config
 from weightgen.diffusion.token_unet import TokenUNet1d
 from weightgen.generators import GENERATORS, GeneratorError, load_generator
-from weightgen.generators.rpg import RPG, distinct_rows
+from weightgen.generators.mamba_scan import sequential_scan
+from weightgen.generators.rpg import RPG, Backbone, distinct_rows
 from weightgen.tokens import Tokenizer, TokenizerError
 from weightgen.zoo import Zoo, ZooWriter
 
@@ -207,6 +208,41 @@ def test_rows_sharing_state_and_condition_share_one_recurrent_pass(backbone, con
 
 
 # -- position embeddings and permutation states --------------------------------------------------
+
+@pytest.mark.parametrize("scan", ["sequential", "parallel"])
+def test_both_mamba_scans_compute_the_same_recurrence(scan):
+    """The CPU's token-by-token scan and mambapy's parallel scan: same outputs and gradients,
+    and the sequential one against the recurrence written out."""
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.rand(2, 37, 6, 4, generator=g), torch.randn(2, 37, 6, 4, generator=g)
+    h, want = torch.zeros(2, 6, 4), []
+    for t in range(37):
+        h = a[:, t] * h + b[:, t]
+        want.append(h)
+    assert torch.allclose(sequential_scan(a, b), torch.stack(want, 1), atol=1e-6)
+
+    outputs, grads = [], []
+    for s in ("parallel", scan):
+        torch.manual_seed(0)
+        backbone = Backbone("mamba", 16, 2, 4, s)
+        x = torch.randn(3, 37, 16, generator=torch.Generator().manual_seed(1), requires_grad=True)
+        y = backbone(x)
+        y.square().sum().backward()
+        outputs.append(y.detach())
+        grads.append([x.grad, *(p.grad for p in backbone.parameters())])
+    assert torch.allclose(outputs[0], outputs[1], atol=1e-5)
+    for g0, g1 in zip(*grads):
+        assert torch.allclose(g0, g1, atol=1e-4, rtol=1e-4)
+
+
+def test_mamba_scan_is_checked_and_named_in_the_error():
+    assert _spec().mamba_scan == "auto"
+    with pytest.raises(ConfigError, match="mamba_scan") as e:
+        parse_config(tiny_cfg(generator={**TINY_RPG, "mamba_scan": "fast"}))
+    assert "'sequential'" in str(e.value) and "'parallel'" in str(e.value)
+    with pytest.raises(ValueError, match="mamba_scan must be one of auto, parallel, sequential"):
+        Backbone("mamba", 16, 1, 4, "fast")
+
 
 def test_2d_positions_split_layer_and_index():
     gen, tok, _ = _standalone(_spec(d_model=32))

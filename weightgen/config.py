@@ -261,6 +261,10 @@ class RPGSpec(EMASpec):
     # mambapy materializes (batch, tokens, 2*d_model, d_state) in its parallel scan; the
     # released code's 128 (CUDA kernels, no materialization) would cost 8x the memory here.
     mamba_d_state: int = Field(16, ge=1)
+    # Ours, speed only (the same recurrence to float rounding): mambapy's parallel scan
+    # (``parallel``), the token-by-token recurrence (``sequential``, ~2.6x faster on a CPU), or
+    # parallel on a GPU and sequential elsewhere (``auto``). generators/mamba_scan.py.
+    mamba_scan: Literal["auto", "parallel", "sequential"] = "auto"
     position: Literal["2d", "1d", "learned"] = "2d"  # learned: a table initialized at the 2D sinusoid
     permutation_state: bool = True  # one learned embedding per source run; a random one per sample
     # positions: the released code (positions + states only); tokens: the paper's text (the

@@ -42,6 +42,7 @@ from weightgen.diffusion.token_unet import TokenUNet1d
 from weightgen.tasks import TaskCodeError, code_bits, parse_code
 
 from .base import Generator, GeneratorError, member_metric
+from .mamba_scan import use_scan
 from .registry import GENERATORS
 
 log = logging.getLogger(__name__)
@@ -61,11 +62,11 @@ MAMBA_SCAN_TOKENS = 2048  # longer sequences are scanned step by step when no gr
 class Backbone(nn.Module):
     """The recurrent model over ``(B, T, D)``, plus a one-token ``step`` for autoregressive sampling."""
 
-    def __init__(self, kind: str, d_model: int, layers: int, d_state: int):
+    def __init__(self, kind: str, d_model: int, layers: int, d_state: int, scan: str = "auto"):
         super().__init__()
         self.kind = kind
         if kind == "mamba":
-            self.net = Mamba(MambaConfig(d_model=d_model, n_layers=layers, d_state=d_state))
+            self.net = use_scan(Mamba(MambaConfig(d_model=d_model, n_layers=layers, d_state=d_state)), scan)
         elif kind == "lstm":
             self.net = nn.LSTM(d_model, d_model, layers, batch_first=True)
         elif kind == "transformer":
@@ -154,7 +155,7 @@ class RPGNet(nn.Module):
             t = len(positions)
             last = t if spec.condition_tokens == "all" else min(spec.condition_tokens, t)
             self.register_buffer("reach", (torch.arange(t) >= t - last).float()[:, None], persistent=False)
-        self.backbone = Backbone(spec.backbone, spec.d_model, spec.layers, spec.mamba_d_state)
+        self.backbone = Backbone(spec.backbone, spec.d_model, spec.layers, spec.mamba_d_state, spec.mamba_scan)
         self.denoiser = TokenUNet1d(width, spec.d_model, tuple(spec.unet_channels), spec.kernel_size)
         # Classifier-free guidance: the embedding that stands in for a dropped condition.
         self.null_condition = nn.Parameter(torch.zeros(spec.d_model)) if spec.condition_dropout > 0 else None
