@@ -1,0 +1,114 @@
+"""What the sequential Mamba scan buys on a CPU (ours: ``generator.mamba_scan``).
+
+    python benchmarks/mamba_scan.py [--steps 40] [--rounds 2] [--threads 2]
+
+Two measurements, each with mambapy's parallel scan and with the token-by-token one
+(``weightgen/generators/mamba_scan.py``; ``auto``, the default, takes the sequential one off
+the GPU). (1) The recurrent model alone (2 Mamba layers, d_state 16), forward and backward, at
+the shapes our RPG configs train with. (2) Whole RPG fit steps of rpg_whole.py's
+``cnn-rpg+x0+ema-cos-warm`` setting on its 20-seed digits CNN zoo (built if missing), the same
+seed for both scans: seconds per step and the last training loss, which must agree. Each
+measurement alternates the scans ``--rounds`` times and keeps the fastest round of each.
+Writes benchmarks/results/mamba_scan.json and a section of docs/results.md.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+
+import torch
+from mambapy.mamba import Mamba, MambaConfig
+
+from common import WORK, command, fmt, machine, write_json, write_section
+from rpg_whole import settings
+from weightgen.config import parse_config
+from weightgen.generators.mamba_scan import use_scan
+from weightgen.pipeline import fit_generator
+from weightgen.zoo import Zoo, build_zoo
+
+SCANS = ("parallel", "sequential")
+# (what trains at this shape, checkpoints per step, tokens, d_model)
+SHAPES = (("rpg_whole.py CNN (4 checkpoints x 228-240 tokens)", 4, 240, 256),
+          ("unseen_tasks.py (16 checkpoints x 35 tokens)", 16, 35, 128),
+          ("rpg_resnet18.py (2 checkpoints x 1,407 tokens)", 2, 1407, 256))
+SETTING = "cnn-rpg+x0+ema-cos-warm"
+
+
+def backbone_seconds(scan: str, batch: int, tokens: int, d_model: int, repeats: int = 5) -> float:
+    torch.manual_seed(0)
+    net = use_scan(Mamba(MambaConfig(d_model=d_model, n_layers=2, d_state=16)), scan)
+    x = torch.randn(batch, tokens, d_model)
+    net(x).square().mean().backward()  # warm-up
+    start = time.perf_counter()
+    for _ in range(repeats):
+        net(x).square().mean().backward()
+    return (time.perf_counter() - start) / repeats
+
+
+def fit_seconds(scan: str, steps: int) -> tuple[float, float]:
+    s = next(s for s in settings() if s["name"] == SETTING)
+    raw = copy.deepcopy(s["config"])
+    raw["generator"] = {**raw["generator"], "steps": steps, "mamba_scan": scan}
+    cfg = parse_config(raw, SETTING)
+    zoo_dir = WORK / "zoos" / s["zoo"]
+    build_zoo(cfg, zoo_dir, show_progress=False)
+    with Zoo.open(zoo_dir) as zoo:
+        _, stats = fit_generator(cfg, zoo, show_progress=False)
+    return stats["fit_seconds"] / steps, stats["diffusion_loss"]
+
+
+def fastest(measure, rounds: int) -> dict:
+    """``measure(scan)`` (a tuple, seconds first) for each scan, alternated ``rounds`` times; the fastest of each."""
+    out = {}
+    for _ in range(rounds):
+        for scan in SCANS:
+            got = measure(scan)
+            if scan not in out or got[0] < out[scan][0]:
+                out[scan] = got
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--steps", type=int, default=40, help="fit steps per measurement")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    rows = []
+    for what, batch, tokens, d_model in SHAPES:
+        t = fastest(lambda scan: (backbone_seconds(scan, batch, tokens, d_model),), args.rounds)
+        rows.append({"what": f"2 Mamba layers alone, forward + backward: {what}", "shape": [batch, tokens, d_model],
+                     "parallel_s": t["parallel"][0], "sequential_s": t["sequential"][0]})
+        print(f"== {rows[-1]['what']}: parallel {t['parallel'][0]:.3f} s, sequential {t['sequential'][0]:.3f} s", flush=True)
+    t = fastest(lambda scan: fit_seconds(scan, args.steps), args.rounds)
+    rows.append({"what": f"whole RPG fit step, rpg_whole.py {SETTING} ({args.steps} steps)", "shape": None,
+                 "parallel_s": t["parallel"][0], "sequential_s": t["sequential"][0],
+                 "parallel_loss": t["parallel"][1], "sequential_loss": t["sequential"][1]})
+    print(f"== {rows[-1]['what']}: parallel {t['parallel'][0]:.3f} s/step, sequential {t['sequential'][0]:.3f} s/step; "
+          f"last loss {t['parallel'][1]:.6f} / {t['sequential'][1]:.6f}", flush=True)
+    m = machine()
+    write_json("mamba_scan", {"benchmark": "mamba_scan", "command": command(), "machine": m, "results": rows})
+    lines = ["| what | (checkpoints, tokens, d_model) | parallel scan s | sequential scan s | speed-up | last loss parallel / sequential |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        shape = "–" if r["shape"] is None else f"({', '.join(map(str, r['shape']))})"
+        loss = (f"{r['parallel_loss']:.6f} / {r['sequential_loss']:.6f}" if "parallel_loss" in r else "–")
+        lines.append(f"| {r['what']} | {shape} | {fmt(r['parallel_s'], '.3f')} | {fmt(r['sequential_s'], '.3f')} | "
+                     f"{r['parallel_s'] / r['sequential_s']:.2f}x | {loss} |")
+    write_section("mamba_scan", f"""## The Mamba scan on a CPU: parallel or token by token (issue 4)
+
+Command: `{command()}` on {m['platform']}, {m['cpu_count']} CPUs, {m['torch_threads']} torch threads, torch {m['torch']} ({m['date']}).
+`generator.mamba_scan` (ours, speed only): mambapy's parallel scan, or the recurrence token by token
+(`weightgen/generators/mamba_scan.py`); `auto`, the default, scans in parallel on a GPU and token by token
+elsewhere. Seconds per forward + backward (the recurrent model alone) or per fit step (the whole RPG: recurrent
+model, U-Net denoiser, optimizer, EMA), the fastest of {args.rounds} alternating rounds each.
+
+{chr(10).join(lines)}
+""")
+    print("wrote benchmarks/results/mamba_scan.json")
+
+
+if __name__ == "__main__":
+    main()
