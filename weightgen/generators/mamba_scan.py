@@ -3,8 +3,8 @@
 mambapy scans in parallel (Blelloch, ``pscan``): log(T) passes over the whole
 ``(batch, tokens, 2*d_model, d_state)`` tensor, which a GPU runs at once. On a CPU the
 plain recurrence h_t = a_t * h_{t-1} + b_t, token by token, does the same arithmetic with
-less memory traffic: on 2 cores, 2 Mamba layers forward and backward take 1.2x less time at
-the digits CNN generator's shape and 1.8x less at the unseen-task generator's, though a whole
+less memory traffic: on 2 cores, 2 Mamba layers forward and backward run 1.2x faster at the
+digits CNN generator's shape and 1.85x faster at the unseen-task generator's, though a whole
 CNN fit step, where the U-Net and optimizer also run, gains only 4% (``benchmarks/mamba_scan.py``;
 not measured on many-core CPUs). mambapy's own sequential mode is no help: it indexes
 ``deltaA[:, t]``, and the backward of each index writes a zero tensor the size of the whole
