@@ -20,6 +20,7 @@ batch statistics and learns a fresh gamma/beta from 1/0, not the original's.
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 import torch
@@ -52,10 +53,7 @@ def fold_pairs(net: nn.Module) -> list[FoldPair]:
         raise FoldError(f"cannot trace {type(net).__name__} to find its conv-BatchNorm pairs ({type(e).__name__}: {e}); "
                         "use zoo.fold_bn: false") from None
     modules = dict(net.named_modules())
-    calls: dict[str, int] = {}
-    for node in graph.nodes:
-        if node.op == "call_module":
-            calls[node.target] = calls.get(node.target, 0) + 1
+    calls = Counter(node.target for node in graph.nodes if node.op == "call_module")
     pairs = []
     for node in graph.nodes:
         if node.op != "call_module" or not isinstance(modules[node.target], BATCHNORMS):
