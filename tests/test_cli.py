@@ -107,13 +107,14 @@ def test_info_on_garbage_manifest_exits_2(tmp_path):
     assert "manifest.sqlite" in _squash(res.output)
 
 
-def test_builtin_demo_config_is_valid():
+@pytest.mark.parametrize("name", ["demo", "rpg-whole-cnn"])
+def test_builtin_configs_are_valid(name):
     from weightgen.config import load_config
 
-    path = builtin_config_path("demo")
+    path = builtin_config_path(name)
     assert path.is_file()
     cfg = load_config(path)
-    assert cfg.name == "demo"
+    assert cfg.name == name
 
 
 def test_help():
