@@ -9,7 +9,7 @@ judged by the same evaluator. ``--scale`` multiplies generator training steps. `
 samples at that temperature (ours; the run folders and the table get a ``-tT`` suffix), ``--state-mix``
 with permutation states mixed two runs at a time (ours, ``-mixM``), ``--samples``
 draws that many networks (``-nN``); with ``--reuse`` the generator of the run at the default sampling
-settings and number of samples is sampled again instead of refitted.
+settings is sampled again instead of refitted (or, where the fit itself drew N networks, that of the ``-nN`` run).
 ``--fit-only`` fits and saves the generators and judges nothing; a later ``--reuse`` run
 samples and judges them (fit on a lent GPU, judge on the CPU).
 
@@ -161,10 +161,11 @@ def main() -> None:
         args.tag = "-".join(filter(None, [args.tag, "folded"]))
     if args.fit_seed is not None:
         args.tag = "-".join(filter(None, [args.tag, f"fs{args.fit_seed}"]))
+    n_samples = f"n{args.samples}" if args.samples != SAMPLE["n"] else ""
     tag = "-".join(filter(None, [args.tag, f"t{args.temperature:g}" if args.temperature != 1 else "",
                                  f"mix{args.state_mix:g}" if args.state_mix else "",
-                                 "bn" if args.recalibrate_bn else "",
-                                 f"n{args.samples}" if args.samples != SAMPLE["n"] else ""]))
+                                 "bn" if args.recalibrate_bn else "", n_samples]))
+    fit_tag = "-".join(filter(None, [args.tag, n_samples]))
     rows, started = [], time.time()
     for s in settings():
         if args.only and s["name"] not in args.only:
@@ -202,8 +203,11 @@ def main() -> None:
             print(f"   fitted in {stats['fit_seconds']:.0f} s (loss {stats['diffusion_loss']:.4f}); not judged (--fit-only)", flush=True)
             continue
         run_dir = WORK / "runs" / tagged(cfg.name, tag)
+        # the fit to sample again: the run at the default sampling settings, or the one at temperature 1 with this
+        # many samples (a fit made with --samples N lives there)
+        fits = [WORK / "runs" / tagged(cfg.name, t) for t in dict.fromkeys((args.tag, fit_tag)) if t != tag]
         report = run_or_reuse(cfg, WORK / "zoos" / zoo_name, run_dir, args.reuse,
-                              fitted_in=WORK / "runs" / tagged(cfg.name, args.tag) if tag != args.tag else None)
+                              fitted_in=next((f for f in fits if (f / "generator").is_dir()), None))
         row = summarize(s["name"], report)
         row["teacher_forced_mean"] = teacher_forced_accuracy(run_dir, WORK / "zoos" / zoo_name)
         o, g = row["original"], row["generated"]
