@@ -9,6 +9,7 @@ import re
 import shlex
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -200,12 +201,12 @@ def at_default_sampling(cfg):
     return plain
 
 
-def run_or_reuse(cfg, zoo_dir: Path, run_dir: Path, reuse: bool, fitted_in: Path | None = None) -> dict:
+def run_or_reuse(cfg, zoo_dir: Path, run_dir: Path, reuse: bool, fitted_in: Sequence[Path] = ()) -> dict:
     """``weightgen run`` of ``cfg``; with ``reuse``, a finished run of exactly this config is read instead.
 
-    ``fitted_in``: a run whose generator was fitted with ``cfg`` at other sampling settings; with
-    ``reuse`` it is sampled at ``cfg``'s instead of fitting again (its fit time and machine kept);
-    so is a generator saved in ``run_dir`` itself by a fit-only run."""
+    ``fitted_in``: runs that may hold a generator fitted with ``cfg`` at other sampling settings; with
+    ``reuse`` the first that does is sampled at ``cfg``'s instead of fitting again (its fit time and
+    machine kept); so is a generator saved in ``run_dir`` itself by a fit-only run."""
     from weightgen.evaluate.report import notes
     from weightgen.pipeline import run_experiment
 
@@ -218,7 +219,8 @@ def run_or_reuse(cfg, zoo_dir: Path, run_dir: Path, reuse: bool, fitted_in: Path
         return report
     fitted, fit_machine = None, None
     if reuse:
-        fitted, fit_machine = saved_fit(run_dir, cfg) or saved_fit(fitted_in, cfg) or (None, None)
+        found = (saved_fit(d, cfg) for d in (run_dir, *fitted_in))
+        fitted, fit_machine = next((f for f in found if f is not None), (None, None))
         if fitted is None:
             refuse_to_overwrite_fit(run_dir, cfg)
     report = run_experiment(cfg, zoo_dir, run_dir, show_progress=True, fitted=fitted)

@@ -101,7 +101,7 @@ def main() -> None:
     zoo_dir, run_dir = WORK / "zoos" / "rpg-resnet18", WORK / "runs" / (cfg.name + variant)
     # Another temperature samples the generator fitted at temperature 1 (a sampling setting only).
     report = run_or_reuse(cfg, zoo_dir, run_dir, args.reuse,
-                          fitted_in=WORK / "runs" / (cfg.name + fitted) if variant != fitted else None)
+                          fitted_in=[WORK / "runs" / (cfg.name + fitted)] if variant != fitted else [])
     row = summarize("resnet18", report)
     gen = load_generator(run_dir / "generator")
     row["generator_params"] = sum(p.numel() for p in gen.net.parameters())

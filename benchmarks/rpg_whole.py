@@ -206,8 +206,7 @@ def main() -> None:
         # the fit to sample again: the run at the default sampling settings, or the one at temperature 1 with this
         # many samples (a fit made with --samples N lives there)
         fits = [WORK / "runs" / tagged(cfg.name, t) for t in dict.fromkeys((args.tag, fit_tag)) if t != tag]
-        report = run_or_reuse(cfg, WORK / "zoos" / zoo_name, run_dir, args.reuse,
-                              fitted_in=next((f for f in fits if (f / "generator").is_dir()), None))
+        report = run_or_reuse(cfg, WORK / "zoos" / zoo_name, run_dir, args.reuse, fitted_in=fits)
         row = summarize(s["name"], report)
         row["teacher_forced_mean"] = teacher_forced_accuracy(run_dir, WORK / "zoos" / zoo_name)
         o, g = row["original"], row["generated"]
