@@ -75,9 +75,16 @@ GENERATORS = {
     "rpg-tn": {"method": "rpg", "d_model": 128, "layers": 2, "batch_size": 16, "tokens_per_step": 16,
                "condition": "metric", "diffusion": {"prediction": "sample"}, "recurrent_input": "tokens",
                "teacher_noise": 0.2, "ema": 0.999, "lr_schedule": "cosine"},
+    # ... without permutation states (ours: x0, Mamba, EMA 0.999 warmed up, cosine lr), meant for a zoo aligned
+    # by weight matching (`--align`): every run's hidden units in one order, so the loss alone can say which
+    # network, and what the model learns of one run's trajectory serves all the others.
+    "rpg-nostate": {"method": "rpg", "d_model": 128, "layers": 2, "batch_size": 16, "tokens_per_step": 16,
+                    "condition": "metric", "diffusion": {"prediction": "sample"}, "permutation_state": False,
+                    "ema": 0.999, "ema_warmup": True, "lr_schedule": "cosine"},
 }
 SETTINGS = ["gpt test_loss", "gpt test_error", "gpt-L test_loss", "gpt-units test_loss", "gpt-units test_error",
-            "gpt-graph test_loss", "gpt-graph test_error", "rpg test_loss", "rpg-v test_loss", "rpg-tn test_loss"]
+            "gpt-graph test_loss", "gpt-graph test_error", "rpg test_loss", "rpg-v test_loss", "rpg-tn test_loss",
+            "rpg-nostate test_loss", "rpg-nostate test_error"]
 PROMPTS, ROUNDS, DDIM_STEPS = 20, 5, 50
 # G.pt is judged from each held-out run's initialization (as published; the targets). A second
 # start, the run's first checkpoint at or after SGD step 100 (the 11th of a linear zoo), tells
@@ -139,17 +146,20 @@ def judge(gen, zoo: Zoo, metric: str, starts: int = JUDGED_RUNS) -> dict:
     ev = Evaluator(zoo.build_net(), zoo_task(zoo), metric.split("_")[0])
     best = min(member_metric(m, metric) for m in zoo.members("train"))
 
-    def sweep(state, start_value: float) -> tuple[list[float], list[float]]:
+    def sweep(state, start_value: float, seed: int = 0) -> tuple[list[float], list[float]]:
         """The prompt targets from ``start_value`` and the value each prompt's network achieves."""
         targets = prompt_targets(best, start_value)
-        return targets, values(ev(prompt(state, start_value, targets, 0)), metric)
+        return targets, values(ev(prompt(state, start_value, targets, seed)), metric)
 
     prompted, achieved, per_start = [], [], []
     mid_prompted, mid_achieved = [], []
-    for members in heldout_runs(zoo, starts):
+    for i_start, members in enumerate(heldout_runs(zoo, starts)):
         run = members[0].run
         start, start_value = zoo.load(members[0]), member_metric(members[0], metric)
-        targets, got = sweep(start, start_value)
+        # RPG reads no start, and held-out initializations share nearly one value (~2.31), so with one seed every
+        # start would draw the same PROMPTS networks again: each start's prompts take seeds of their own (rows
+        # made before 2026-12-02 did not: their RPG R² is over 20 networks, each counted once per start)
+        targets, got = sweep(start, start_value, 0 if is_gpt else PROMPTS * i_start)
         prompted += targets
         achieved += got
         mid = next((m for m in members if m.step >= MID_STEP), None)
@@ -184,12 +194,34 @@ def judge(gen, zoo: Zoo, metric: str, starts: int = JUDGED_RUNS) -> dict:
             "train_start": {"runs": TRAIN_STARTS, "r2": r_squared(train_prompted, train_achieved) if train_prompted else None,
                             "prompted": train_prompted, "achieved": train_achieved},
             "teacher_forced": teacher_forced,
+            "retrieval": None if is_gpt else retrieval_r2(zoo, ev, metric, prompted),
             "per_start": per_start,
             "sgd_steps_matched_median": statistics.median(s if s is not None else p["run_steps"] + 1
                                                           for s, p in zip(matched, per_start)),
             "starts_not_matched_by_sgd": sum(s is None for s in matched),
             "recursive_mean": [statistics.fmean(p["recursive"][r] for p in per_start)
                                for r in range(ROUNDS if is_gpt else 0)]}
+
+
+RETRIEVED = (1, 5)  # the retrieval baselines: the nearest training checkpoint, and the mean of the 5 nearest
+
+
+def retrieval_r2(zoo: Zoo, ev, metric: str, prompted: list[float]) -> dict:
+    """What a generator with no start (RPG, ``condition: metric``) must beat, made without learning: for each
+    prompt, the training checkpoint whose metric is nearest (a lookup of the zoo) and the weight average of the
+    k nearest (Zeng et al.'s averaging baseline; a broken network unless the zoo's runs share one order,
+    ``--align``). R² of what they achieve against the prompts."""
+    members = zoo.members("train")
+    have = torch.tensor([member_metric(m, metric) for m in members])
+    out = {}
+    for k in RETRIEVED:
+        nets = []
+        for p in sorted(set(prompted)):
+            states = [zoo.load(members[i]) for i in torch.argsort((have - p).abs())[:k].tolist()]
+            nets.append({n: torch.stack([s[n] for s in states]).mean(0) for n in states[0]})
+        got = dict(zip(sorted(set(prompted)), values(ev({n: torch.stack([x[n] for x in nets]) for n in nets[0]}), metric)))
+        out[f"nearest_{k}"] = r_squared(prompted, [got[p] for p in prompted])
+    return out
 
 
 def teacher_forced_r2(gen, zoo: Zoo, runs: list, ev, metric: str, every: int = 5) -> dict | None:
@@ -251,6 +283,9 @@ def main() -> None:
     ap.add_argument("--reuse", action="store_true", help="reuse a fitted generator of the same config")
     ap.add_argument("--spacing", choices=["linear", "quadratic"], default="linear",
                     help="zoo.spacing: where along each run its 50 checkpoints fall")
+    ap.add_argument("--align", action="store_true",
+                    help="zoo.align: weight_matching (ours): every run's hidden units put in the first training run's "
+                         "order, one permutation per run from its last checkpoint (a separate zoo folder, -aligned)")
     ap.add_argument("--pairs", choices=["uniform_gap", "uniform_pair"], default="uniform_gap",
                     help="G.pt's pair_sampling (uniform_gap: the released code's)")
     ap.add_argument("--balance", type=int, default=None, metavar="BINS",
@@ -286,11 +321,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     started = time.time()
     t0 = time.time()
-    zoo_cfg, zoo = built_zoo(args.net, args.runs, args.spacing, args.build_procs)
+    zoo_cfg, zoo = built_zoo(args.net, args.runs, args.spacing, args.build_procs, args.align)
     zoo_seconds = time.time() - t0
     judge_zoo = zoo if args.judge_runs in (None, args.runs) else judging_zoo(zoo, args)
     zoo_info = {"runs": args.runs, "heldout": heldout_count(args.runs), "members": len(zoo.members(None)),
-                "build_seconds": zoo_seconds, "spacing": args.spacing, "net": args.net}
+                "build_seconds": zoo_seconds, "spacing": args.spacing, "net": args.net,
+                "aligned": args.align}
     results = []
     for setting in SETTINGS:
         if args.only and setting not in args.only:
@@ -308,6 +344,7 @@ def main() -> None:
         run_dir = WORK / "runs" / (f"{name}-{args.steps}" + ("" if args.runs == 200 else f"-{args.runs}-runs")
                                    + ("" if args.net == "mlp" else f"-{args.net}")
                                    + ("" if args.spacing == "linear" else f"-{args.spacing}")
+                                   + ("-aligned" if args.align else "")
                                    + (f"-{args.pairs}-{args.lr_schedule}" if extra else "")
                                    + (f"-balance{args.balance}" if extra and args.balance else "")
                                    + ("-v" if extra and args.prediction == "v_prediction" else "")
@@ -342,13 +379,15 @@ def heldout_count(runs: int) -> int:
     return max(1, runs // 10)
 
 
-def built_zoo(net: str, runs: int, spacing: str, procs: int = 1) -> tuple[dict, Zoo]:
+def built_zoo(net: str, runs: int, spacing: str, procs: int = 1, align: bool = False) -> tuple[dict, Zoo]:
     """The trajectory zoo of ``runs`` runs of ``net`` (its config and the zoo, built if missing or
-    unfinished, by ``procs`` processes)."""
+    unfinished, by ``procs`` processes), its runs aligned by weight matching when ``align``."""
     model, recipe = NETS[net]
     cfg = {**ZOO, "name": f"bench-gpt-{net}", "net": model, "train": recipe,
-           "zoo": {**ZOO["zoo"], "runs": runs, "heldout": heldout_count(runs), "spacing": spacing}}
-    path = WORK / "zoos" / (f"gpt-{net}-{runs}" + ("" if spacing == "linear" else f"-{spacing}"))
+           "zoo": {**ZOO["zoo"], "runs": runs, "heldout": heldout_count(runs), "spacing": spacing,
+                   **({"align": "weight_matching"} if align else {})}}
+    path = WORK / "zoos" / (f"gpt-{net}-{runs}" + ("" if spacing == "linear" else f"-{spacing}")
+                            + ("-aligned" if align else ""))
     build_zoo_processes(parse_config(cfg, "zoo"), path, procs)
     return cfg, Zoo.open(path)
 
@@ -357,7 +396,7 @@ def judging_zoo(zoo: Zoo, args) -> Zoo:
     """The ``--judge-runs`` zoo (built if missing): the same recipe with more runs, whose first runs are
     ``zoo``'s (run i is seeded with the zoo's seed + i). Its judged held-out runs must be ones ``zoo``'s
     generator never trained on."""
-    _, other = built_zoo(args.net, args.judge_runs, args.spacing, args.build_procs)
+    _, other = built_zoo(args.net, args.judge_runs, args.spacing, args.build_procs, args.align)
     seen = {m.run for m in zoo.members("train")}
     judged = {ms[0].run for ms in heldout_runs(other, args.starts)}
     if judged & seen:
@@ -378,7 +417,9 @@ def net_of(row: dict) -> str:
 
 
 def spacing_of(row: dict) -> str:
-    return row["zoo"].get("spacing", "linear")  # rows from before zoo.spacing: linear
+    """Where a run's checkpoints fall (rows from before zoo.spacing: linear), and whether the zoo's runs
+    were aligned (`--align`, ours; rows from before it: not)."""
+    return row["zoo"].get("spacing", "linear") + (", aligned" if row["zoo"].get("aligned") else "")
 
 
 def pairs_of(row: dict) -> str | None:
@@ -402,6 +443,12 @@ def pairs_of(row: dict) -> str | None:
     return text + (", no permutation augmentation" if row.get("permutation_augmentation") is False else "")
 
 
+def retrieval_of(judged: dict) -> str:
+    """The retrieval baselines' R² (RPG rows judged since 2026-12-02; '–' for G.pt and older rows)."""
+    got = judged.get("retrieval")
+    return " / ".join(fmt(got[f"nearest_{k}"], ".3f") for k in RETRIEVED) if got else "–"
+
+
 def prediction_of(row: dict) -> str:
     """What the denoiser predicts: x0 (``sample``: G.pt as published, and every row from before
     the option) or v (ours), and, for x0, ``posterior`` preconditioning (ours)."""
@@ -421,15 +468,16 @@ def write(args, zoo_info: dict, results: list[dict], started: float) -> None:
                "zoo": zoo_info, "seconds": time.time() - started, "results": results}
     write_json("gpt_prompt", payload)
     plot(results)
-    lines = [f"| generator | metric | net | zoo runs | zoo spacing | pairs, lr | predicts | steps | prompt R² | R² from step {MID_STEP} | R² from {TRAIN_STARTS} training inits | teacher-forced R² | best training value | start (mean) | one step (mean) | SGD steps to match (median) "
+    lines = [f"| generator | metric | net | zoo runs | zoo spacing | pairs, lr | predicts | steps | prompt R² | R² from step {MID_STEP} | R² from {TRAIN_STARTS} training inits | teacher-forced R² | retrieval R², nearest / mean of 5 | best training value | start (mean) | one step (mean) | SGD steps to match (median) "
              "| run's own final (mean) | recursive rounds 1..5 (mean) | fit s | targets |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         j = r["judged"]
         ps = j["per_start"]
         lines.append(
             f"| {r['method']} | {r['metric']} | {net_of(r)} | {judged_on(r)} | {spacing_of(r)} | {pairs_of(r) or '–'} | {prediction_of(r)} | {r['steps']} | {j['r2']:.3f} | {fmt((j.get('mid_start') or {}).get('r2'), '.3f')} "
             f"| {fmt((j.get('train_start') or {}).get('r2'), '.3f')} | {fmt((j.get('teacher_forced') or {}).get('r2'), '.3f')} "
+            f"| {retrieval_of(j)} "
             f"| {j['best_train']:.4f} | {statistics.fmean(p['start'] for p in ps):.4f} "
             f"| {statistics.fmean(p['one_step'] for p in ps):.4f} | {j['sgd_steps_matched_median']} "
             f"({j['starts_not_matched_by_sgd']} of {len(ps)} never matched) "
@@ -472,13 +520,19 @@ so the model is exactly equivariant on `cnn` [16, 32] too ("units and edges"). `
 d_model 128, x0 prediction, the table's steps x 16 checkpoints x 16 tokens; `rpg-v`: the same with v prediction, a
 causal transformer, EMA 0.999 and a cosine lr (the unseen-task recipe); `rpg-tn`: x0, Mamba, each token's
 prototype reading the tokens before it (`recurrent_input: tokens`, autoregressive at sampling) noised in training
-(`teacher_noise: 0.2`, ours), EMA 0.999, cosine lr; no start, so no recursion. From each held-out run's initialization: {PROMPTS} prompts between the best
+(`teacher_noise: 0.2`, ours), EMA 0.999, cosine lr; `rpg-nostate`: x0, Mamba, EMA 0.999 warmed up, cosine lr, no
+permutation states (ours); no start, so no recursion. Zoo spacing `aligned`: every run's hidden units put in the
+first training run's order by weight matching, one permutation per run from its last checkpoint (`zoo.align`, ours). From each held-out run's initialization: {PROMPTS} prompts between the best
 training value and the start's value (R² against the identity line), the best prompt as one step (compared
 with the SGD steps the same run needed to get there), and {ROUNDS} rounds of recursive prompting. G.pt is
 also prompted from each held-out run's first checkpoint at SGD step {MID_STEP} or later (checkpoint 10 of a linear zoo) and from the initializations of
 {TRAIN_STARTS} training runs (pairs it was fitted on): diagnostics, not targets. Teacher-forced R² (an RPG reading
 the previous tokens): every 5th checkpoint of those {TRAIN_STARTS} runs made again from its true previous tokens and its own
-metric, as in training, against that metric (a diagnostic: did it learn the zoo?).
+metric, as in training, against that metric (a diagnostic: did it learn the zoo?). Retrieval R² (RPG rows, which read no
+start): the same prompts answered without learning, by the training checkpoint whose metric is nearest the prompt,
+and by the weight average of the 5 nearest (a broken network unless the zoo is aligned): the baselines such a
+generator must beat. RPG rows judged before 2026-12-02 gave every start's prompts the same seeds, so their R² is
+over 20 networks, each counted once per start.
 Targets: R² ≥ 0.9; one step ≥ 100 SGD steps. Plot: docs/figures/gpt_prompt.png (per generator and metric, the row with the best R²).
 
 {chr(10).join(lines)}
