@@ -132,6 +132,13 @@ def fit_seed_note(seed: int | None) -> str:
             "config measure how far one fit can be from the next.")
 
 
+def init_note(source: str | None, lr: float | None) -> str:
+    if not source:
+        return ""
+    return (f" Each fit continues the generator saved in `{source}` (`generator.init_from`, ours: its weights and EMA, "
+            f"a fresh optimizer{f' at lr {lr:g}' if lr is not None else ''}); the steps column counts only the new steps.")
+
+
 def main() -> None:
     def extra(ap):
         ap.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (scale of DDIM's starting noise)")
@@ -152,6 +159,10 @@ def main() -> None:
         ap.add_argument("--fit-seed", type=int, default=None,
                         help="generator.seed: fit with these draws instead of the experiment's seed, on the same "
                              "zoo (run folders and the table get a -fsN suffix), to measure fit-to-fit spread")
+        ap.add_argument("--init-from", default=None, metavar="GENERATOR_DIR",
+                        help="generator.init_from (ours): continue the fit of this saved generator (same setting) for "
+                             "the steps given here, with a fresh optimizer; give the run folder a --tag")
+        ap.add_argument("--lr", type=float, default=None, help="generator.lr instead of the setting's")
         ap.add_argument("--fit-only", action="store_true",
                         help="fit and save the generators, judge nothing (e.g. fit on a lent GPU, judge later with --reuse)")
     args = settings_args(__doc__, extra)
@@ -191,6 +202,10 @@ def main() -> None:
         raw["sample"] = {**raw["sample"], "n": args.samples}
         if args.fit_seed is not None:
             raw["generator"]["seed"] = args.fit_seed
+        if args.init_from:
+            raw["generator"]["init_from"] = args.init_from
+        if args.lr is not None:
+            raw["generator"]["lr"] = args.lr
         if args.recalibrate_bn:
             raw["evaluate"] = {**raw["evaluate"], "recalibrate_bn": True}
         cfg = parse_config(raw, s["name"])
@@ -265,7 +280,7 @@ from the true previous tokens of a training checkpoint, as in training. p-diff: 
 the flattened network, autoencoder + diffusion steps in the table; `+element-norm`: each value standardized over the
 zoo (ours). {align_note if args.align else ""}{fold_note if args.fold_bn else ""}{args.samples} samples each, DDIM
 {SAMPLE['steps']} steps. Targets: mean ≥ 99% of the originals' mean, best ≥ original best, lower max IoU than
-noise-added originals at the same accuracy.{temperature_note(args.temperature)}{bn_note if args.recalibrate_bn else ""}{state_mix_note(args.state_mix)}{fit_seed_note(args.fit_seed)}{apart}
+noise-added originals at the same accuracy.{temperature_note(args.temperature)}{bn_note if args.recalibrate_bn else ""}{state_mix_note(args.state_mix)}{fit_seed_note(args.fit_seed)}{init_note(args.init_from, args.lr)}{apart}
 
 {chr(10).join(lines)}
 

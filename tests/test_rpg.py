@@ -586,3 +586,44 @@ def test_fixed_entries_that_vary_across_the_zoo_are_warned_about(tmp_path, pdiff
         # p-diff's tail phase runs in eval mode: the body and its statistics stay as in the reference
         RPG.from_zoo(_spec(), zoo, TokenizerSpec(include=["head.*"], token_size=16))
         assert not caplog.records
+
+
+# -- init_from: continuing a fit --------------------------------------------------------------------
+
+def _fit_from(zoo, **generator):
+    from weightgen.pipeline import fit_generator
+
+    cfg = parse(tiny_cfg(tokenizer={"token_size": 16}, generator={**TINY_RPG, "ema": 0.9, "ema_warmup": True, **generator}))
+    return fit_generator(cfg, zoo, show_progress=False)[0]
+
+
+def test_init_from_continues_a_saved_fit(fitted, zoo):
+    """``generator.init_from`` starts from the saved weights and EMA: with no new steps the fit is the
+    saved generator, sample for sample; with new steps its EMA keeps counting from the saved one."""
+    saved = load_generator(fitted[0])
+    same = _fit_from(zoo, steps=0, init_from=str(fitted[0]))
+    a, b = next(saved.sample(3, seed=5, sampler="ddim", steps=3)), next(same.sample(3, seed=5, sampler="ddim", steps=3))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    more = _fit_from(zoo, steps=4, seed=1, init_from=str(fitted[0]))
+    assert int(more.ema.n_averaged) == int(saved.ema.n_averaged) + 4
+    fresh = _fit_from(zoo, steps=4, seed=1)
+    assert int(fresh.ema.n_averaged) == 4
+    def away(gen) -> float:  # squared distance of the weights from the saved generator's
+        theirs = saved.net.state_dict()
+        return sum(float((v.float() - theirs[k].float()).pow(2).sum()) for k, v in gen.net.state_dict().items())
+
+    # the saved fit took 20 steps from the fixed initialization: 4 more steps stay nearer to it than 4 fresh ones
+    assert 0 < away(more) < away(fresh)
+
+
+def test_init_from_another_architecture_names_the_entry_and_both_shapes(fitted, zoo, tmp_path):
+    with pytest.raises(GeneratorError, match=r"init_from .*'net\.[\w.]+' is \(\d+.*\) there, \(\d+.*\) in this fit"):
+        _fit_from(zoo, steps=0, d_model=24, init_from=str(fitted[0]))
+    with pytest.raises(GeneratorError, match="modules ema, net, this fit needs net"):
+        _fit_from(zoo, steps=0, ema=None, init_from=str(fitted[0]))
+    other = tmp_path / "mlp12"
+    build(tiny_cfg(net={"name": "mlp", "hidden": [12]}, zoo={"mode": "seeds", "runs": 2, "checkpoints": 1}), other)
+    with Zoo.open(other) as z, pytest.raises(GeneratorError, match=r"another net.*'1\.weight' is \(8, 64\) \S+ there, \(12, 64\)"):
+        _fit_from(z, steps=0, init_from=str(fitted[0]))
+    with pytest.raises(GeneratorError, match="generator.json: missing"):
+        _fit_from(zoo, steps=0, init_from=str(tmp_path))

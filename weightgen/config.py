@@ -176,6 +176,13 @@ class EMASpec(StrictModel):
     # average still weighted toward its initialization.
     ema_warmup: bool = False
 
+    # Ours: a fitted generator's folder whose weights (and EMA) this fit starts from, so a fit can
+    # be continued for more steps without redoing the first ones. It must be the same method and
+    # architecture on a zoo of the same net (a mismatch names the entry and both shapes). The
+    # steps, learning rate and schedule given here run anew, with a fresh optimizer; set
+    # ``seed`` to another value than the first fit's, or its batches and noise are drawn again.
+    init_from: str | None = None
+
 
 class DiffusionSpec(StrictModel):
     """The forward process (every published method uses T = 1000, linear betas 1e-4..2e-2)."""

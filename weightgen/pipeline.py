@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from weightgen.config import ExperimentConfig, dump_config
 from weightgen.evaluate import compare, stack_states
 from weightgen.evaluate.batched import check_stacked
-from weightgen.generators import GENERATORS, Generator, GeneratorError, set_sampling
+from weightgen.generators import GENERATORS, Generator, GeneratorError, load_generator, set_sampling
 from weightgen.tasks import Task, get_task
 from weightgen.zoo import Zoo, build_zoo
 
@@ -38,6 +38,8 @@ def fit_generator(cfg: ExperimentConfig, zoo: Zoo, show_progress: bool = True) -
     seed = cfg.seed if cfg.generator.seed is None else cfg.generator.seed
     torch.manual_seed(seed)  # the generator's initial weights come from the global RNG
     gen = cls.from_zoo(cfg.generator, zoo, cfg.tokenizer)
+    if cfg.generator.init_from:
+        gen.start_from(load_generator(cfg.generator.init_from), cfg.generator.init_from)
     start = time.perf_counter()
     stats = gen.fit(zoo, show_progress=show_progress, seed=seed)
     stats["fit_seconds"] = time.perf_counter() - start

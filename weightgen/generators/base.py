@@ -258,6 +258,37 @@ class Generator(ABC):
             return fits
         return batch_size
 
+    def start_from(self, other: "Generator", source: str) -> None:
+        """Take every weight (and EMA) of ``other``, a generator fitted earlier (read from
+        ``source``), as the start of this fit (``init_from``); refused, naming what differs,
+        unless both model the same tensors with the same modules."""
+        if other.method != self.method:
+            raise GeneratorError(f"init_from {source}: a {other.method} generator, this fit is {self.method}")
+        if other.layout != self.layout or other.tokenizer.names != self.tokenizer.names:
+            diff = next((k for k in dict.fromkeys([*self.layout, *other.layout])
+                         if self.layout.get(k) != other.layout.get(k)), None)
+            show = lambda k, lay: "absent" if k not in lay else f"{lay[k][0]} {lay[k][1]}"  # noqa: E731
+            what = (f"entry '{diff}' is {show(diff, other.layout)} there, {show(diff, self.layout)} here" if diff
+                    else f"it generates {len(other.tokenizer.names)} tensors, this tokenizer {len(self.tokenizer.names)}")
+            raise GeneratorError(f"init_from {source}: fitted for another net or tokenizer ({what})")
+        if getattr(other, "runs", None) != getattr(self, "runs", None):  # RPG: one permutation state per run
+            raise GeneratorError(f"init_from {source}: its permutation states are runs {other.runs}, "
+                                 f"this zoo's training runs are {self.runs}")
+        mine, theirs = self.modules(), other.modules()
+        if set(mine) != set(theirs):
+            raise GeneratorError(f"init_from {source}: has modules {', '.join(sorted(theirs))}, this fit needs "
+                                 f"{', '.join(sorted(mine))} (an EMA on in one fit and off in the other?)")
+        for name, module in mine.items():
+            want, have = module.state_dict(), theirs[name].state_dict()
+            for k in dict.fromkeys([*want, *have]):
+                a, b = want.get(k), have.get(k)
+                if a is None or b is None or a.shape != b.shape:
+                    shape = lambda t: "absent" if t is None else tuple(t.shape)  # noqa: E731
+                    raise GeneratorError(f"init_from {source}: '{name}.{k}' is {shape(b)} there, {shape(a)} in this "
+                                         "fit's spec (another architecture)")
+            module.load_state_dict(have)
+        log.info("fit starts from the generator in %s", source)
+
     # -- persistence: JSON + safetensors, nothing pickled ---------------------------------------
     def save(self, directory: str | Path) -> Path:
         d = Path(directory)
