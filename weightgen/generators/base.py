@@ -271,22 +271,15 @@ class Generator(ABC):
             what = (f"entry '{diff}' is {show(diff, other.layout)} there, {show(diff, self.layout)} here" if diff
                     else f"it generates {len(other.tokenizer.names)} tensors, this tokenizer {len(self.tokenizer.names)}")
             raise GeneratorError(f"init_from {source}: fitted for another net or tokenizer ({what})")
-        if getattr(other, "runs", None) != getattr(self, "runs", None):  # RPG: one permutation state per run
-            raise GeneratorError(f"init_from {source}: its permutation states are runs {other.runs}, "
-                                 f"this zoo's training runs are {self.runs}")
         mine, theirs = self.modules(), other.modules()
         if set(mine) != set(theirs):
             raise GeneratorError(f"init_from {source}: has modules {', '.join(sorted(theirs))}, this fit needs "
                                  f"{', '.join(sorted(mine))} (an EMA on in one fit and off in the other?)")
         for name, module in mine.items():
-            want, have = module.state_dict(), theirs[name].state_dict()
-            for k in dict.fromkeys([*want, *have]):
-                a, b = want.get(k), have.get(k)
-                if a is None or b is None or a.shape != b.shape:
-                    shape = lambda t: "absent" if t is None else tuple(t.shape)  # noqa: E731
-                    raise GeneratorError(f"init_from {source}: '{name}.{k}' is {shape(b)} there, {shape(a)} in this "
-                                         "fit's spec (another architecture)")
-            module.load_state_dict(have)
+            try:  # strict: torch names every missing, unexpected or differently shaped entry with both shapes
+                module.load_state_dict(theirs[name].state_dict())
+            except RuntimeError as e:
+                raise GeneratorError(f"init_from {source}: weights of '{name}' do not fit this fit's spec ({e})") from None
         log.info("fit starts from the generator in %s", source)
 
     # -- persistence: JSON + safetensors, nothing pickled ---------------------------------------

@@ -271,6 +271,13 @@ class RPG(Generator):
         gen.use_zoo(zoo)
         return gen
 
+    def start_from(self, other: "RPG", source: str) -> None:
+        # A state's embedding belongs to one run: the same number of runs is not enough.
+        if other.runs != self.runs:
+            raise GeneratorError(f"init_from {source}: its permutation states are runs {other.runs}, "
+                                 f"this zoo's training runs are {self.runs}")
+        super().start_from(other, source)
+
     def use_zoo(self, zoo) -> None:
         """One permutation state per training run of ``zoo``, and the length of its task codes
         for a conditional generator (rebuilds the networks if either changes)."""
