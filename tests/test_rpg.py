@@ -616,6 +616,21 @@ def test_init_from_continues_a_saved_fit(fitted, zoo):
     assert 0 < away(more) < away(fresh)
 
 
+def test_init_from_other_runs_is_refused_with_both_sets_of_runs(fitted, tmp_path):
+    """A permutation state belongs to one training run: a zoo with other runs, or with the same run ids
+    trained from other seeds (another zoo of the same net), cannot continue the fit."""
+    more_runs = tmp_path / "three"
+    build(tiny_cfg(zoo={"mode": "seeds", "runs": 3, "checkpoints": 2, "every": 2}), more_runs)
+    with Zoo.open(more_runs) as z, pytest.raises(GeneratorError, match=r"states are runs \[0, 1\], this zoo's "
+                                                                      r"training runs are \[0, 1, 2\]"):
+        _fit_from(z, steps=0, init_from=str(fitted[0]))
+    reseeded = tmp_path / "seed5"
+    build(tiny_cfg(seed=5, zoo={"mode": "seeds", "runs": 3, "heldout": 1, "checkpoints": 2, "every": 2}), reseeded)
+    with Zoo.open(reseeded) as z, pytest.raises(GeneratorError, match=r"seeds \[0, 1\], this zoo's training runs "
+                                                                     r"have seeds \[5, 6\]"):
+        _fit_from(z, steps=0, init_from=str(fitted[0]))
+
+
 def test_init_from_another_architecture_names_the_entry_and_both_shapes(fitted, zoo, tmp_path):
     with pytest.raises(GeneratorError, match=r"(?s)init_from .*weights of 'net' do not fit.*size mismatch for [\w.]+: copying "
                                              r"a param with shape torch.Size\(\[\d+.*\]\) from checkpoint, the shape in "

@@ -230,6 +230,9 @@ class RPG(Generator):
     def __init__(self, spec, tokenizer, reference, net_build, runs: list[int] | None = None, layout=None,
                  code_length: int | None = None):
         self.runs = list(runs or [0])  # zoo run ids, one permutation state each
+        # each run's training seed, in the order of ``runs``: run ids restart at 0 in every zoo,
+        # so only the seeds tell two zoos' runs apart (None: saved before they were recorded)
+        self.run_seeds: list[int] | None = None
         self.code_length = code_length  # bits of the task codes a conditional generator reads
         self.metric_range: list[float] | None = None  # the metric values seen in training (condition: metric)
         super().__init__(spec, tokenizer, reference, net_build, layout)
@@ -257,10 +260,12 @@ class RPG(Generator):
         return {"net": self.net, **({"ema": self.ema} if self.ema is not None else {})}
 
     def extra_meta(self) -> dict:
-        return {"runs": self.runs, "code_length": self.code_length, "metric_range": self.metric_range}
+        return {"runs": self.runs, "run_seeds": self.run_seeds, "code_length": self.code_length,
+                "metric_range": self.metric_range}
 
     def load_extra_meta(self, meta: dict) -> None:
         self.runs = list(meta.get("runs") or [0])
+        self.run_seeds = meta.get("run_seeds")
         self.code_length = meta.get("code_length")
         self.metric_range = meta.get("metric_range")
 
@@ -276,6 +281,10 @@ class RPG(Generator):
         if other.runs != self.runs:
             raise GeneratorError(f"init_from {source}: its permutation states are runs {other.runs}, "
                                  f"this zoo's training runs are {self.runs}")
+        if None not in (other.run_seeds, self.run_seeds) and other.run_seeds != self.run_seeds:
+            raise GeneratorError(f"init_from {source}: its permutation states are runs trained from seeds "
+                                 f"{other.run_seeds}, this zoo's training runs have seeds {self.run_seeds}; the "
+                                 f"same run ids in another zoo are other runs")
         super().start_from(other, source)
 
     def use_zoo(self, zoo) -> None:
@@ -283,6 +292,8 @@ class RPG(Generator):
         for a conditional generator (rebuilds the networks if either changes)."""
         members = zoo.members("train")
         runs = sorted({m.run for m in members})
+        seed_of = {m.run: m.seed for m in members}
+        self.run_seeds = [seed_of[r] for r in runs]
         code_length = None
         if self.spec.condition == "task_code":
             lengths = {len(m.condition.get("code") or "") for m in members}
