@@ -6,8 +6,9 @@ Two measurements, each with mambapy's parallel scan and with the token-by-token 
 (``weightgen/generators/mamba_scan.py``; ``auto``, the default, takes the sequential one off
 the GPU). (1) The recurrent model alone (2 Mamba layers, d_state 16), forward and backward, at
 the shapes our RPG configs train with. (2) Whole RPG fit steps of rpg_whole.py's
-``cnn-rpg+x0+ema-cos-warm`` setting on its 20-seed digits CNN zoo (built if missing), the same
-seed for both scans: seconds per step and the last training loss, which must agree. Each
+``cnn-rpg+x0+ema-cos-warm`` and ``vit-rpg+x0+ema-cos-warm`` settings on their 20-seed digits
+zoos (built if missing), the same seed for both scans: seconds per step and the last training
+loss, which must agree to float rounding (the two scans multiply in different orders). Each
 measurement alternates the scans ``--rounds`` times and keeps the fastest round of each.
 Writes benchmarks/results/mamba_scan.json and a section of docs/results.md.
 """
@@ -30,9 +31,10 @@ from weightgen.zoo import Zoo, build_zoo
 SCANS = ("parallel", "sequential")
 # (what trains at this shape, checkpoints per step, tokens, d_model)
 SHAPES = (("rpg_whole.py CNN (4 checkpoints x 228-240 tokens)", 4, 240, 256),
+          ("rpg_whole.py tiny ViT (4 checkpoints x 295 tokens)", 4, 295, 256),
           ("unseen_tasks.py (16 checkpoints x 35 tokens)", 16, 35, 128),
           ("rpg_resnet18.py (2 checkpoints x 1,407 tokens)", 2, 1407, 256))
-SETTING = "cnn-rpg+x0+ema-cos-warm"
+FIT_SETTINGS = ("cnn-rpg+x0+ema-cos-warm", "vit-rpg+x0+ema-cos-warm")
 
 
 def backbone_seconds(scan: str, batch: int, tokens: int, d_model: int, repeats: int = 5) -> float:
@@ -46,11 +48,11 @@ def backbone_seconds(scan: str, batch: int, tokens: int, d_model: int, repeats: 
     return (time.perf_counter() - start) / repeats
 
 
-def fit_seconds(scan: str, steps: int) -> tuple[float, float]:
-    s = next(s for s in settings() if s["name"] == SETTING)
+def fit_seconds(setting: str, scan: str, steps: int) -> tuple[float, float]:
+    s = next(s for s in settings() if s["name"] == setting)
     raw = copy.deepcopy(s["config"])
     raw["generator"] = {**raw["generator"], "steps": steps, "mamba_scan": scan}
-    cfg = parse_config(raw, SETTING)
+    cfg = parse_config(raw, setting)
     zoo_dir = WORK / "zoos" / s["zoo"]
     build_zoo(cfg, zoo_dir, show_progress=False)
     with Zoo.open(zoo_dir) as zoo:
@@ -82,12 +84,13 @@ def main() -> None:
         rows.append({"what": f"2 Mamba layers alone, forward + backward: {what}", "shape": [batch, tokens, d_model],
                      "parallel_s": t["parallel"][0], "sequential_s": t["sequential"][0]})
         print(f"== {rows[-1]['what']}: parallel {t['parallel'][0]:.3f} s, sequential {t['sequential'][0]:.3f} s", flush=True)
-    t = fastest(lambda scan: fit_seconds(scan, args.steps), args.rounds)
-    rows.append({"what": f"whole RPG fit step, rpg_whole.py {SETTING} ({args.steps} steps)", "shape": None,
-                 "parallel_s": t["parallel"][0], "sequential_s": t["sequential"][0],
-                 "parallel_loss": t["parallel"][1], "sequential_loss": t["sequential"][1]})
-    print(f"== {rows[-1]['what']}: parallel {t['parallel'][0]:.3f} s/step, sequential {t['sequential'][0]:.3f} s/step; "
-          f"last loss {t['parallel'][1]:.6f} / {t['sequential'][1]:.6f}", flush=True)
+    for setting in FIT_SETTINGS:
+        t = fastest(lambda scan: fit_seconds(setting, scan, args.steps), args.rounds)
+        rows.append({"what": f"whole RPG fit step, rpg_whole.py {setting} ({args.steps} steps)", "shape": None,
+                     "parallel_s": t["parallel"][0], "sequential_s": t["sequential"][0],
+                     "parallel_loss": t["parallel"][1], "sequential_loss": t["sequential"][1]})
+        print(f"== {rows[-1]['what']}: parallel {t['parallel'][0]:.3f} s/step, sequential {t['sequential'][0]:.3f} s/step; "
+              f"last loss {t['parallel'][1]:.6f} / {t['sequential'][1]:.6f}", flush=True)
     m = machine()
     write_json("mamba_scan", {"benchmark": "mamba_scan", "command": command(), "machine": m, "results": rows})
     lines = ["| what | (checkpoints, tokens, d_model) | parallel scan s | sequential scan s | speed-up | last loss parallel / sequential |",

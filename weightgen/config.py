@@ -270,7 +270,7 @@ class RPGSpec(EMASpec):
     mamba_d_state: int = Field(16, ge=1)
     # Ours, speed only (the same recurrence to float rounding): mambapy's parallel scan
     # (``parallel``), the token-by-token recurrence (``sequential``: on 2 CPU cores the recurrent
-    # model runs 1.2-1.85x faster, a whole digits CNN fit step 4%; benchmarks/mamba_scan.py), or
+    # model runs 1.4-1.9x faster, a whole fit step 1.06x (CNN) to 1.4x (ViT); benchmarks/mamba_scan.py), or
     # parallel on a GPU and sequential elsewhere (``auto``). generators/mamba_scan.py.
     mamba_scan: Literal["auto", "parallel", "sequential"] = "auto"
     position: Literal["2d", "1d", "learned"] = "2d"  # learned: a table initialized at the 2D sinusoid

@@ -3,9 +3,9 @@
 mambapy scans in parallel (Blelloch, ``pscan``): log(T) passes over the whole
 ``(batch, tokens, 2*d_model, d_state)`` tensor, which a GPU runs at once. On a CPU the
 plain recurrence h_t = a_t * h_{t-1} + b_t, token by token, does the same arithmetic with
-less memory traffic: on 2 cores, 2 Mamba layers forward and backward run 1.2x faster at the
-digits CNN generator's shape and 1.85x faster at the unseen-task generator's, though a whole
-CNN fit step, where the U-Net and optimizer also run, gains only 4% (``benchmarks/mamba_scan.py``;
+less memory traffic: on 2 cores, 2 Mamba layers forward and backward run 1.4-1.9x faster at
+the shapes our generators train with, and a whole fit step, where the U-Net and optimizer also
+run, 1.4x for the tiny ViT's generator and 6% for the digits CNN's (``benchmarks/mamba_scan.py``;
 not measured on many-core CPUs). mambapy's own sequential mode is no help: it indexes
 ``deltaA[:, t]``, and the backward of each index writes a zero tensor the size of the whole
 sequence, many times slower than its parallel scan.
