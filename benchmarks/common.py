@@ -201,8 +201,11 @@ def at_default_sampling(cfg):
     return plain
 
 
-def run_or_reuse(cfg, zoo_dir: Path, run_dir: Path, reuse: bool, fitted_in: Sequence[Path] = ()) -> dict:
+def run_or_reuse(cfg, zoo_dir: Path, run_dir: Path, reuse: bool, fitted_in: Sequence[Path] = (),
+                 rejudge: bool = False) -> dict:
     """``weightgen run`` of ``cfg``; with ``reuse``, a finished run of exactly this config is read instead.
+    ``rejudge``: its generator is sampled and judged again instead (today's evaluator; the fit's
+    statistics and machine kept), e.g. after the evaluator gained a baseline.
 
     ``fitted_in``: runs that may hold a generator fitted with ``cfg`` at other sampling settings; with
     ``reuse`` the first that does is sampled at ``cfg``'s instead of fitting again (its fit time and
@@ -212,15 +215,17 @@ def run_or_reuse(cfg, zoo_dir: Path, run_dir: Path, reuse: bool, fitted_in: Sequ
 
     done, made_on = run_dir / "report.json", run_dir / "machine.json"
     same = same_config(run_dir / "config.yaml", cfg)
-    if reuse and done.is_file() and same:
+    if reuse and done.is_file() and same and not rejudge:
         report = json.loads(done.read_text())
         report["notes"] = notes(report["groups"])  # today's evaluator's reading of the stored numbers
         report["machine"] = json.loads(made_on.read_text()) if made_on.is_file() else None
         return report
     fitted, fit_machine = None, None
-    if reuse:
+    if reuse or rejudge:
         found = (saved_fit(d, cfg) for d in (run_dir, *fitted_in))
         fitted, fit_machine = next((f for f in found if f is not None), (None, None))
+        if fitted is None and rejudge:
+            raise SystemExit(f"--rejudge: no generator fitted with this config is saved in {run_dir}")
         if fitted is None:
             refuse_to_overwrite_fit(run_dir, cfg)
     report = run_experiment(cfg, zoo_dir, run_dir, show_progress=True, fitted=fitted)
@@ -356,6 +361,9 @@ def summarize(name: str, report: dict) -> dict:
         "name": name, "generated_params": report["num_generated_params"],
         "original": {k: orig[k] for k in ("best", "mean", "median", "max_iou_mean", "nearest_distance_mean")},
         "weight_average": g["weight_average"]["mean"], "noise": noise,
+        # each run's own weight average (zoos of several runs, evaluator since 2026-12-02)
+        "run_average": ({k: g["run_average"][k] for k in ("n", "best", "mean", "max_iou_mean")}
+                        if "run_average" in g else None),
         "generated": {k: gen[k] for k in ("best", "mean", "median", "worst", "n_nonfinite", "max_iou_mean",
                                           "nearest_distance_mean")},
         "targets": {

@@ -1,6 +1,6 @@
 """Whole networks from many seeds: RPG against p-diff on the same zoo (issue 4, item 3).
 
-    python benchmarks/rpg_whole.py [--only cnn-rpg ...] [--scale 1.0] [--reuse] [--temperature 0.5] [--state-mix 0.25] [--samples 100] [--fit-seed 1] [--fold-bn] [--fit-only]
+    python benchmarks/rpg_whole.py [--only cnn-rpg ...] [--scale 1.0] [--reuse] [--temperature 0.5] [--state-mix 0.25] [--samples 100] [--fit-seed 1] [--fold-bn] [--fit-only] [--rejudge]
 
 Each zoo holds 20 independent training runs (seeds) of one digits net, the last 5 checkpoints of
 each, 17 steps (one epoch) apart: 100 whole networks (BatchNorm running statistics
@@ -110,6 +110,11 @@ def settings() -> list[dict]:
 STEP_KEYS = ("steps", "ae_steps", "diffusion_steps")
 
 
+def runs_avg(ra: dict | None) -> str:
+    """Each run's own weight average in the table (none in reports judged before 2026-12-02)."""
+    return "" if ra is None else f" ({fmt(ra['best'])} / {fmt(ra['mean'])}, {fmt(ra['max_iou_mean'], '.3f')})"
+
+
 def temperature_note(t: float) -> str:
     if t == 1:
         return ""
@@ -163,6 +168,9 @@ def main() -> None:
                         help="generator.init_from (ours): continue the fit of this saved generator (same setting) for "
                              "the steps given here, with a fresh optimizer; give the run folder a --tag")
         ap.add_argument("--lr", type=float, default=None, help="generator.lr instead of the setting's")
+        ap.add_argument("--rejudge", action="store_true",
+                        help="sample and judge each setting's saved generator again with today's evaluator (its fit "
+                             "kept), e.g. after the evaluator gained a baseline")
         ap.add_argument("--fit-only", action="store_true",
                         help="fit and save the generators, judge nothing (e.g. fit on a lent GPU, judge later with --reuse)")
     args = settings_args(__doc__, extra)
@@ -221,7 +229,7 @@ def main() -> None:
         # the fit to sample again: the run at the default sampling settings, or the one at temperature 1 with this
         # many samples (a fit made with --samples N lives there)
         fits = [WORK / "runs" / tagged(cfg.name, t) for t in dict.fromkeys((args.tag, fit_tag)) if t != tag]
-        report = run_or_reuse(cfg, WORK / "zoos" / zoo_name, run_dir, args.reuse, fitted_in=fits)
+        report = run_or_reuse(cfg, WORK / "zoos" / zoo_name, run_dir, args.reuse, fitted_in=fits, rejudge=args.rejudge)
         row = summarize(s["name"], report)
         row["teacher_forced_mean"] = teacher_forced_accuracy(run_dir, WORK / "zoos" / zoo_name)
         o, g = row["original"], row["generated"]
@@ -239,7 +247,7 @@ def main() -> None:
     payload = {"benchmark": "rpg_whole", "command": command(), "machine": machine(), "scale": args.scale,
                "seconds": time.time() - started, "results": rows}
     write_json(tagged("rpg_whole", tag), payload)
-    lines = ["| setting | steps | params | original best / mean / median | weight avg | noise σ=0.01 / 0.05 mean acc "
+    lines = ["| setting | steps | params | original best / mean / median | weight avg (each run's: best / mean, max IoU) | noise σ=0.01 / 0.05 mean acc "
              "| generated best / mean / median (worst) | teacher-forced mean | max IoU orig / σ=0.05 / gen "
              "| nearest dist orig / gen | fit s | targets |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -247,7 +255,7 @@ def main() -> None:
         ok = " ".join(("✔" if v else "✘") + k for k, v in r["targets"].items())
         lines.append(
             f"| {r['name']} | {' + '.join(str(v) for v in r['steps'].values())} | {r['generated_params']} | {fmt(o['best'])} / {fmt(o['mean'])} / {fmt(o['median'])} "
-            f"| {fmt(r['weight_average'])} | {fmt(n.get('0.01', {}).get('mean'))} / {fmt(n.get('0.05', {}).get('mean'))} "
+            f"| {fmt(r['weight_average'])}{runs_avg(r.get('run_average'))} | {fmt(n.get('0.01', {}).get('mean'))} / {fmt(n.get('0.05', {}).get('mean'))} "
             f"| {fmt(g['best'])} / {fmt(g['mean'])} / {fmt(g['median'])} ({fmt(g['worst'])}) | {fmt(r.get('teacher_forced_mean'))} "
             f"| {fmt(o['max_iou_mean'], '.3f')} / {fmt(n.get('0.05', {}).get('max_iou_mean'), '.3f')} / "
             f"{fmt(g['max_iou_mean'], '.3f')} | {fmt(o['nearest_distance_mean'], '.3g')} / "

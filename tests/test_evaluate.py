@@ -15,7 +15,7 @@ from torch import nn
 from weightgen.config import parse_config
 from weightgen.evaluate import (
     Evaluator, Scores, compare, evaluate_states, evaluate_stream, flatten_states, iou_matrix, max_iou,
-    interpolated, nearest_distance, noise_added, stack_states, unstack_states, weight_average,
+    interpolated, nearest_distance, noise_added, run_averages, stack_states, unstack_states, weight_average,
 )
 from weightgen.evaluate import novelty
 from weightgen.evaluate.report import notes
@@ -215,6 +215,20 @@ def test_weight_average(digits):
 
 
 
+def test_run_averages_average_each_runs_own_checkpoints(digits):
+    stacked = stack_states(_states("mlp", digits, 5, hidden=[8]))
+    runs = [3, 1, 3, 1, 3]  # out of order: one model per run, in run order (1, then 3)
+    avg = run_averages(stacked, ["1.weight"], runs)
+    assert all(v.shape[0] == 2 for v in avg.values())
+    w = stacked["1.weight"]
+    torch.testing.assert_close(avg["1.weight"][0], (w[1] + w[3]) / 2)
+    torch.testing.assert_close(avg["1.weight"][1], (w[0] + w[2] + w[4]) / 3)
+    # not generated: the run's first checkpoint's
+    assert torch.equal(avg["3.weight"][0], stacked["3.weight"][1]) and torch.equal(avg["3.weight"][1], stacked["3.weight"][0])
+    with pytest.raises(ValueError, match="run of each of the 5"):
+        run_averages(stacked, ["1.weight"], runs[:4])
+
+
 def test_interpolated_lies_between_two_runs(digits):
     stacked = stack_states(_states("mlp", digits, 6, hidden=[8]))
     runs = [0, 0, 1, 1, 2, 2]
@@ -344,6 +358,29 @@ def test_heldout_runs_are_judged_as_generated_models_are(tmp_path_factory, digit
     assert len(note) == 1 and f"mean accuracy {h['mean']:.4f}" in note[0] and "noise" in note[0]
     with zoo_of("trajectory") as zoo:
         assert heldout_stack(zoo) is None
+
+
+def test_each_runs_average_is_judged_and_read_for_a_zoo_of_several_runs(tmp_path_factory, digits):
+    """With the run of each checkpoint, compare judges every run's own weight average (one model per run)
+    and notes how the generated models compare; the pipeline gives the runs for seeds zoos only."""
+    from weightgen.pipeline import evaluate_samples, train_stack
+
+    cfg = parse_config({"task": {"name": "digits"}, "net": {"name": "mlp", "hidden": [16]}, "train": {"epochs": 2},
+                        "zoo": {"mode": "seeds", "runs": 3, "checkpoints": 3, "every": 3}, "evaluate": {"n_noise": 5}})
+    path = tmp_path_factory.mktemp("runs")
+    build_zoo(cfg, path, show_progress=False)
+    with Zoo.open(path) as zoo:
+        train, names, members = train_stack(zoo), zoo.parameter_names, zoo.members("train")
+        report = evaluate_samples(zoo, [train], names, None, cfg, "runs")
+        runs = [m.run for m in members]
+        ra = report["groups"]["run_average"]
+        net = zoo.build_net()
+        want = Evaluator(net, digits, "test")(run_averages(train, names, runs)).accuracy.double().tolist()
+    assert list(report["groups"]).index("run_average") == 2 and ra["n"] == 3 and ra["accuracy"] == want
+    note = [n for n in report["notes"] if "runs' own weight averages" in n]
+    assert len(note) == 1 and f"mean {ra['mean']:.4f}" in note[0] and f"their best {ra['best']:.4f}" in note[0]
+    one_run = compare(net, digits, train, train, names, None, sigmas=(0.01,), n_noise=5, runs=[0] * len(runs))
+    assert "run_average" not in one_run["groups"]  # one run: its average is the weight average
 
 
 def test_heldout_note_reads_the_novelty_test():

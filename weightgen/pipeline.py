@@ -99,9 +99,12 @@ def evaluate_samples(zoo: Zoo, batches: Iterable[dict], names: list[str], out_di
                      cfg: ExperimentConfig, title: str) -> dict:
     net = zoo.build_net()
     batches = checked_first(net, batches, "the samples")
+    # Each run's own average is a bar where the runs share a recipe (seeds, tail); trajectory
+    # runs would average an initialization into it, tasks runs solve different tasks.
+    runs = [m.run for m in zoo.members("train")] if zoo.config.zoo.mode in ("seeds", "tail") else None
     return compare(net, zoo_task(zoo), train_stack(zoo), batches, names, out_dir, sigmas=cfg.evaluate.sigmas,
                    n_noise=cfg.evaluate.n_noise, seed=cfg.seed, title=title, heldout_stacked=heldout_stack(zoo),
-                   recalibrate=cfg.evaluate.recalibrate_bn)
+                   recalibrate=cfg.evaluate.recalibrate_bn, runs=runs)
 
 
 def run_experiment(cfg: ExperimentConfig, zoo_dir: Path | None = None, run_dir: Path | None = None,

@@ -1,7 +1,9 @@
 """The two trivial generators any weight generator must beat (Zeng et al. 2025):
 training checkpoints with Gaussian noise added (p-diff's comparison), and the
-average of the training checkpoints; and a third (ours) for zoos of many runs: a point on the
-line between two checkpoints of different runs. All touch only the generated tensors
+average of the training checkpoints; and for zoos of many runs (ours): each run's own average
+(the average of all runs' checkpoints leaves every run's basin when the runs are independent,
+so on such a zoo it is no bar at all), and a point on the line between two checkpoints of
+different runs. All touch only the generated tensors
 (``names``); everything else (frozen layers, BatchNorm buffers) is copied, exactly as
 a generator's output is completed from a reference checkpoint.
 """
@@ -56,6 +58,23 @@ def weight_average(train_stacked: dict[str, Tensor], names: list[str]) -> dict[s
     chosen = set(names)
     return {k: (v.double().mean(0, keepdim=True).to(v.dtype) if k in chosen else v[:1].clone())
             for k, v in train_stacked.items()}
+
+
+def run_averages(train_stacked: dict[str, Tensor], names: list[str], runs: list[int]) -> dict[str, Tensor]:
+    """One model per run, in run order: the mean of the ``names`` tensors over that run's originals
+    (``runs[i]``: the run of original ``i``), accumulated in float64; every other entry taken from
+    the run's first original. What a generator that learned only each run's mean would make."""
+    b = _check_names(train_stacked, names)
+    if len(runs) != b:
+        raise ValueError(f"run_averages needs the run of each of the {b} originals (got {len(runs)})")
+    run_of = torch.tensor(runs)
+    members = [(run_of == r).nonzero().flatten() for r in sorted(set(runs))]
+    chosen = set(names)
+    out = {}
+    for k, v in train_stacked.items():
+        rows = [(v[i.to(v.device)].double().mean(0).to(v.dtype) if k in chosen else v[i[0]].clone()) for i in members]
+        out[k] = torch.stack(rows)
+    return out
 
 
 def interpolated(train_stacked: dict[str, Tensor], names: list[str], runs: list[int], weight: float, n: int,

@@ -43,6 +43,10 @@ def novelty_plot(groups: dict[str, dict], path: str | Path, title: str = "") -> 
     if "heldout" in groups:
         x, y = _points(groups["heldout"])
         ax.scatter(x, y, s=26, marker="s", color="darkorange", alpha=0.8, label="held-out runs (new seeds)")
+    if "run_average" in groups:
+        x, y = _points(groups["run_average"])
+        ax.scatter(x, y, s=60, marker="D", color="deepskyblue", edgecolor="black", alpha=0.8, zorder=4,
+                   label="each run's weight average")
     if "weight_average" in groups:
         x, y = _points(groups["weight_average"])
         ax.scatter(x, y, s=200, marker="*", color="deepskyblue", edgecolor="black", zorder=5, label="weight average")

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from weightgen.tasks import Task
 
-from .baselines import DEFAULT_SIGMAS, noise_added, weight_average
+from .baselines import DEFAULT_SIGMAS, noise_added, run_averages, weight_average
 from .batched import Evaluator, Scores
 from .novelty import flatten_states, max_iou, nearest_distance
 from .plots import NOISE_PREFIX, novelty_plot
@@ -60,7 +60,8 @@ def _group(scores: Scores, iou: Tensor, dist: Tensor) -> dict:
 def compare(net: nn.Module, task: Task, train_stacked: dict[str, Tensor],
             generated_stacked: dict[str, Tensor] | Iterable[dict[str, Tensor]], names: list[str],
             out_dir: Path | None, sigmas=DEFAULT_SIGMAS, n_noise: int = 100, seed: int = 0, title: str = "",
-            heldout_stacked: dict[str, Tensor] | None = None, recalibrate: bool = False) -> dict:
+            heldout_stacked: dict[str, Tensor] | None = None, recalibrate: bool = False,
+            runs: list[int] | None = None) -> dict:
     """Score originals, weight average, noise-added originals and generated models; see module doc.
 
     ``generated_stacked`` is one stacked dict or an iterable of them (streamed: one batch
@@ -69,6 +70,9 @@ def compare(net: nn.Module, task: Task, train_stacked: dict[str, Tensor],
     reference for what a new network from the zoo's distribution scores (group ``heldout``).
     ``recalibrate``: every made network (weight average, noise-added originals, samples) gets its
     BatchNorm statistics recomputed on the task's training inputs first (``recalibrate.py``, ours).
+    ``runs``: the run of each training checkpoint, for a zoo of several runs of one recipe; then
+    each run's own weight average is judged too (group ``run_average``, one model per run, ours),
+    the average a generator that learned each run's mean and nothing else would make.
     Returns the report (nan written as None) and, with ``out_dir``, writes report.json,
     report.md and novelty.png there.
     """
@@ -92,6 +96,8 @@ def compare(net: nn.Module, task: Task, train_stacked: dict[str, Tensor],
     groups = {"original": _group(originals, max_iou(originals.wrong, originals.wrong, exclude_diagonal=True),
                                  nearest_distance(ref_flat, ref_flat, exclude_diagonal=True))}
     groups["weight_average"] = judge([weight_average(train_stacked, names)])
+    if runs is not None and len(set(runs)) > 1:
+        groups["run_average"] = judge([run_averages(train_stacked, names, runs)])
     for sigma in sigmas:
         groups[f"{NOISE_PREFIX}{sigma:g}"] = judge([noise_added(train_stacked, names, sigma, n_noise, seed)])
     groups["generated"] = judge([generated_stacked] if isinstance(generated_stacked, dict) else generated_stacked)
@@ -204,6 +210,13 @@ def notes(groups: dict) -> list[str]:
                    f"({_pts(gen['mean'], avg['mean'])})")
     else:
         out.append("the weight average has non-finite weights or outputs")
+    if groups.get("run_average", {}).get("mean") is not None:
+        ra = groups["run_average"]
+        verb = "beats" if gen["mean"] > ra["mean"] else "does not beat"
+        out.append(f"generated mean {gen['mean']:.4f} {verb} the {ra['n']} runs' own weight averages (one model per "
+                   f"run: best {ra['best']:.4f}, mean {ra['mean']:.4f}, max IoU {ra['max_iou_mean']:.3f}; "
+                   f"{_pts(gen['mean'], ra['mean'])}); generated best {gen['best']:.4f} against their best "
+                   f"{ra['best']:.4f}")
     out.append(novelty_note(groups))
     out.extend(_copy_notes(gen, orig))
     if "heldout" in groups:
