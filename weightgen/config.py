@@ -269,9 +269,10 @@ class RPGSpec(EMASpec):
     # released code's 128 (CUDA kernels, no materialization) would cost 8x the memory here.
     mamba_d_state: int = Field(16, ge=1)
     # Ours, speed only (the same recurrence to float rounding): mambapy's parallel scan
-    # (``parallel``), the token-by-token recurrence (``sequential``: on 2 CPU cores the recurrent
-    # model runs 1.4-1.9x faster, a whole fit step 1.06x (CNN) to 1.4x (ViT); benchmarks/mamba_scan.py), or
-    # parallel on a GPU and sequential elsewhere (``auto``). generators/mamba_scan.py.
+    # (``parallel``), the token-by-token recurrence with a hand-written backward (``sequential``:
+    # on 2 CPU cores the recurrent model runs 3.2-4.1x faster, a whole fit step 1.8x (CNN) to 2.8x
+    # (ViT); benchmarks/mamba_scan.py), or parallel on a GPU and sequential elsewhere (``auto``).
+    # generators/mamba_scan.py.
     mamba_scan: Literal["auto", "parallel", "sequential"] = "auto"
     position: Literal["2d", "1d", "learned"] = "2d"  # learned: a table initialized at the 2D sinusoid
     permutation_state: bool = True  # one learned embedding per source run; a random one per sample
