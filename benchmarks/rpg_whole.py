@@ -288,7 +288,7 @@ states, epsilon prediction, steps (in the table) x 4 checkpoints x 64 tokens (th
 learning rate decayed to 0 by a cosine (ours); `-nostate`: the same without permutation states; `-tokens`: the
 recurrent model reads the previous tokens too (the paper's text; autoregressive at sampling), 256 tokens denoised per
 step; `-tn`: those tokens noised in training (`teacher_noise: 0.2`, ours); `b16`: 16 checkpoints x 256 tokens
-per step (sized for a GPU); `-warm`: the EMA's decay warmed up as min(0.999, (1 + n) / (10 + n)) (`ema_warmup`, ours). Teacher-forced mean (`-tokens` rows): the mean accuracy of 5 networks made with each token's prototype read
+per step (sized for a GPU); `-warm`: the EMA's decay warmed up as min(0.999, (1 + n) / (10 + n)) (`ema_warmup`, ours). `-t256`: 256 tokens of each checkpoint denoised per step (ours). Teacher-forced mean (`-tokens` rows): the mean accuracy of 5 networks made with each token's prototype read
 from the true previous tokens of a training checkpoint, as in training. p-diff: its autoencoder on
 the flattened network, autoencoder + diffusion steps in the table; `+element-norm`: each value standardized over the
 zoo (ours). {align_note if args.align else ""}{fold_note if args.fold_bn else ""}{args.samples} samples each, DDIM
