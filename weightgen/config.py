@@ -270,7 +270,7 @@ class RPGSpec(EMASpec):
     mamba_d_state: int = Field(16, ge=1)
     # Ours, speed only (the same recurrence to float rounding): mambapy's parallel scan
     # (``parallel``), the token-by-token recurrence with a hand-written backward (``sequential``:
-    # on 2 CPU cores the recurrent model runs 3.2-4.1x faster, a whole fit step 1.8x (CNN) to 2.8x
+    # on 2 CPU cores the recurrent model runs 3.2-4.2x faster, a whole fit step 1.8x (CNN) to 2.8x
     # (ViT); benchmarks/mamba_scan.py), or parallel on a GPU and sequential elsewhere (``auto``).
     # generators/mamba_scan.py.
     mamba_scan: Literal["auto", "parallel", "sequential"] = "auto"
