@@ -83,7 +83,10 @@ class Backbone(nn.Module):
         if self.kind == "mamba" and not torch.is_grad_enabled() and x.shape[1] > MAMBA_SCAN_TOKENS:
             # mambapy's parallel scan holds (B, T, 2*d_model, d_state) several times over: for
             # the ~24k tokens of a 200M-parameter net that is gigabytes. Without gradients the
-            # recurrence runs token by token instead, in constant memory.
+            # recurrence runs token by token instead, in constant memory. The sequential scan
+            # (mamba_scan.py) would be faster, but the whole-sequence forward around it still holds
+            # each layer's (B, T, 2*d_model) projections, many times the (B, T, D) output kept here, and B
+            # is the number of distinct permutation states sampled.
             state = self.begin(x.shape[0], x.device)
             out = torch.empty_like(x)
             for t in range(x.shape[1]):
