@@ -20,9 +20,23 @@ WORK = ROOT / "benchmarks" / "work"  # zoos and runs: gitignored
 DOC = ROOT / "docs" / "results.md"
 
 
+def cpu_model() -> str | None:
+    """The CPU's model name (Linux), which platform.processor() leaves empty there."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
 def machine() -> dict:
+    # The CPU and the vector kernels torch picks for it are recorded because the same seeded zoo trains to
+    # slightly different networks on different CPUs (docs/results.md, "Checkpoint spacing ...").
     return {
         "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+        "cpu": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
