@@ -74,13 +74,19 @@ def keep_earlier(name: str, results: list[dict], key, fill: tuple[str, ...] = ()
     return [r for r in earlier["results"] if key(r) not in done] + results
 
 
+def made_on(record: dict) -> str:
+    """"`command` on platform, N CPUs, torch X (date)" for a payload or row holding ``command`` and ``machine``:
+    the line every section and merged table gives for what made its numbers."""
+    m = record["machine"]
+    return f"`{record['command']}` on {m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']} ({m['date']})"
+
+
 def row_commands(rows: list[dict]) -> str:
     """Markdown list of the commands that made ``rows`` (each row's ``command``, ``machine`` and
     ``name``), one item per invocation, naming its rows: a table merged by ``keep_earlier``."""
     made: dict[tuple, list[str]] = {}
     for r in rows:
-        m = r["machine"]
-        where = f"`{r['command']}` on {m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']} ({m['date']})"
+        where = made_on(r)
         names = made.setdefault(where, [])
         if r["name"] not in names:  # a setting measured at several weights or levels is named once
             names.append(r["name"])

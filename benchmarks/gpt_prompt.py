@@ -28,7 +28,7 @@ from collections import defaultdict
 
 import torch
 
-from common import ROOT, WORK, command, fit_or_reuse, fmt, keep_earlier, machine, teacher_forced_networks, write_json, write_section
+from common import ROOT, WORK, command, made_on, fit_or_reuse, fmt, keep_earlier, machine, teacher_forced_networks, write_json, write_section
 from weightgen.config import parse_config
 from weightgen.evaluate import Evaluator
 from weightgen.generators.base import member_metric
@@ -484,13 +484,12 @@ def write(args, zoo_info: dict, results: list[dict], started: float) -> None:
             f"| {statistics.fmean(p['run_final'] for p in ps):.4f} | {' / '.join(f'{v:.4f}' for v in j['recursive_mean']) or '–'} "
             f"| {fmt(r['fit'].get('fit_seconds'), '.0f')}{' (GPU)' if (r['fit'].get('machine') or {}).get('cuda') else ''} | "
             + " ".join(("✔" if v else "✘") + k for k, v in r["targets"].items()) + " |")
-    m = payload["machine"]
     builds = "; ".join(sorted({f"{net_of(r)}, {r['zoo']['runs']} runs, {r['zoo'].get('members', '?')} checkpoints: "
                                + ("reused" if r['zoo'].get('build_seconds', 0) < 1 else f"{r['zoo']['build_seconds']:.0f} s")
                                for r in results}))
     write_section("gpt_prompt", f"""## G.pt and RPG: networks for a prompted metric (issue 5)
 
-Command: `{payload['command']}` on {m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']} ({m['date']}).
+Command: {made_on(payload)}.
 Zoos: the table's number of runs of the table's digits net, `mlp` [32] or `cnn` [16, 32] (3x3 convs, global
 average pool, no BatchNorm), SGD + momentum at 0.05 (`cnn-adam`: the CNN with Adam at 1e-2, whose loss falls
 from the first steps where SGD's sits at 2.31 for ~200; "SGD steps" are then Adam steps), 510 steps, 50

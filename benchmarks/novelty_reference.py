@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from common import WORK, command, fmt, machine, more_novel_than_noise, settings_args, summarize, write_json, write_section
+from common import WORK, command, made_on, fmt, machine, more_novel_than_noise, settings_args, summarize, write_json, write_section
 from rpg_ablation import ZOO_DIR as MLP_ZOO_DIR
 from rpg_ablation import config as ablation_config
 from rpg_whole import SEEDS_ZOO, TOKENS, ZOOS
@@ -95,7 +95,7 @@ def main() -> None:
     notes = "\n".join(f"- **{r['name']}**: {r['novelty_note']}" for r in rows)
     write_section("novelty_reference", f"""## The novelty test applied to SGD's own new networks (issue 4)
 
-Command: `{payload['command']}` on {machine()['platform']}, {machine()['cpu_count']} CPUs, torch {torch.__version__} ({machine()['date']}).
+Command: {made_on(payload)}.
 Each seeds zoo of the issue-4 benchmarks trains 10 runs beyond its 20 training runs, with the same recipe
 from seeds 20-29, and holds them out: no generator is fitted on them. Their checkpoints (the same last 5 of
 each run) are judged here exactly as a generator's samples are: accuracy on the digits test split, max IoU

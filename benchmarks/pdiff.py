@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from common import WORK, command, fmt, machine, run_or_reuse, settings_args, summarize, write_json, write_section
+from common import WORK, command, made_on, fmt, machine, run_or_reuse, settings_args, summarize, write_json, write_section
 from weightgen.config import parse_config
 
 CNN_TAIL = ["features.2.1.*", "head.*"]  # the last BatchNorm layer and the linear head
@@ -102,11 +102,10 @@ def main() -> None:
                "seconds": time.time() - started, "results": rows}
     write_json("pdiff", payload)
     notes = "\n".join(f"- **{r['name']}** ({r['note']}): " + "; ".join(r["notes"]) for r in rows)
-    m = payload["machine"]
     steps = ", ".join(f"{r['name']} {r['steps']['ae']} + {r['steps']['diffusion']}" for r in rows)
     write_section("pdiff", f"""## p-diff on digits (issue 3)
 
-Command: `{payload['command']}` on {m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']} ({m['date']}).
+Command: {made_on(payload)}.
 Generator steps (autoencoder + diffusion; the paper uses 30k + 30k): {steps}.
 Timing columns: seconds to sample 100 models against the optimizer seconds of one zoo run, both on this CPU; some
 runs shared the 2 cores with other jobs, so the ratios are indicative, not tight.

@@ -27,7 +27,7 @@ import time
 
 import torch
 
-from common import WORK, command, fmt, machine, run_or_reuse, summarize, write_json, write_section
+from common import WORK, command, made_on, fmt, machine, run_or_reuse, summarize, write_json, write_section
 from weightgen.config import parse_config
 from weightgen.evaluate import evaluate_states
 from weightgen.generators import load_generator
@@ -113,11 +113,10 @@ def main() -> None:
     payload = {"benchmark": name, "command": command(), "machine": machine(), "steps": args.steps,
                "seconds": time.time() - started, "result": row}
     write_json(name, payload)
-    m = payload["machine"]
     n = row["noise"]
     write_section(name, f"""## Mid-scale: RPG on timm resnet18 (issue 4){variant and ' — ' + variant[1:]}
 
-Command: `{payload['command']}` on {m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']} ({m['date']}).
+Command: {made_on(payload)}.
 Zoo: one resnet18 (digits at 32x32), 50 checkpoints at its last 50 steps (within the final epoch). RPG: 8192-value
 tokens, 2 Mamba layers, d_model 256, U-Net channels [8, 16, 32], {args.steps} steps x 2 checkpoints x 32 tokens,
 {'x0 prediction (ours)' if args.prediction == 'sample' else 'epsilon prediction (released)'}{f', EMA {args.ema} (ours)' if args.ema else ''},

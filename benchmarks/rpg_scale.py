@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 
-from common import RESULTS, ROOT, WORK, command, fmt, machine, write_json, write_section
+from common import RESULTS, ROOT, WORK, command, made_on, fmt, machine, write_json, write_section
 
 ARCHS = [  # name, timm kwargs
     ("resnet18", {"input_size": 32}),
@@ -160,10 +160,9 @@ def render(payload: dict) -> None:
                      f"| {g['peak_rss'] / 2**30:.2f} GiB | {fmt(g.get('generate_seconds'), '.0f')} s "
                      f"| {fmt(g['fit'].get('fit_seconds'), '.0f')} s "
                      f"| {pd} |")
-    m = payload["machine"]
     write_section("rpg_scale", f"""## RPG at scale: memory and time to generate one network (issue 4)
 
-Command: `{payload['command']}` on {m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']} ({m['date']}).
+Command: {made_on(payload)}.
 One network generated straight into a safetensors file by a fresh process (`Generator.sample_to_file`);
 peak RSS from the kernel (`VmHWM`), whole process (Python and torch included). RPG: tokens of 8192 values,
 2 Mamba layers, d_model 256, U-Net channels {RPG_GEN['unet_channels']}, fitted {RPG_GEN['steps']} steps on a

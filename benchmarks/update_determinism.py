@@ -19,7 +19,7 @@ import statistics
 
 import torch
 
-from common import command, machine, write_json, write_section
+from common import command, made_on, machine, write_json, write_section
 from gpt_prompt import NETS
 from weightgen.config import TrainSpec
 from weightgen.nets import build_net
@@ -68,10 +68,9 @@ def main() -> None:
     for r in rows:
         lines.append(f"| {r['zoo']} ({r['recipe']['optimizer']}, lr {r['recipe']['lr']}) | "
                      + " | ".join(f"{r['ratio'][s]:.2f} ({r['loss_gap'][s]:.2f})" for s in STEPS) + " |")
-    m = payload["machine"]
     write_section("update_determinism", f"""## How much of a run its initialization decides (issue 5)
 
-Command: `{payload['command']}` on {m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']} ({m['date']}).
+Command: {made_on(payload)}.
 The zoo recipes of benchmarks/gpt_prompt.py (digits, batch 64). {args.inits} initializations, each trained twice
 with two data orders: at each step, |theta_a - theta_b| / |theta_a - theta_0|, the share of the update the data
 order decides (0: the initialization decides everything; about 1.4: two unrelated updates), and in brackets

@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import command, fmt, machine, write_json, write_section
+from common import command, made_on, fmt, machine, write_json, write_section
 from gpt_prompt import NETS
 from weightgen.config import parse_config
 from weightgen.zoo import Zoo
@@ -71,7 +71,7 @@ def main() -> None:
                      f"{fmt(r['test_accuracy_max'])} | {target} |")
     write_section("zoo_build", f"""## Zoo build time (issue 2)
 
-Command: `{result['command']}` on {m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']} ({m['date']}).
+Command: {made_on(result)}.
 Each zoo built from nothing in a fresh directory, then every shard verified. Several processes: `weightgen zoo
 build --procs N` (torchrun on this machine, gloo), each process with {m['cpu_count']} // N torch threads; its wall
 time includes torchrun's start.
