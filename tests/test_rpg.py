@@ -257,6 +257,35 @@ def test_mamba_scan_is_checked_and_named_in_the_error():
         Backbone("mamba", 16, 1, 4, "fast")
 
 
+@pytest.mark.parametrize("precision,trained_in", [("float32", torch.float32), ("bfloat16", torch.bfloat16)])
+def test_denoiser_precision_sets_the_training_convs_and_leaves_sampling_float32(precision, trained_in):
+    gen, tok, states = _standalone(_spec(denoiser_precision=precision))
+    _jitter(gen)
+    seen = []
+    hook = gen.net.denoiser.out.conv.register_forward_hook(lambda m, a, out: seen.append(out.dtype))
+    x = tok.tokenize_batch(states)
+    draw = lambda: (torch.Generator().manual_seed(0), torch.Generator().manual_seed(1))  # tokens, noise
+    loss = gen.loss(x, torch.tensor([0, 1, 1]), *draw())
+    assert seen == [trained_in] and loss.dtype == torch.float32 and torch.isfinite(loss)
+    # the same model and draws at float32: the same loss to bfloat16 rounding (exactly, at float32)
+    spec, gen.spec = gen.spec, _spec()
+    full = gen.loss(x, torch.tensor([0, 1, 1]), *draw())
+    gen.spec = spec
+    assert torch.allclose(loss, full, rtol=0.02) and (loss == full) == (precision == "float32")
+    loss.backward()
+    assert all(p.grad.dtype == torch.float32 for p in gen.net.parameters())  # float32 weights and optimizer
+    seen.clear()
+    out = gen.sample_tokens(2, None, torch.Generator().manual_seed(0), "ddim", 2)
+    assert set(seen) == {torch.float32} and out.dtype == torch.float32  # sampled at full precision
+    hook.remove()
+
+
+def test_denoiser_precision_is_checked_and_named_in_the_error():
+    with pytest.raises(ConfigError, match="denoiser_precision") as e:
+        parse_config(tiny_cfg(generator={**TINY_RPG, "denoiser_precision": "float16"}))
+    assert "'float32'" in str(e.value) and "'bfloat16'" in str(e.value)
+
+
 def test_2d_positions_split_layer_and_index():
     gen, tok, _ = _standalone(_spec(d_model=32))
     pe, pos = gen.net.pos, tok.positions

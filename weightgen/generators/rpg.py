@@ -389,7 +389,15 @@ class RPG(Generator):
         proto = self.net.prototypes(states, read, codes, drop)
         x0 = tokens.gather(1, pick[..., None].expand(-1, -1, w)).reshape(b * k, 1, w)
         cond = proto.gather(1, pick[..., None].expand(-1, -1, proto.shape[-1])).reshape(b * k, -1)
-        return self.diffusion.loss(lambda x, tt: self.net.denoiser(x, tt, cond), x0, mask, noise_gen)
+        return self.diffusion.loss(lambda x, tt: self.train_denoise(x, tt, cond), x0, mask, noise_gen)
+
+    def train_denoise(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """The denoiser in training, under bfloat16 autocast when ``denoiser_precision`` asks
+        (its output back in float32, so the loss and everything after it are float32)."""
+        if self.spec.denoiser_precision == "float32":
+            return self.net.denoiser(x, t, cond)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16):
+            return self.net.denoiser(x, t, cond).float()
 
     def fit(self, zoo, show_progress: bool = True, seed: int = 0) -> dict[str, Any]:
         s = self.spec
