@@ -315,6 +315,19 @@ def test_compare_flags_copies_of_the_originals(tiny_zoo, digits, tmp_path):
     assert "| generated | 6 |" in md and "not novel" in md
 
 
+def test_networks_erring_as_a_checkpoint_are_counted_and_the_best_of_the_rest_named():
+    from weightgen.evaluate.report import _copy_notes
+    orig = {"nearest_distance": [0.4, 0.5, 0.6]}
+    gen = {"n": 4, "accuracy": [0.99, 0.98, 0.97, None], "max_iou": [1.0, 0.8, 0.7, None],
+           "nearest_distance": [0.15, 0.3, 0.4, None]}
+    notes = _copy_notes(gen, orig)
+    assert "1 of 4 generated models err on exactly the same test samples as some training checkpoint (max IoU 1.0); " \
+           "the best of the other 2: 0.9800" in notes
+    gen = {**gen, "max_iou": [1.0, 1.0, 1.0, None]}
+    assert any(n.endswith("(max IoU 1.0); there are no others") for n in _copy_notes(gen, orig))
+    assert not any("max IoU 1.0" in n for n in _copy_notes({**gen, "max_iou": [0.9, 0.8, 0.7, None]}, orig))
+
+
 def test_compare_streams_and_counts_nonfinite(tiny_zoo, digits):
     net, stacked, names = tiny_zoo
     noisy = noise_added(stacked, names, 0.02, 6, seed=1)

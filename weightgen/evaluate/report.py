@@ -253,8 +253,14 @@ def _copy_notes(gen: dict, orig: dict) -> list[str]:
                    f"<= {tol:.3g}, {COPY_FRACTION:.0%} of the originals' median nearest-neighbour distance): not novel")
     same = int((iou >= 1.0).sum())
     if same:
+        # The best network may be one of these: say what the best one that errs as no checkpoint does reaches.
+        acc = np.asarray([np.nan if v is None else v for v in gen["accuracy"]], dtype=np.float64)
+        ious = np.asarray([np.nan if v is None else v for v in gen["max_iou"]], dtype=np.float64)
+        others = acc[(ious < 1.0) & np.isfinite(acc)]
+        rest = (f"; the best of the other {others.size}: {others.max():.4f}" if others.size else
+                "; there are no others")
         out.append(f"{same} of {gen['n']} generated models err on exactly the same test samples as some training "
-                   f"checkpoint (max IoU 1.0)")
+                   f"checkpoint (max IoU 1.0){rest}")
     if not copies and dist.size and spread:
         out.append(f"generated models lie {float(np.median(dist)):.4g} (median) from their nearest training checkpoint; "
                    f"originals lie {spread:.4g} (median) from each other")
