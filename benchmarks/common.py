@@ -20,15 +20,30 @@ WORK = ROOT / "benchmarks" / "work"  # zoos and runs: gitignored
 DOC = ROOT / "docs" / "results.md"
 
 
-def cpu_model() -> str | None:
-    """The CPU's model name (Linux), which platform.processor() leaves empty there."""
+def cpuinfo_field(name: str) -> str | None:
+    """The first ``name`` line of /proc/cpuinfo (Linux), or None."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.split(":", 1)[0].strip() == name:
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or None
+    return None
+
+
+def cpu_model() -> str | None:
+    """The CPU's model name (Linux), which platform.processor() leaves empty there."""
+    return cpuinfo_field("model name") or platform.processor() or None
+
+
+# The CPU features that decide whether bfloat16 runs in hardware (generator.denoiser_precision); torch's
+# cpu_capability stops at AVX512 and does not say.
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def bf16_hardware() -> list[str]:
+    flags = set((cpuinfo_field("flags") or "").split())
+    return [f for f in BF16_FLAGS if f in flags]
 
 
 def machine() -> dict:
@@ -36,7 +51,7 @@ def machine() -> dict:
     # slightly different networks on different CPUs (docs/results.md, "Checkpoint spacing ...").
     return {
         "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-        "cpu": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_bf16": bf16_hardware(),
         "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),

@@ -48,10 +48,12 @@ def backbone_seconds(scan: str, batch: int, tokens: int, d_model: int, repeats: 
     return (time.perf_counter() - start) / repeats
 
 
-def fit_seconds(setting: str, scan: str, steps: int) -> tuple[float, float]:
+def fit_seconds(setting: str, overrides: dict, steps: int) -> tuple[float, float]:
+    """(seconds per step, last training loss) of a ``steps``-step fit of rpg_whole.py's ``setting``, its
+    generator spec updated with ``overrides``, on its zoo (built if missing)."""
     s = next(s for s in settings() if s["name"] == setting)
     raw = copy.deepcopy(s["config"])
-    raw["generator"] = {**raw["generator"], "steps": steps, "mamba_scan": scan}
+    raw["generator"] = {**raw["generator"], "steps": steps, **overrides}
     cfg = parse_config(raw, setting)
     zoo_dir = WORK / "zoos" / s["zoo"]
     build_zoo(cfg, zoo_dir, show_progress=False)
@@ -60,32 +62,38 @@ def fit_seconds(setting: str, scan: str, steps: int) -> tuple[float, float]:
     return stats["fit_seconds"] / steps, stats["diffusion_loss"]
 
 
-def fastest(measure, rounds: int) -> dict:
-    """``measure(scan)`` (a tuple, seconds first) for each scan, alternated ``rounds`` times; the fastest of each."""
+def fastest(measure, options, rounds: int) -> dict:
+    """``measure(option)`` (a tuple, seconds first) for each option, alternated ``rounds`` times; the fastest of each."""
     out = {}
     for _ in range(rounds):
-        for scan in SCANS:
-            got = measure(scan)
-            if scan not in out or got[0] < out[scan][0]:
-                out[scan] = got
+        for option in options:
+            got = measure(option)
+            if option not in out or got[0] < out[option][0]:
+                out[option] = got
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+def timing_args(doc: str) -> argparse.Namespace:
+    """``--steps`` (fit steps per measurement), ``--rounds`` and ``--threads`` (set for torch) of a timing benchmark."""
+    ap = argparse.ArgumentParser(description=doc)
     ap.add_argument("--steps", type=int, default=40, help="fit steps per measurement")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    return args
+
+
+def main() -> None:
+    args = timing_args(__doc__)
     rows = []
     for what, batch, tokens, d_model in SHAPES:
-        t = fastest(lambda scan: (backbone_seconds(scan, batch, tokens, d_model),), args.rounds)
+        t = fastest(lambda scan: (backbone_seconds(scan, batch, tokens, d_model),), SCANS, args.rounds)
         rows.append({"what": f"2 Mamba layers alone, forward + backward: {what}", "shape": [batch, tokens, d_model],
                      "parallel_s": t["parallel"][0], "sequential_s": t["sequential"][0]})
         print(f"== {rows[-1]['what']}: parallel {t['parallel'][0]:.3f} s, sequential {t['sequential'][0]:.3f} s", flush=True)
     for setting in FIT_SETTINGS:
-        t = fastest(lambda scan: fit_seconds(setting, scan, args.steps), args.rounds)
+        t = fastest(lambda scan: fit_seconds(setting, {"mamba_scan": scan}, args.steps), SCANS, args.rounds)
         rows.append({"what": f"whole RPG fit step, rpg_whole.py {setting} ({args.steps} steps)", "shape": None,
                      "parallel_s": t["parallel"][0], "sequential_s": t["sequential"][0],
                      "parallel_loss": t["parallel"][1], "sequential_loss": t["sequential"][1]})

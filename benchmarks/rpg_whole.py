@@ -85,7 +85,7 @@ def settings() -> list[dict]:
                     ("rpg+x0+ema-cos-warm-t256", {**x0_ema_cos, "ema_warmup": True, "tokens_per_step": 256},
                      {"token_size": 64}),
                     # ... with the denoiser trained under bfloat16 autocast (denoiser_precision, ours; speed): on
-                    # a CPU with AMX a step costs 0.65x, so more steps fit in the same time
+                    # a CPU with AMX a step costs 0.66x (benchmarks/denoiser_precision.py), so more steps fit in the same time
                     ("rpg+x0+ema-cos-warm-t256-bf16", {**x0_ema_cos, "ema_warmup": True, "tokens_per_step": 256,
                                                        "denoiser_precision": "bfloat16"}, {"token_size": 64}),
                     # ... and without permutation states: every network from noise alone, none tied to a run

@@ -291,8 +291,8 @@ class RPGSpec(EMASpec):
     kernel_size: int = Field(7, ge=1)
     # Ours, speed: the denoiser's training passes under bfloat16 autocast (``bfloat16``); its
     # weights, the optimizer, the EMA, the recurrent model and sampling stay float32. On a CPU with
-    # AMX (or a GPU) the convolutions run in bfloat16 hardware: a -t256 ViT fit step 0.51 -> 0.33 s on
-    # 2 cores (benchmarks/denoiser_precision.py). Where bfloat16 is emulated it is slower.
+    # AMX (or a GPU) the convolutions run in bfloat16 hardware: on 2 cores a -t256 ViT fit step 0.54 -> 0.36 s,
+    # a 64-token one 0.29 -> 0.24 (benchmarks/denoiser_precision.py). Where bfloat16 is emulated it is slower.
     denoiser_precision: Literal["float32", "bfloat16"] = "float32"
     # task_code: conditioned on the class-subset code of each checkpoint's task (a ``tasks``
     # zoo) through a learned embedding added to the recurrent input; sample with a code.
