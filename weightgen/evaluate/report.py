@@ -30,8 +30,13 @@ from .recalibrate import has_batchnorm, recalibrate_bn
 COPY_FRACTION = 0.01
 
 
+def _array(values) -> np.ndarray:
+    """A group's per-network list as floats, None (a non-finite network) as NaN: index i is still network i."""
+    return np.asarray([np.nan if v is None else v for v in values], dtype=np.float64)
+
+
 def _finite(values) -> np.ndarray:
-    a = np.asarray([np.nan if v is None else v for v in values], dtype=np.float64)
+    a = _array(values)
     return a[np.isfinite(a)]
 
 
@@ -245,7 +250,7 @@ def _copy_notes(gen: dict, orig: dict) -> list[str]:
     spread = _stat(orig["nearest_distance"], np.median)
     tol = COPY_FRACTION * spread if spread else 0.0
     dist = _finite(gen["nearest_distance"])
-    iou = _finite(gen["max_iou"])
+    iou = _array(gen["max_iou"])  # aligned with the accuracies; NaN compares false below
     out = []
     copies = int((dist <= tol).sum())
     if copies:
@@ -254,9 +259,8 @@ def _copy_notes(gen: dict, orig: dict) -> list[str]:
     same = int((iou >= 1.0).sum())
     if same:
         # The best network may be one of these: say what the best one that errs as no checkpoint does reaches.
-        acc = np.asarray([np.nan if v is None else v for v in gen["accuracy"]], dtype=np.float64)
-        ious = np.asarray([np.nan if v is None else v for v in gen["max_iou"]], dtype=np.float64)
-        others = acc[(ious < 1.0) & np.isfinite(acc)]
+        acc = _array(gen["accuracy"])
+        others = acc[(iou < 1.0) & np.isfinite(acc)]
         rest = (f"; the best of the other {others.size}: {others.max():.4f}" if others.size else
                 "; there are no others")
         out.append(f"{same} of {gen['n']} generated models err on exactly the same test samples as some training "
