@@ -34,6 +34,23 @@ def test_digits_split_sizes_and_shapes():
         assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0
 
 
+def test_digits_standardize_uses_the_training_splits_statistics():
+    raw, std = get_task("digits"), get_task("digits", standardize=True)
+    x_tr = std.split("train")[0]
+    assert abs(float(x_tr.mean())) < 1e-5 and abs(float(x_tr.std()) - 1.0) < 1e-3
+    # val and test are shifted and scaled by the training split's mean and deviation, not their own
+    mean, dev = float(raw.split("train")[0].mean()), float(raw.split("train")[0].std(correction=0))
+    for s in SPLITS:
+        assert torch.equal(raw.split(s)[1], std.split(s)[1])
+        torch.testing.assert_close(std.split(s)[0], (raw.split(s)[0] - mean) / dev)
+    assert float(raw.split("train")[0].min()) == 0.0  # the cached raw arrays are untouched
+
+
+def test_digits_rejects_an_unknown_option_by_name():
+    with pytest.raises(RegistryError, match="unknown option .standardise.*allowed: standardize"):
+        get_task("digits", standardise=True)
+
+
 def test_digits_splits_are_stratified():
     t = get_task("digits")
     total = sum(torch.bincount(t.split(s)[1], minlength=10) for s in SPLITS).double()

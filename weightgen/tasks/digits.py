@@ -27,6 +27,15 @@ def _digits_arrays() -> tuple[np.ndarray, ...]:
 
 
 @TASKS.register("digits")
-def digits() -> Task:
-    arrays = [torch.from_numpy(a) for a in _digits_arrays()]
+def digits(standardize: bool = False) -> Task:
+    """``standardize``: pixels shifted and scaled by the training split's one mean and one standard
+    deviation (zero mean, unit variance), instead of the raw 0..1. One scalar pair, not one per pixel:
+    the corner pixels are 0 in every image, so a per-pixel deviation would divide by zero. Why: a conv
+    net without BatchNorm on raw 0..1 inputs sits at the initial loss for ~200 SGD steps, and when it
+    leaves depends on the initialization (benchmarks/gpt_prompt.py, `cnn-std`)."""
+    x_tr, y_tr, x_va, y_va, x_te, y_te = _digits_arrays()
+    if standardize:
+        mean, std = float(x_tr.mean()), float(x_tr.std())
+        x_tr, x_va, x_te = ((x - mean) / std for x in (x_tr, x_va, x_te))
+    arrays = [torch.from_numpy(a) for a in (x_tr, y_tr, x_va, y_va, x_te, y_te)]
     return Task("digits", *arrays, num_classes=10)
