@@ -33,8 +33,8 @@ def flat(state: dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.cat([v.flatten() for v in state.values()])
 
 
-def measure(net_cfg: dict, recipe: dict, inits: int) -> dict:
-    task = get_task("digits")
+def measure(net_cfg: dict, recipe: dict, task_cfg: dict, inits: int) -> dict:
+    task = get_task(**task_cfg)
     kwargs = {k: v for k, v in net_cfg.items() if k != "name"}
     spec = TrainSpec(**recipe)
     ratio = {s: [] for s in STEPS}
@@ -57,9 +57,9 @@ def main() -> None:
     ap.add_argument("--inits", type=int, default=6)
     args = ap.parse_args()
     rows = []
-    for name, (net_cfg, recipe) in NETS.items():
-        got = measure(net_cfg, recipe, args.inits)
-        rows.append({"zoo": name, "net": net_cfg, "recipe": recipe, **got})
+    for name, (net_cfg, recipe, task_cfg) in NETS.items():
+        got = measure(net_cfg, recipe, task_cfg, args.inits)
+        rows.append({"zoo": name, "net": net_cfg, "recipe": recipe, "task": task_cfg, **got})
         print(f"== {name}: " + ", ".join(f"step {s} {got['ratio'][s]:.2f}" for s in STEPS), flush=True)
     payload = {"benchmark": "update_determinism", "command": command(), "machine": machine(), "inits": args.inits,
                "steps": STEPS, "results": rows}
