@@ -8,14 +8,21 @@ is a broad distribution, and a model that answers its mean makes an average of n
 zoo recipe of benchmarks/gpt_prompt.py, ``--inits`` initializations are trained twice, with two data
 orders, and at each kept step the distance between the two runs is divided by the distance the
 first one moved from the initialization (0: the init decides all; about 1.4 for two unrelated
-updates of the same size). Also the gap in test loss between the two. Writes
-benchmarks/results/update_determinism.json and a section of docs/results.md.
+updates of the same size). Also the gap in test loss between the two.
+
+What a generator that answers a mean, or falls short, would make (second table): at each kept step, the test
+loss of the mean of the two runs (what an x0 model that answers the mean of the data orders makes), of
+theta_0 + f (theta_a - theta_0) for f in ``SHORT`` (an update followed part of the way), and of theta_a plus
+Gaussian noise of ``NOISE`` times the update's norm (an update missed by as much in a random direction:
+the 12,000-step CNN G.pt keeps 28% of the squared update error, ``denoiser_error``, a relative norm of 0.53).
+Writes benchmarks/results/update_determinism.json and a section of docs/results.md.
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import statistics
+from collections import defaultdict
 
 import torch
 
@@ -24,13 +31,33 @@ from gpt_prompt import NETS
 from weightgen.config import TrainSpec
 from weightgen.nets import build_net
 from weightgen.tasks import get_task
-from weightgen.zoo.train import Schedule, train_member
+from weightgen.zoo.train import Schedule, score, train_member
 
 STEPS = [21, 48, 133, 260, 340, 430, 510]  # checkpoints of the quadratic 510-step zoo
+SHORT = (0.5, 0.75, 0.9)
+NOISE = (0.25, 0.5)
 
 
 def flat(state: dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.cat([v.flatten() for v in state.values()])
+
+
+def test_loss(net: torch.nn.Module, task, state: dict[str, torch.Tensor]) -> float:
+    net.load_state_dict(state)
+    return score(net, task, torch.device("cpu"))["test_loss"]
+
+
+def made(net, task, start: dict, a: dict, b: dict, gen: torch.Generator) -> dict[str, float]:
+    """Test loss of the networks a mean-answering or short generator would make at one step (module docstring)."""
+    out = {"mean of 2 runs": test_loss(net, task, {k: (a[k] + b[k]) / 2 for k in a})}
+    for f in SHORT:
+        out[f"{f:g} of the update"] = test_loss(net, task, {k: start[k] + f * (a[k] - start[k]) for k in a})
+    norm = float((flat(a) - flat(start)).norm())
+    for r in NOISE:
+        noise = {k: torch.randn(v.shape, generator=gen) for k, v in a.items()}
+        scale = r * norm / float(flat(noise).norm())
+        out[f"noise {r:g} x update"] = test_loss(net, task, {k: a[k] + scale * noise[k] for k in a})
+    return out
 
 
 def measure(net_cfg: dict, recipe: dict, task_cfg: dict, inits: int) -> dict:
@@ -39,17 +66,26 @@ def measure(net_cfg: dict, recipe: dict, task_cfg: dict, inits: int) -> dict:
     spec = TrainSpec(**recipe)
     ratio = {s: [] for s in STEPS}
     loss_gap = {s: [] for s in STEPS}
+    own = {s: [] for s in STEPS}
+    networks = {s: defaultdict(list) for s in STEPS}
+    gen = torch.Generator().manual_seed(0)
     for i in range(inits):
         net = build_net(net_cfg["name"], task.input_shape, task.num_classes, seed=100 + i, **kwargs)
-        start = flat(net.state_dict())
-        a, b = ({step: (flat(state), metrics["test_loss"])
+        start_state = copy.deepcopy(net.state_dict())
+        start = flat(start_state)
+        a, b = ({step: (state, metrics["test_loss"])
                  for step, state, metrics in train_member(copy.deepcopy(net), task, spec, Schedule(max(STEPS), STEPS), seed)}
                 for seed in (1000 + i, 2000 + i))
         for s in STEPS:
-            ratio[s].append(float((a[s][0] - b[s][0]).norm() / (a[s][0] - start).norm()))
+            ratio[s].append(float((flat(a[s][0]) - flat(b[s][0])).norm() / (flat(a[s][0]) - start).norm()))
             loss_gap[s].append(abs(a[s][1] - b[s][1]))
+            own[s].append((a[s][1] + b[s][1]) / 2)
+            for name, value in made(net, task, start_state, a[s][0], b[s][0], gen).items():
+                networks[s][name].append(value)
     return {"ratio": {s: statistics.fmean(v) for s, v in ratio.items()},
-            "loss_gap": {s: statistics.fmean(v) for s, v in loss_gap.items()}}
+            "loss_gap": {s: statistics.fmean(v) for s, v in loss_gap.items()},
+            "own_loss": {s: statistics.fmean(v) for s, v in own.items()},
+            "made_loss": {s: {name: statistics.fmean(v) for name, v in got.items()} for s, got in networks.items()}}
 
 
 def main() -> None:
@@ -68,6 +104,12 @@ def main() -> None:
     for r in rows:
         lines.append(f"| {r['zoo']} ({r['recipe']['optimizer']}, lr {r['recipe']['lr']}) | "
                      + " | ".join(f"{r['ratio'][s]:.2f} ({r['loss_gap'][s]:.2f})" for s in STEPS) + " |")
+    made_lines = ["| zoo recipe | network | " + " | ".join(f"step {s}" for s in STEPS) + " |",
+                  "|---|---|" + "---|" * len(STEPS)]
+    for r in rows:
+        made_lines.append(f"| {r['zoo']} | the runs' own | " + " | ".join(f"{r['own_loss'][s]:.3f}" for s in STEPS) + " |")
+        for name in r["made_loss"][STEPS[0]]:
+            made_lines.append(f"| {r['zoo']} | {name} | " + " | ".join(f"{r['made_loss'][s][name]:.3f}" for s in STEPS) + " |")
     write_section("update_determinism", f"""## How much of a run its initialization decides (issue 5)
 
 Command: {made_on(payload)}.
@@ -77,6 +119,12 @@ order decides (0: the initialization decides everything; about 1.4: two unrelate
 the mean gap in test loss between the two runs.
 
 {chr(10).join(lines)}
+
+Test loss of the networks a generator that answers a mean, or falls short, would make (mean over the
+initializations): the two runs' own; the mean of the two runs' weights; theta_0 plus a share of the update;
+theta_a plus Gaussian noise of a share of the update's norm.
+
+{chr(10).join(made_lines)}
 """)
     print("wrote benchmarks/results/update_determinism.json", flush=True)
 
