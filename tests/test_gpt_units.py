@@ -49,6 +49,11 @@ NETS = {
 SHARED = {"mlp-two-hidden", "cnn-two-conv"}  # a weight between two hidden layers
 
 
+def _arch(name: str) -> dict:
+    """The spec of an architecture name of these tests: ``graph-bilinear`` is ``graph`` with ``edge_input: bilinear``."""
+    return {"architecture": "graph", "edge_input": "bilinear"} if name == "graph-bilinear" else {"architecture": name}
+
+
 def _units_gen(key: str, include: list[str] | None = None, normalize: str = "tensor", **spec):
     name, make = NETS[key]
     gen, states = _gen_on(name, [make(s) for s in range(4)], include, normalize, **spec)
@@ -96,9 +101,10 @@ def test_every_value_is_in_a_token_and_padding_in_none(key, architecture):
 @pytest.mark.parametrize("key,architecture,exact", [
     ("mlp", "units", True), ("cnn-batchnorm", "units", True), ("cnn-flatten-head", "units", True),
     ("mlp-two-hidden", "units", False), ("cnn-two-conv", "units", False),
-    ("mlp-two-hidden", "graph", True), ("cnn-two-conv", "graph", True), ("cnn-batchnorm", "graph", True)])
+    ("mlp-two-hidden", "graph", True), ("cnn-two-conv", "graph", True), ("cnn-batchnorm", "graph", True),
+    ("cnn-two-conv", "graph-bilinear", True)])
 def test_equivariant_to_permuting_hidden_units_where_exact(key, architecture, exact):
-    gen, states, name = _units_gen(key, architecture=architecture)
+    gen, states, name = _units_gen(key, **_arch(architecture))
     _randomize(gen.net)
     tok = gen.tokenizer
     groups = hidden_groups(name, {k: v.shape for k, v in states[0].items()})
@@ -123,9 +129,10 @@ def test_equivariant_to_permuting_hidden_units_where_exact(key, architecture, ex
     assert not torch.allclose(tok.tensors(out)[tok.names[0]], expected[tok.names[0]])  # the permutation moved it
 
 
-@pytest.mark.parametrize("key,architecture", [("mlp", "units"), ("cnn-two-conv", "graph")])
+@pytest.mark.parametrize("key,architecture", [("mlp", "units"), ("cnn-two-conv", "graph"),
+                                              ("cnn-two-conv", "graph-bilinear")])
 def test_untrained_units_model_predicts_the_start(key, architecture):
-    gen, states, _ = _units_gen(key, architecture=architecture)
+    gen, states, _ = _units_gen(key, **_arch(architecture))
     tok = gen.tokenizer
     start, target = tok.tokenize_batch(states[:2]), tok.tokenize_batch(states[2:])
     with torch.no_grad():
@@ -151,15 +158,20 @@ def test_refusals_name_the_fix():
         GPT(GPTSpec.model_validate(UNITS), tok, state, {"name": "timm:resnet18"})
     with pytest.raises(ConfigError, match="architecture.*'chunks'.*'units'.*'graph'"):
         parse_config({**tiny_cfg(), "generator": {**UNITS, "architecture": "neurons"}})
+    with pytest.raises(ConfigError, match="edge_input 'bilinear'.*architecture 'graph'.*got architecture 'units'"):
+        parse_config({**tiny_cfg(), "generator": {**UNITS, "edge_input": "bilinear"}})
+    with pytest.raises(ConfigError, match="edge_input.*'sum'.*'bilinear'"):
+        parse_config({**tiny_cfg(), "generator": {**UNITS, "architecture": "graph", "edge_input": "product"}})
 
 
-@pytest.mark.parametrize("key,architecture", [("mlp", "units"), ("mlp-two-hidden", "graph")])
+@pytest.mark.parametrize("key,architecture", [("mlp", "units"), ("mlp-two-hidden", "graph"),
+                                              ("mlp-two-hidden", "graph-bilinear")])
 def test_learns_an_update_that_treats_units_alike(key, architecture):
     """theta' = 0.5 theta + 0.1 in every entry: an update that commutes with permutations, so the
     units model can learn it from the units' own values, and the graph model from its edges' too
     (within a short fit)."""
     gen, _, name = _units_gen(key, d_model=32, heads=4, steps=150, lr=2e-3, batch_size=8, weight_decay=0.0,
-                              diffusion={"timesteps": 100, "prediction": "sample"}, architecture=architecture)
+                              diffusion={"timesteps": 100, "prediction": "sample"}, **_arch(architecture))
     starts = [NETS[key][1](10 + s).state_dict() for s in range(8)]
     laters = [{k: 0.5 * v + 0.1 for k, v in s.items()} for s in starts]
     tok = gen.tokenizer
@@ -177,7 +189,7 @@ def test_learns_an_update_that_treats_units_alike(key, architecture):
     for idx in gen.net.units.edge_indices():
         edges[idx.flatten()] = 1
     edges = edges.view_as(everywhere)
-    assert bool(edges.any()) == (architecture == "graph")
+    assert bool(edges.any()) == architecture.startswith("graph")
     identity = [error(theta, w) for w in (everywhere, edges) if w.any()]
     gen.fit_pairs(stacked, torch.tensor([1.0] * 8 + [0.2] * 8), [[i, i + 8] for i in range(8)], show_progress=False)
     with torch.no_grad():
@@ -204,11 +216,15 @@ def test_fit_sample_save_load_on_a_trajectory_zoo(trajectory_zoo_dir, tmp_path):
     net.load_state_dict({k: v[0] for k, v in a.items()})
 
 
-def test_graph_model_saves_and_loads_with_its_edges(tmp_path):
-    gen, states, _ = _units_gen("cnn-two-conv", architecture="graph")
+@pytest.mark.parametrize("architecture", ["graph", "graph-bilinear"])
+def test_graph_model_saves_and_loads_with_its_edges(tmp_path, architecture):
+    gen, states, _ = _units_gen("cnn-two-conv", **_arch(architecture))
     _randomize(gen.net)
     again = load_generator(gen.save(tmp_path / "graph"))
     assert [tuple(i.shape) for i in again.net.units.edge_indices()] == [(4, 6, 9)]
+    # the products of the two units' projections are there (and loaded) only when asked for
+    block = again.net.units.edge_blocks[0][0]
+    assert (block.pair_a is not None) == (architecture == "graph-bilinear")
     tok = gen.tokenizer
     x, start = tok.tokenize_batch(states[:2]), tok.tokenize_batch(states[2:])
     args = torch.tensor([3, 15]), start, torch.ones(2), torch.zeros(2)

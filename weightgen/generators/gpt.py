@@ -116,7 +116,8 @@ class GPTNet(nn.Module):
         self.target_metric_in = FrequencyEmbedding(spec.frequencies, spec.max_freq_log2, d)
         self.time_in = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
         if units is not None:  # ``architecture: units`` (ours): weightgen/generators/gpt_units.py
-            self.units = UnitGPTNet(units, d, spec.heads, spec.layers, tokens, width)
+            self.units = UnitGPTNet(units, d, spec.heads, spec.layers, tokens, width,
+                                    bilinear_edges=spec.edge_input == "bilinear")
             self.scalar_pos = nn.Parameter(0.02 * torch.randn(3, d))
             return
         self.pos = nn.Parameter(0.02 * torch.randn(2 * tokens + 3, d))

@@ -132,10 +132,12 @@ class EdgeBlock(nn.Module):
     digits CNN), and at the units' width a training step took 4.4 times as long as the units model's
     (one thread; 1.3 times at d / 4)."""
 
-    def __init__(self, d: int, d_edge: int):
+    def __init__(self, d: int, d_edge: int, bilinear: bool = False):
         super().__init__()
         self.edge_norm, self.unit_norm = nn.LayerNorm(d_edge), nn.LayerNorm(d)
         self.from_a, self.from_b = nn.Linear(d, d_edge), nn.Linear(d, d_edge, bias=False)
+        # ``edge_input: bilinear``: the product of the two units' projections as well (GPTSpec.edge_input)
+        self.pair_a, self.pair_b = (nn.Linear(d, d_edge), nn.Linear(d, d_edge)) if bilinear else (None, None)
         self.mlp = nn.Sequential(nn.Linear(d_edge, 2 * d_edge), nn.GELU(), nn.Linear(2 * d_edge, d_edge))
         self.to_a, self.to_b = nn.Linear(d_edge, d), nn.Linear(d_edge, d)
 
@@ -143,7 +145,10 @@ class EdgeBlock(nn.Module):
         """``e``: ``(B, n_a, n_b, d_edge)``; ``ha``, ``hb``: ``(B, n_a, d)``, ``(B, n_b, d)``. Returns the
         new edges and what to add to each side's units."""
         ha_, hb_ = self.unit_norm(ha), self.unit_norm(hb)
-        e = e + self.mlp(self.edge_norm(e) + self.from_a(ha_)[:, :, None] + self.from_b(hb_)[:, None])
+        x = self.edge_norm(e) + self.from_a(ha_)[:, :, None] + self.from_b(hb_)[:, None]
+        if self.pair_a is not None:
+            x = x + self.pair_a(ha_)[:, :, None] * self.pair_b(hb_)[:, None]
+        e = e + self.mlp(x)
         return e, self.to_a(e.mean(2)), self.to_b(e.mean(1))
 
 
@@ -151,7 +156,8 @@ class UnitGPTNet(nn.Module):
     """The transformer of ``GPTNet`` over unit tokens; ``forward`` returns the heads' output
     ``(B, T, W)`` in the token grid (the caller adds theta as G.pt's residual does)."""
 
-    def __init__(self, index: UnitIndex, d: int, heads: int, layers: int, tokens: int, width: int):
+    def __init__(self, index: UnitIndex, d: int, heads: int, layers: int, tokens: int, width: int,
+                 bilinear_edges: bool = False):
         super().__init__()
         self.tokens, self.width = tokens, width
         self.register_buffer("counts", index.counts.clamp_min(1).float(), persistent=False)
@@ -180,7 +186,7 @@ class UnitGPTNet(nn.Module):
             self.register_buffer(f"edge_index_{e}", idx, persistent=False)
         d_edge = max(1, d // 4)
         self.edge_in = nn.ModuleList(nn.Linear(2 * idx.shape[2], d_edge) for _, _, idx in index.edges)
-        self.edge_blocks = nn.ModuleList(nn.ModuleList(EdgeBlock(d, d_edge) for _ in index.edges)
+        self.edge_blocks = nn.ModuleList(nn.ModuleList(EdgeBlock(d, d_edge, bilinear_edges) for _ in index.edges)
                                          for _ in range(layers)) if index.edges else None
         self.edge_norm = nn.ModuleList(nn.LayerNorm(d_edge) for _ in index.edges)
         self.edge_out = nn.ModuleList(nn.Linear(d_edge, idx.shape[2]) for _, _, idx in index.edges)
