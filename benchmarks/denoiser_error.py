@@ -43,6 +43,11 @@ for _steps in (1500, 6000):
 # The CNN [16, 32] (1,000 runs), whose prompt R² stays negative: is its model's miss at high noise?
 GENERATORS["G.pt test loss, gpt-graph, cnn, 12000 steps"] = (
     "bench-prompt-gpt-graph-test_loss-12000-1000-runs-cnn-quadratic-uniform_gap-cosine", "gpt-cnn-1000-quadratic")
+# ... and whether an edge that reads the product of its two units (`edge_input: bilinear`, ours) fits the CNN's
+# update better than the sum of the first version, after the same short fit.
+for _label, _method in (("gpt-graph", "gpt-graph"), ("gpt-graph, bilinear edges", "gpt-graph-bilinear")):
+    GENERATORS[f"G.pt test loss, {_label}, cnn, 1000 steps"] = (
+        f"bench-prompt-{_method}-test_loss-1000-1000-runs-cnn-quadratic-uniform_gap-cosine", "gpt-cnn-1000-quadratic")
 # Which checkpoints of a run make the pair: the initialization to the last (what a prompt from an
 # initialization asks; a large update), and checkpoint 20 to 30 (a short step late in training).
 GPT_PAIRS = {"init -> last": (0, -1), "checkpoint 20 -> 30": (20, 30)}

@@ -28,7 +28,9 @@ of theta' and theta), not part of either unit token. Before every transformer bl
 updated from itself and its two units, and each unit adds the mean of its edges; each edge gets
 its own output head. Means over edges and shared edge weights keep the model exactly equivariant
 at any depth (the digits CNN [16, 32]: conv2's 32 x 16 kernels are 512 edges). Without such a
-weight (one hidden layer) ``graph`` is ``units``.
+weight (one hidden layer) ``graph`` is ``units``. An edge reads its two units as a sum of a linear map of
+each; ``edge_input: bilinear`` (ours) adds the elementwise product of a second map of each, the form of
+SGD's update of a weight (its input unit's activation times its output unit's error), still equivariant.
 
 Every value is gathered from, and scattered back to, the shared tokenizer's token grid
 ``(T, W)``, so diffusion, loss, masks and sampling stay those of G.pt. The equivariance needs
