@@ -47,7 +47,8 @@ GENERATORS["G.pt test loss, gpt-graph, cnn, 12000 steps"] = (
 # update better than the sum of the first version, after the same short fit.
 for _label, _method in (("gpt-graph", "gpt-graph"), ("gpt-graph, bilinear edges", "gpt-graph-bilinear")):
     GENERATORS[f"G.pt test loss, {_label}, cnn, 1000 steps"] = (
-        f"bench-prompt-{_method}-test_loss-1000-1000-runs-cnn-quadratic-uniform_gap-cosine", "gpt-cnn-1000-quadratic")
+        f"bench-prompt-{_method}-test_loss-1000-1000-runs-cnn-quadratic-uniform_gap-cosine-emawarmup",
+        "gpt-cnn-1000-quadratic")  # EMA warmed up: at 0.999 plain, 37% of a 1,000-step average is the initial weights
 # Which checkpoints of a run make the pair: the initialization to the last (what a prompt from an
 # initialization asks; a large update), and checkpoint 20 to 30 (a short step late in training).
 GPT_PAIRS = {"init -> last": (0, -1), "checkpoint 20 -> 30": (20, 30)}
