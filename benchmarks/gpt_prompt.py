@@ -320,6 +320,9 @@ def main() -> None:
     ap.add_argument("--ema-warmup", action="store_true",
                     help="G.pt's ema_warmup (ours): the EMA's decay follows min(0.999, (1 + n) / (10 + n)), so a short "
                          "fit does not sample from an average still holding its first weights")
+    ap.add_argument("--scale-aug", type=float, default=None, metavar="F",
+                    help="G.pt: rescale each pair's hidden units by one random factor per unit in [1/F, F], theta and "
+                         "theta' alike (scale_augmentation, ours; ReLU nets without BatchNorm)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1: tiny nets, and two fits often share this 2-core machine; 2 for a lone long fit)")
     ap.add_argument("--build-procs", type=int, default=1, metavar="N",
@@ -348,7 +351,8 @@ def main() -> None:
                  "diffusion": {"prediction": args.prediction},
                  "preconditioning": args.preconditioning,
                  "permutation_augmentation": not args.no_augmentation,
-                 "canonical_order": args.canonical, "ema_warmup": args.ema_warmup} if method.startswith("gpt") else {}
+                 "canonical_order": args.canonical, "ema_warmup": args.ema_warmup,
+                 "scale_augmentation": args.scale_aug} if method.startswith("gpt") else {}
         cfg = parse_config({**zoo_cfg, "generator": {**GENERATORS[method], "metric": metric, "steps": args.steps,
                                                      **extra}}, setting)
         print(f"== {method} prompted by {metric}", flush=True)
@@ -363,7 +367,8 @@ def main() -> None:
                                    + ("-posterior" if extra and args.preconditioning == "posterior" else "")
                                    + ("-noaug" if extra and args.no_augmentation else "")
                                    + ("-canonical" if extra and args.canonical else "")
-                                   + ("-emawarmup" if extra and args.ema_warmup else ""))
+                                   + ("-emawarmup" if extra and args.ema_warmup else "")
+                                   + (f"-scale{args.scale_aug:g}" if extra and args.scale_aug else ""))
         gen, stats = fit_or_reuse(cfg, zoo, run_dir, args.reuse)
         if args.fit_only:
             print(f"   fitted in {stats['fit_seconds']:.0f} s (loss {stats['diffusion_loss']:.4f}) into {run_dir}; "
@@ -444,6 +449,8 @@ def pairs_of(row: dict) -> str | None:
         text += f", targets balanced over {row['balance_targets']} bins"
     if row.get("ema_warmup"):
         text += ", EMA warmup"
+    if row["fit"].get("scale_augmentation"):
+        text += f", units rescaled by up to {row['fit']['scale_augmentation']:g}x"
     units = row["method"] == "gpt-units"
     if row["method"].startswith("gpt-graph"):  # exact at any depth: augmentation always skipped
         return (text + ", units and edges" + (", bilinear edges" if row["method"] == "gpt-graph-bilinear" else "")
@@ -522,7 +529,9 @@ makes gap g of a 50-checkpoint run (50 - g) times likelier than gap 49: the rows
 `gpt.pair_sampling`) and at the table's learning-rate schedule (`cosine` to 0 with gradients clipped at 0.75, as
 the released MNIST config; `constant` with a clip of 1.0, the rows from before that default); sampled from an EMA
 (0.999) of the weights, its decay warmed up as min(0.999, (1 + n) / (10 + n)) where the pairs column says `EMA warmup`
-(`ema_warmup`, ours); one generator per metric; `gpt-L`: 512 wide, 8 layers, 8 heads, batch 128 (sized for a GPU); `gpt-units`:
+(`ema_warmup`, ours); "units rescaled by up to Fx": each pair's hidden units multiplied by one random factor per unit,
+log-uniform in [1/F, F], the same for theta and theta' (incoming weights and bias times s, outgoing weights over s, which
+keeps a ReLU net's function; `scale_augmentation`, ours); one generator per metric; `gpt-L`: 512 wide, 8 layers, 8 heads, batch 128 (sized for a GPU); `gpt-units`:
 the same transformer reading one token per hidden unit (its input row, bias and output column, of theta and
 the noisy theta'; `architecture: units`, ours), equivariant to permutations of the hidden units by
 construction for a net with one hidden layer (`mlp`), so augmentation is redundant and skipped

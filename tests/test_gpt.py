@@ -16,6 +16,7 @@ from weightgen.generators import GENERATORS, GeneratorError, load_generator
 from weightgen.generators.gpt import GPT, member_metric
 from weightgen.generators.gpt_pairs import PairSampler, all_pairs, pair_count, training_runs
 from weightgen.nets import build_net
+from weightgen.nets.rescale import RescaleError, random_scales, rescalable_groups, rescale_batch
 from weightgen.nets.permute import (PermutationError, canonical_permutations, hidden_groups, inverse_permutations,
                                     permute_batch, permute_state, random_permutations)
 from weightgen.tokens import Tokenizer
@@ -650,3 +651,70 @@ def test_cli_bad_prompt_is_named(fitted, tmp_path, args, match, monkeypatch):
     (tmp_path / "bad.safetensors").write_bytes(b"not a safetensors file")
     res = CliRunner().invoke(app, ["sample", str(fitted[0]), "-o", str(tmp_path / "x"), "-n", "1", *args])
     assert res.exit_code != 0 and match in " ".join(res.output.split()), res.output
+
+
+@pytest.mark.parametrize("name,make,layers", [
+    ("mlp", lambda: build_net("mlp", (1, 8, 8), 10, hidden=[8, 6]), 2),
+    ("cnn", lambda: build_net("cnn", (1, 8, 8), 10, channels=[4, 6, 5]), 3),
+    ("cnn", lambda: FlattenCNN(batchnorm=False), 2),
+], ids=["mlp", "cnn", "cnn-flatten-head"])
+def test_a_rescaled_relu_network_computes_the_same_function(name, make, layers):
+    net = make().eval()
+    state = _randomized(net)
+    groups = rescalable_groups(name, {k: v.shape for k, v in state.items()})
+    assert len(groups) == layers
+    x = torch.randn(7, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    expected = net(x)
+    scales = random_scales(groups, 1, 3.0, torch.Generator().manual_seed(2))
+    assert all(((s >= 1 / 3 - 1e-6) & (s <= 3 + 1e-6)).all() and (s != 1).all() for s in scales)
+    rescaled = {k: v[0] for k, v in rescale_batch({k: v.unsqueeze(0) for k, v in state.items()}, groups, scales).items()}
+    for g in groups:  # every entry a hidden layer indexes has changed...
+        for axis in g.axes:
+            assert not torch.allclose(rescaled[axis.name], state[axis.name]), axis
+    net.load_state_dict(rescaled)
+    torch.testing.assert_close(net(x), expected, atol=1e-5, rtol=1e-5)  # ...the function has not
+
+
+@pytest.mark.parametrize("name,kwargs,says", [
+    ("mlp", {"hidden": [8], "activation": "tanh"}, "'tanh'"),
+    ("cnn", {"channels": [4, 6], "batchnorm": True}, "BatchNorm"),
+    ("vit", VIT_KWARGS, "net 'vit'"),
+])
+def test_scale_augmentation_refuses_nets_it_would_change(name, kwargs, says):
+    state = build_net(name, (1, 8, 8), 10, **kwargs).state_dict()
+    with pytest.raises(RescaleError, match=says):
+        rescalable_groups(name, {k: v.shape for k, v in state.items()}, kwargs)
+    net_build = {"name": name, "input_shape": [1, 8, 8], "num_classes": 10, "kwargs": kwargs}
+    with pytest.raises(GeneratorError, match="scale_augmentation: null"):
+        GPT(_spec(scale_augmentation=1.5, permutation_augmentation=False), Tokenizer.fit([state], token_size=16),
+            state, net_build)
+
+
+def test_scale_augmentation_rescales_both_checkpoints_of_a_pair_alike():
+    """theta' = 2 theta + 1 in the zoo: after rescaling, the pair's bias part keeps theta' = 2 theta + s, its
+    weights theta' = 2 theta + (s or 1/s), the same s for both; and each pair draws its own factors."""
+    net_build = {"name": "mlp", "input_shape": [1, 8, 8], "num_classes": 10, "kwargs": {"hidden": [8]}}
+    thetas = [build_net("mlp", (1, 8, 8), 10, seed=s, hidden=[8]).state_dict() for s in range(2)]
+    laters = [{k: 2 * v + 1 for k, v in s.items()} for s in thetas]
+    tok = Tokenizer.fit(thetas + laters, token_size=16)
+    gen = GPT(_spec(scale_augmentation=2.0, architecture="units"), tok, thetas[0], net_build)
+    assert len(gen.scale_groups) == 1 and not gen.groups  # units is exact on one hidden layer: no permutations
+    stacked = {k: torch.stack([s[k] for s in thetas + laters]) for k in tok.names}
+    start, target = gen.pair_tokens(stacked, torch.tensor([[0, 2], [0, 2]]), torch.Generator().manual_seed(0))
+    a, b = tok.tensors(start), tok.tensors(target)
+    s = a["1.bias"] / thetas[0]["1.bias"]  # (2, 8): each pair's factor per hidden unit
+    assert ((s > 0.5 - 1e-5) & (s < 2 + 1e-5)).all() and not torch.allclose(s[0], s[1])
+    torch.testing.assert_close(b["1.bias"], 2 * a["1.bias"] + s, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(b["1.weight"], 2 * a["1.weight"] + s[:, :, None], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(b["3.weight"], 2 * a["3.weight"] + 1 / s[:, None, :], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(b["3.bias"], 2 * a["3.bias"] + 1, atol=1e-4, rtol=1e-4)  # read by no hidden unit
+
+
+def test_a_fit_with_scale_augmentation_reports_its_rescaled_layers(trajectory_zoo):
+    gen = GENERATORS.get("gpt").from_zoo(_spec(steps=2, scale_augmentation=1.5, architecture="units"), trajectory_zoo,
+                                         TOKENS16)
+    stats = gen.fit(trajectory_zoo, show_progress=False, seed=0)
+    assert stats["rescaled_layers"] == 1 and stats["scale_augmentation"] == 1.5 and stats["permuted_layers"] == 0
+    assert math.isfinite(stats["diffusion_loss"])
+    with pytest.raises(ConfigError, match="scale_augmentation"):
+        parse({**TRAJECTORY_CFG, "generator": {**TINY_GPT, "scale_augmentation": 0.5}})

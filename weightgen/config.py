@@ -414,6 +414,13 @@ class GPTSpec(EMASpec):
     edge_input: Literal["sum", "bilinear"] = "sum"
     # The same random permutation of hidden units applied to theta and theta' (mlp, cnn and vit nets).
     permutation_augmentation: bool = True
+    # Ours, optional: the largest factor of ``scale_augmentation``. Each pair's hidden units are rescaled, the
+    # same factor per unit for theta and theta', log-uniform in [1 / f, f]: a unit's incoming weights and bias
+    # times s, its outgoing weights over s, which keeps a ReLU net's function (weightgen.nets.rescale; mlp with
+    # relu, cnn without BatchNorm). New starts with the same metrics as a zoo's, where permutations add none to
+    # an equivariant architecture. SGD itself is not scale-equivariant, so the rescaled theta' is a network at the
+    # same metric, not the one SGD would reach from the rescaled theta. None: off, as published.
+    scale_augmentation: float | None = Field(None, gt=1)
     # Ours: instead of a random permutation, the one that sorts theta's hidden units of each layer
     # by the squared norm of the values they index (weightgen.nets.permute.canonical_permutations),
     # applied to theta and theta'; at sampling the start is sorted the same way and the network

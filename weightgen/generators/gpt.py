@@ -55,6 +55,7 @@ from weightgen.config import GPTSpec
 from weightgen.diffusion import Diffusion, FrequencyEmbedding, make_ema, timestep_embedding, train_steps
 from weightgen.nets.permute import (HiddenGroup, canonical_permutations, hidden_groups, inverse_permutations,
                                     permute_batch, random_permutations)
+from weightgen.nets.rescale import random_scales, rescalable_groups, rescale_batch
 from weightgen.tokens import TokenizerError
 
 from .base import Generator, GeneratorError, member_metric
@@ -196,6 +197,7 @@ class GPT(Generator):
         # With canonical_order the same groups are sorted instead of shuffled.
         self.groups = (self.permutation_groups() if s.canonical_order or (s.permutation_augmentation and not exact)
                        else [])
+        self.scale_groups = self.rescaling_groups() if s.scale_augmentation else []
         self.diffusion = Diffusion.from_spec(s.diffusion)
         with torch.random.fork_rng(devices=[]):  # the same spec always starts from the same weights
             torch.manual_seed(0)
@@ -250,6 +252,21 @@ class GPT(Generator):
                         "and stay unpermuted", len(groups) - len(usable), len(groups))
         return usable
 
+    def rescaling_groups(self) -> list[HiddenGroup]:
+        """For ``scale_augmentation``: the hidden layers whose every parameter is generated (rescaling part
+        of one would change the network's function), of a net whose units can be rescaled at all."""
+        shapes = {k: shape for k, (shape, _) in self.layout.items()}
+        try:
+            groups = rescalable_groups(self.net_build.get("name", "?"), shapes, self.net_build.get("kwargs"))
+        except ValueError as e:  # RescaleError, or a net that hidden_groups does not know
+            raise GeneratorError(str(e)) from None
+        generated = set(self.tokenizer.names)
+        usable = [g for g in groups if all(a.name in generated for a in g.axes)]
+        if not usable:
+            raise GeneratorError("scale_augmentation: no hidden layer has all of its parameters generated "
+                                 f"(generated: {', '.join(self.tokenizer.names)}); set scale_augmentation: null")
+        return usable
+
     # -- training data ----------------------------------------------------------------------
     def use_zoo(self, zoo) -> list:
         """Check the zoo against the generator; remember the range of its training metrics."""
@@ -269,9 +286,13 @@ class GPT(Generator):
     def pair_tokens(self, stacked: dict[str, torch.Tensor], pairs: torch.Tensor,
                     gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Tokens ``(B, T, W)`` of theta and theta' for ``pairs`` ``(B, 2)``, the same permutation
-        applied to both checkpoints of a pair: a random one, or with ``canonical_order`` theta's sorted one."""
+        applied to both checkpoints of a pair: a random one, or with ``canonical_order`` theta's sorted one.
+        With ``scale_augmentation`` both are first rescaled by the same random factor per hidden unit."""
         a = {k: v[pairs[:, 0]] for k, v in stacked.items()}
         b = {k: v[pairs[:, 1]] for k, v in stacked.items()}
+        if self.scale_groups:
+            scales = random_scales(self.scale_groups, len(pairs), self.spec.scale_augmentation, gen)
+            a, b = rescale_batch(a, self.scale_groups, scales), rescale_batch(b, self.scale_groups, scales)
         if self.groups:
             perms = (canonical_permutations(a, self.groups) if self.spec.canonical_order
                      else random_permutations(self.groups, len(pairs), gen))
@@ -296,7 +317,7 @@ class GPT(Generator):
         gen = torch.Generator().manual_seed(seed)
         noise_gen = torch.Generator(self.device).manual_seed(seed)
         tokens = None
-        if not self.groups:  # no augmentation: every checkpoint is tokenized once
+        if not self.groups and not self.scale_groups:  # no augmentation: every checkpoint is tokenized once
             m = len(metrics)
             tokens = self.tokenizer.tokenize_batch({k: v[i] for k, v in stacked.items()} for i in range(m))
             tokens = tokens.to(self.device)
@@ -347,6 +368,7 @@ class GPT(Generator):
                 "num_tokens": self.tokenizer.num_tokens, "metric": self.spec.metric,
                 "metric_range": list(self.metric_range) if self.metric_range else None,
                 "permuted_layers": len(self.groups), "canonical_order": self.spec.canonical_order,
+                "rescaled_layers": len(self.scale_groups), "scale_augmentation": self.spec.scale_augmentation,
                 "architecture": self.spec.architecture,
                 **({"update_var": float(self.net.update_var)} if self.net.posterior else {})}
 
