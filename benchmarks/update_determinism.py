@@ -15,6 +15,10 @@ loss of the mean of the two runs (what an x0 model that answers the mean of the 
 theta_0 + f (theta_a - theta_0) for f in ``SHORT`` (an update followed part of the way), and of theta_a plus
 Gaussian noise of ``NOISE`` times the update's norm (an update missed by as much in a random direction:
 the 12,000-step CNN G.pt keeps 28% of the squared update error, ``denoiser_error``, a relative norm of 0.53).
+How far the update is from the first gradient (third table): the cosine between the update theta_a - theta_0
+at each kept step and minus the gradient of the training loss (the whole training split) at theta_0. Near 1,
+training follows its first gradient and the update is read off the initialization almost linearly; near 0,
+where a run ends depends on the initialization through the whole path, which is what G.pt must learn.
 Writes benchmarks/results/update_determinism.json and a section of docs/results.md.
 """
 from __future__ import annotations
@@ -60,6 +64,15 @@ def made(net, task, start: dict, a: dict, b: dict, gen: torch.Generator) -> dict
     return out
 
 
+def first_gradient(net: torch.nn.Module, task) -> torch.Tensor:
+    """Minus the gradient of the training loss at the net's current weights, flattened in state_dict order."""
+    net.zero_grad()
+    task.loss(net(task.x_train), task.y_train).backward()
+    grads = dict(net.named_parameters())
+    return -torch.cat([grads[k].grad.flatten() if k in grads else torch.zeros(v.numel())
+                       for k, v in net.state_dict().items()])
+
+
 def measure(net_cfg: dict, recipe: dict, task_cfg: dict, inits: int) -> dict:
     task = get_task(**task_cfg)
     kwargs = {k: v for k, v in net_cfg.items() if k != "name"}
@@ -67,24 +80,29 @@ def measure(net_cfg: dict, recipe: dict, task_cfg: dict, inits: int) -> dict:
     ratio = {s: [] for s in STEPS}
     loss_gap = {s: [] for s in STEPS}
     own = {s: [] for s in STEPS}
+    alignment = {s: [] for s in STEPS}
     networks = {s: defaultdict(list) for s in STEPS}
     gen = torch.Generator().manual_seed(0)
     for i in range(inits):
         net = build_net(net_cfg["name"], task.input_shape, task.num_classes, seed=100 + i, **kwargs)
         start_state = copy.deepcopy(net.state_dict())
         start = flat(start_state)
+        descent = first_gradient(copy.deepcopy(net), task)
         a, b = ({step: (state, metrics["test_loss"])
                  for step, state, metrics in train_member(copy.deepcopy(net), task, spec, Schedule(max(STEPS), STEPS), seed)}
                 for seed in (1000 + i, 2000 + i))
         for s in STEPS:
             ratio[s].append(float((flat(a[s][0]) - flat(b[s][0])).norm() / (flat(a[s][0]) - start).norm()))
             loss_gap[s].append(abs(a[s][1] - b[s][1]))
+            alignment[s].append(float(torch.nn.functional.cosine_similarity(flat(a[s][0]) - start, descent, dim=0)))
             own[s].append((a[s][1] + b[s][1]) / 2)
             for name, value in made(net, task, start_state, a[s][0], b[s][0], gen).items():
                 networks[s][name].append(value)
     return {"ratio": {s: statistics.fmean(v) for s, v in ratio.items()},
             "loss_gap": {s: statistics.fmean(v) for s, v in loss_gap.items()},
             "own_loss": {s: statistics.fmean(v) for s, v in own.items()},
+            "first_gradient_cosine": {s: statistics.fmean(v) for s, v in alignment.items()},
+            "first_gradient_cosine_range": {s: [min(v), max(v)] for s, v in alignment.items()},
             "made_loss": {s: {name: statistics.fmean(v) for name, v in got.items()} for s, got in networks.items()}}
 
 
@@ -110,6 +128,11 @@ def main() -> None:
         made_lines.append(f"| {r['zoo']} | the runs' own | " + " | ".join(f"{r['own_loss'][s]:.3f}" for s in STEPS) + " |")
         for name in r["made_loss"][STEPS[0]]:
             made_lines.append(f"| {r['zoo']} | {name} | " + " | ".join(f"{r['made_loss'][s][name]:.3f}" for s in STEPS) + " |")
+    cos_lines = ["| zoo recipe | " + " | ".join(f"step {s}" for s in STEPS) + " |", "|---|" + "---|" * len(STEPS)]
+    for r in rows:
+        cos_lines.append(f"| {r['zoo']} | " + " | ".join(
+            f"{r['first_gradient_cosine'][s]:.2f} ({r['first_gradient_cosine_range'][s][0]:.2f}-{r['first_gradient_cosine_range'][s][1]:.2f})"
+            for s in STEPS) + " |")
     write_section("update_determinism", f"""## How much of a run its initialization decides (issue 5)
 
 Command: {made_on(payload)}.
@@ -125,6 +148,11 @@ initializations): the two runs' own; the mean of the two runs' weights; theta_0 
 theta_a plus Gaussian noise of a share of the update's norm.
 
 {chr(10).join(made_lines)}
+
+Cosine between the update theta_a - theta_0 and minus the training loss's gradient at theta_0 (mean over the
+initializations, in brackets the lowest and highest): how nearly each recipe's run follows its first gradient.
+
+{chr(10).join(cos_lines)}
 """)
     print("wrote benchmarks/results/update_determinism.json", flush=True)
 
