@@ -221,16 +221,20 @@ def test_a_permuted_network_computes_the_same_function(name, make, layers):
     state = _randomized(net)
     groups = hidden_groups(name, {k: v.shape for k, v in state.items()}, VIT_KWARGS if name == "vit" else None)
     assert len(groups) == layers
-    x = torch.randn(7, 1, 8, 8, generator=torch.Generator().manual_seed(1))
-    expected = net(x)
     perms = [p[0] for p in random_permutations(groups, 1, torch.Generator().manual_seed(2))]
     perms = [p.roll(1) if torch.equal(p, torch.arange(len(p))) else p for p in perms]  # none the identity
-    permuted = permute_state(state, groups, perms)
-    for g in groups:  # every entry a hidden layer indexes has moved...
+    _assert_moved_but_same_function(net, state, groups, permute_state(state, groups, perms))
+
+
+def _assert_moved_but_same_function(net: nn.Module, state: dict, groups: list, moved: dict) -> None:
+    """Every entry a hidden layer indexes differs between ``state`` and ``moved``, and ``net`` computes the same."""
+    x = torch.randn(7, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    expected = net(x)
+    for g in groups:
         for axis in g.axes:
-            assert not torch.equal(permuted[axis.name], state[axis.name]), axis
-    net.load_state_dict(permuted)
-    torch.testing.assert_close(net(x), expected, atol=1e-5, rtol=1e-5)  # ...the function has not
+            assert not torch.allclose(moved[axis.name], state[axis.name]), axis
+    net.load_state_dict(moved)
+    torch.testing.assert_close(net(x), expected, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("name,make", [
@@ -663,16 +667,10 @@ def test_a_rescaled_relu_network_computes_the_same_function(name, make, layers):
     state = _randomized(net)
     groups = rescalable_groups(name, {k: v.shape for k, v in state.items()})
     assert len(groups) == layers
-    x = torch.randn(7, 1, 8, 8, generator=torch.Generator().manual_seed(1))
-    expected = net(x)
     scales = random_scales(groups, 1, 3.0, torch.Generator().manual_seed(2))
     assert all(((s >= 1 / 3 - 1e-6) & (s <= 3 + 1e-6)).all() and (s != 1).all() for s in scales)
     rescaled = {k: v[0] for k, v in rescale_batch({k: v.unsqueeze(0) for k, v in state.items()}, groups, scales).items()}
-    for g in groups:  # every entry a hidden layer indexes has changed...
-        for axis in g.axes:
-            assert not torch.allclose(rescaled[axis.name], state[axis.name]), axis
-    net.load_state_dict(rescaled)
-    torch.testing.assert_close(net(x), expected, atol=1e-5, rtol=1e-5)  # ...the function has not
+    _assert_moved_but_same_function(net, state, groups, rescaled)
 
 
 @pytest.mark.parametrize("name,kwargs,says", [
