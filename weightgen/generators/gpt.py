@@ -240,31 +240,30 @@ class GPT(Generator):
         """Hidden layers whose every parameter is generated. A layer that touches a parameter
         taken from the start checkpoint unchanged is left alone: permuting only part of it
         would change the network's function. Buffers follow whatever is generated."""
+        return self.generated_groups(hidden_groups, "permutation augmentation", "stay unpermuted")
+
+    def rescaling_groups(self) -> list[HiddenGroup]:
+        """For ``scale_augmentation``: the hidden layers whose every parameter is generated (rescaling part
+        of one would change the network's function), of a net whose units can be rescaled at all."""
+        usable = self.generated_groups(rescalable_groups, "scale augmentation", "stay unscaled")
+        if not usable:
+            raise GeneratorError("scale_augmentation: no hidden layer has all of its parameters generated "
+                                 f"(generated: {', '.join(self.tokenizer.names)}); set scale_augmentation: null")
+        return usable
+
+    def generated_groups(self, find, augmentation: str, left: str) -> list[HiddenGroup]:
+        """The hidden layers ``find(net, shapes, kwargs)`` gives for this net (a ``ValueError`` it raises
+        becomes a ``GeneratorError``) whose every parameter is generated, warning of the others."""
         shapes = {k: shape for k, (shape, _) in self.layout.items()}
         try:
-            groups = hidden_groups(self.net_build.get("name", "?"), shapes, self.net_build.get("kwargs"))
+            groups = find(self.net_build.get("name", "?"), shapes, self.net_build.get("kwargs"))
         except ValueError as e:
             raise GeneratorError(str(e)) from None
         generated = set(self.tokenizer.names)
         usable = [g for g in groups if all(a.name in generated for a in g.axes if not a.buffer)]
         if len(usable) < len(groups):
-            log.warning("permutation augmentation: %d of %d hidden layers touch parameters that are not generated "
-                        "and stay unpermuted", len(groups) - len(usable), len(groups))
-        return usable
-
-    def rescaling_groups(self) -> list[HiddenGroup]:
-        """For ``scale_augmentation``: the hidden layers whose every parameter is generated (rescaling part
-        of one would change the network's function), of a net whose units can be rescaled at all."""
-        shapes = {k: shape for k, (shape, _) in self.layout.items()}
-        try:
-            groups = rescalable_groups(self.net_build.get("name", "?"), shapes, self.net_build.get("kwargs"))
-        except ValueError as e:  # RescaleError, or a net that hidden_groups does not know
-            raise GeneratorError(str(e)) from None
-        generated = set(self.tokenizer.names)
-        usable = [g for g in groups if all(a.name in generated for a in g.axes)]
-        if not usable:
-            raise GeneratorError("scale_augmentation: no hidden layer has all of its parameters generated "
-                                 f"(generated: {', '.join(self.tokenizer.names)}); set scale_augmentation: null")
+            log.warning("%s: %d of %d hidden layers touch parameters that are not generated and %s",
+                        augmentation, len(groups) - len(usable), len(groups), left)
         return usable
 
     # -- training data ----------------------------------------------------------------------

@@ -39,8 +39,7 @@ def rescalable_groups(net: str, shapes: dict[str, tuple[int, ...]], kwargs: dict
         raise RescaleError("scale augmentation: a cnn with BatchNorm normalizes away the scale of its convs' outputs, "
                            "so rescaled units would change its function; build it with batchnorm: false or set "
                            "scale_augmentation: null")
-    groups = hidden_groups(net, shapes, kwargs)
-    return groups
+    return hidden_groups(net, shapes, kwargs)
 
 
 def random_scales(groups: list[HiddenGroup], n: int, max_factor: float,
