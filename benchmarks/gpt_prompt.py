@@ -31,7 +31,7 @@ import torch
 from common import ROOT, WORK, command, made_on, fit_or_reuse, fmt, keep_earlier, machine, teacher_forced_networks, write_json, write_section
 from weightgen.config import parse_config
 from weightgen.evaluate import Evaluator
-from weightgen.generators.base import member_metric
+from weightgen.generators.base import member_metric, set_sampling
 from weightgen.pipeline import zoo_task
 from weightgen.zoo import Zoo
 from weightgen.zoo.distributed import build_zoo_processes
@@ -323,6 +323,12 @@ def main() -> None:
     ap.add_argument("--scale-aug", type=float, default=None, metavar="F",
                     help="G.pt: rescale each pair's hidden units by one random factor per unit in [1/F, F], theta and "
                          "theta' alike (scale_augmentation, ours; ReLU nets without BatchNorm)")
+    ap.add_argument("--target-dropout", type=float, default=0.0, metavar="P",
+                    help="G.pt's condition_dropout (ours): each pair's target metric replaced by a learned null one with "
+                         "probability P, so that sampling can use classifier-free guidance (--guidance)")
+    ap.add_argument("--guidance", type=float, nargs="+", default=[1.0], metavar="W",
+                    help="G.pt's guidance_scale at sampling, one judged row per value of one fit (needs --target-dropout "
+                         "> 0 for any W other than 1)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1: tiny nets, and two fits often share this 2-core machine; 2 for a lone long fit)")
     ap.add_argument("--build-procs", type=int, default=1, metavar="N",
@@ -352,7 +358,8 @@ def main() -> None:
                  "preconditioning": args.preconditioning,
                  "permutation_augmentation": not args.no_augmentation,
                  "canonical_order": args.canonical, "ema_warmup": args.ema_warmup,
-                 "scale_augmentation": args.scale_aug} if method.startswith("gpt") else {}
+                 "scale_augmentation": args.scale_aug,
+                 "condition_dropout": args.target_dropout} if method.startswith("gpt") else {}
         cfg = parse_config({**zoo_cfg, "generator": {**GENERATORS[method], "metric": metric, "steps": args.steps,
                                                      **extra}}, setting)
         print(f"== {method} prompted by {metric}", flush=True)
@@ -368,27 +375,31 @@ def main() -> None:
                                    + ("-noaug" if extra and args.no_augmentation else "")
                                    + ("-canonical" if extra and args.canonical else "")
                                    + ("-emawarmup" if extra and args.ema_warmup else "")
-                                   + (f"-scale{args.scale_aug:g}" if extra and args.scale_aug else ""))
+                                   + (f"-scale{args.scale_aug:g}" if extra and args.scale_aug else "")
+                                   + (f"-cfg{args.target_dropout:g}" if extra and args.target_dropout else ""))
         gen, stats = fit_or_reuse(cfg, zoo, run_dir, args.reuse)
         if args.fit_only:
             print(f"   fitted in {stats['fit_seconds']:.0f} s (loss {stats['diffusion_loss']:.4f}) into {run_dir}; "
                   "not judged (--fit-only)", flush=True)
             continue
-        t1 = time.time()
-        judged = judge(gen, judge_zoo, metric, args.starts)
-        results.append({"method": method, "metric": metric, "steps": args.steps, "zoo": zoo_info, "fit": stats,
-                        "judged_on_runs": args.judge_runs if judge_zoo is not zoo else None,
-                        "prediction": cfg.generator.diffusion.prediction,
-                        "preconditioning": getattr(cfg.generator, "preconditioning", None),
-                        "permutation_augmentation": getattr(cfg.generator, "permutation_augmentation", None),
-                        "pairs": args.pairs if extra else None, "balance_targets": args.balance if extra else None,
-                        "lr_schedule": cfg.generator.lr_schedule, "ema_warmup": cfg.generator.ema_warmup,
-                        "judge_seconds": time.time() - t1, "judged": judged,
-                        "targets": {"r2_ge_0.9": judged["r2"] >= 0.9,
-                                    "one_step_ge_100_sgd_steps": judged["sgd_steps_matched_median"] >= 100}})
-        print(f"   R² {judged['r2']:.3f}; one step matches SGD's {judged['sgd_steps_matched_median']} steps (median); "
-              f"recursive {[round(v, 4) for v in judged['recursive_mean']]}", flush=True)
-        write(args, zoo_info, results, started)
+        fitted = {"method": method, "metric": metric, "steps": args.steps, "zoo": zoo_info, "fit": stats,
+                  "judged_on_runs": args.judge_runs if judge_zoo is not zoo else None,
+                  "prediction": cfg.generator.diffusion.prediction,
+                  "preconditioning": getattr(cfg.generator, "preconditioning", None),
+                  "permutation_augmentation": getattr(cfg.generator, "permutation_augmentation", None),
+                  "pairs": args.pairs if extra else None, "balance_targets": args.balance if extra else None,
+                  "lr_schedule": cfg.generator.lr_schedule, "ema_warmup": cfg.generator.ema_warmup}
+        for scale in args.guidance if extra else [1.0]:  # guidance is a sampling setting: one fit, a row per scale
+            set_sampling(gen.spec, guidance_scale=scale)
+            t1 = time.time()
+            judged = judge(gen, judge_zoo, metric, args.starts)
+            results.append({**fitted, "guidance_scale": scale, "judge_seconds": time.time() - t1, "judged": judged,
+                            "targets": {"r2_ge_0.9": judged["r2"] >= 0.9,
+                                        "one_step_ge_100_sgd_steps": judged["sgd_steps_matched_median"] >= 100}})
+            print(f"   guidance {scale:g}: R² {judged['r2']:.3f}; one step matches SGD's "
+                  f"{judged['sgd_steps_matched_median']} steps (median); "
+                  f"recursive {[round(v, 4) for v in judged['recursive_mean']]}", flush=True)
+            write(args, zoo_info, results, started)
 
 
 def heldout_count(runs: int) -> int:
@@ -451,6 +462,8 @@ def pairs_of(row: dict) -> str | None:
         text += ", EMA warmup"
     if row["fit"].get("scale_augmentation"):
         text += f", units rescaled by up to {row['fit']['scale_augmentation']:g}x"
+    if row["fit"].get("condition_dropout"):  # classifier-free guidance (ours)
+        text += f", target dropped {row['fit']['condition_dropout']:g}, guidance {row.get('guidance_scale', 1.0):g}"
     units = row["method"] == "gpt-units"
     if row["method"].startswith("gpt-graph"):  # exact at any depth: augmentation always skipped
         return (text + ", units and edges" + (", bilinear edges" if row["method"] == "gpt-graph-bilinear" else "")
@@ -531,7 +544,9 @@ the released MNIST config; `constant` with a clip of 1.0, the rows from before t
 (0.999) of the weights, its decay warmed up as min(0.999, (1 + n) / (10 + n)) where the pairs column says `EMA warmup`
 (`ema_warmup`, ours); "units rescaled by up to Fx": each pair's hidden units multiplied by one random factor per unit,
 log-uniform in [1/F, F], the same for theta and theta' (incoming weights and bias times s, outgoing weights over s, which
-keeps a ReLU net's function; `scale_augmentation`, ours); one generator per metric; `gpt-L`: 512 wide, 8 layers, 8 heads, batch 128 (sized for a GPU); `gpt-units`:
+keeps a ReLU net's function; `scale_augmentation`, ours); "target dropped P, guidance w": classifier-free guidance on
+the target metric (ours, G.pt has none): in training each pair's target replaced by a learned null one with probability P
+(`condition_dropout`), at sampling the x0 prediction null + w (conditional - null) (`guidance_scale`; 1: plain); one generator per metric; `gpt-L`: 512 wide, 8 layers, 8 heads, batch 128 (sized for a GPU); `gpt-units`:
 the same transformer reading one token per hidden unit (its input row, bias and output column, of theta and
 the noisy theta'; `architecture: units`, ours), equivariant to permutations of the hidden units by
 construction for a net with one hidden layer (`mlp`), so augmentation is redundant and skipped

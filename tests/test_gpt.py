@@ -12,7 +12,7 @@ from torch import nn
 
 from conftest import TRAJECTORY_ZOO_CFG, build, parse, tiny_cfg
 from weightgen.config import ConfigError, GPTSpec, TokenizerSpec, parse_config
-from weightgen.generators import GENERATORS, GeneratorError, load_generator
+from weightgen.generators import GENERATORS, GeneratorError, load_generator, set_sampling
 from weightgen.generators.gpt import GPT, member_metric
 from weightgen.generators.gpt_pairs import PairSampler, all_pairs, pair_count, training_runs
 from weightgen.nets import build_net
@@ -716,3 +716,100 @@ def test_a_fit_with_scale_augmentation_reports_its_rescaled_layers(trajectory_zo
     assert math.isfinite(stats["diffusion_loss"])
     with pytest.raises(ConfigError, match="scale_augmentation"):
         parse({**TRAJECTORY_CFG, "generator": {**TINY_GPT, "scale_augmentation": 0.5}})
+
+
+# -- classifier-free guidance on the target metric (ours): condition_dropout, guidance_scale ------------------
+def test_guidance_without_a_null_target_is_refused():
+    with pytest.raises(ConfigError, match="condition_dropout > 0"):
+        parse({**TRAJECTORY_CFG, "generator": {**TINY_GPT, "guidance_scale": 2.0}})
+    with pytest.raises(ConfigError, match="condition_dropout"):
+        parse({**TRAJECTORY_CFG, "generator": {**TINY_GPT, "condition_dropout": 1.0}})
+    assert _standalone(_spec(), _toy_states(2)).net.null_target is None  # off: the published model, unchanged
+
+
+@pytest.mark.parametrize("architecture", ["chunks", "graph"])
+def test_a_dropped_target_is_the_null_target_whatever_the_prompt(architecture, trajectory_zoo):
+    gen = GENERATORS.get("gpt").from_zoo(_spec(condition_dropout=0.1, architecture=architecture), trajectory_zoo,
+                                         TOKENS16)
+    with torch.no_grad():  # move the zero-initialized parts, so that the output reads the target at all
+        for p in gen.net.parameters():
+            p.add_(0.5 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    tok = gen.tokenizer
+    m = trajectory_zoo.members("train")
+    start = tok.tokenize_batch([trajectory_zoo.load(x, tok.names) for x in m[:2]])
+    noisy = torch.randn(start.shape, generator=torch.Generator().manual_seed(1))
+    t, sm = torch.tensor([5, 5]), torch.tensor([2.3, 2.3])
+    with torch.no_grad():
+        at = lambda target, drop=None: gen.net(noisy, t, start, sm, torch.tensor(target), drop)  # noqa: E731
+        kept = at([0.5, 1.5])
+        dropped = at([0.5, 1.5], torch.tensor([True, True]))
+        other = at([0.1, 2.0], torch.tensor([True, True]))
+        mixed = at([0.1, 2.0], torch.tensor([True, False]))
+    assert not torch.allclose(kept, at([0.1, 2.0]))  # the target is read ...
+    assert torch.equal(dropped, other)  # ... and a dropped one is not
+    assert torch.equal(mixed[0], dropped[0]) and torch.equal(mixed[1], at([0.1, 2.0])[1])
+
+
+@pytest.fixture(scope="module")
+def guided_gpt(trajectory_zoo):
+    gen = GENERATORS.get("gpt").from_zoo(_spec(steps=20, condition_dropout=0.5), trajectory_zoo, TOKENS16)
+    stats = gen.fit(trajectory_zoo, show_progress=False, seed=0)
+    return gen, stats
+
+
+def test_fitting_with_condition_dropout_learns_the_null_target(guided_gpt):
+    gen, stats = guided_gpt
+    assert gen.net.null_target.abs().sum() > 0  # started at zero: only the dropped pairs move it
+    assert stats["condition_dropout"] == 0.5
+
+
+def test_guidance_mixes_the_conditional_and_null_updates(guided_gpt, trajectory_zoo):
+    gen, _ = guided_gpt
+
+    def at(scale, target):
+        set_sampling(gen.spec, guidance_scale=scale)
+        return next(gen.sample(1, _prompt(trajectory_zoo, target), seed=3, sampler="ddim", steps=5))
+
+    names = gen.tokenizer.names
+    try:
+        plain_lo, plain_hi = at(1.0, 0.3), at(1.0, 2.0)
+        null_lo, null_hi = at(0.0, 0.3), at(0.0, 2.0)  # scale 0: the null update alone, blind to the target
+        double_lo = at(2.0, 0.3)
+    finally:
+        set_sampling(gen.spec, guidance_scale=1.0)
+    assert any(not torch.allclose(plain_lo[k], plain_hi[k]) for k in names)
+    assert all(torch.equal(null_lo[k], null_hi[k]) for k in names)
+    assert any(not torch.allclose(double_lo[k], plain_lo[k]) for k in names)
+    assert all(torch.isfinite(v).all() for v in double_lo.values() if v.is_floating_point())
+
+
+def test_guidance_survives_save_and_load_and_the_cli_applies_it(guided_gpt, fitted, trajectory_zoo, tmp_path):
+    import json
+
+    from safetensors.torch import load_file, save_file
+    from typer.testing import CliRunner
+
+    from weightgen.cli import app
+
+    gen, _ = guided_gpt
+    directory = gen.save(tmp_path / "g")
+    loaded = load_generator(directory)
+    assert torch.equal(loaded.net.null_target, gen.net.null_target)
+    prompt = _prompt(trajectory_zoo, 0.5)
+    save_file(prompt["start"], str(tmp_path / "start.safetensors"))
+    args = ["-n", "1", "--start", str(tmp_path / "start.safetensors"), "--start-metric", str(prompt["start_metric"]),
+            "--target-metric", "0.5", "--guidance", "3"]
+    runner = CliRunner()
+    res = runner.invoke(app, ["sample", str(directory), "-o", str(tmp_path / "s"), *args])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "s" / "samples.json").read_text())["guidance_scale"] == 3.0
+    set_sampling(loaded.spec, guidance_scale=3.0)
+    expected = next(loaded.sample(1, {**prompt, "start_metric": float(str(prompt["start_metric"]))}))
+    got = load_file(str(tmp_path / "s" / "sample_0000.safetensors"))
+    assert all(torch.equal(got[k], expected[k][0]) for k in got)
+    # fitted without condition_dropout: no null target, so no guidance, and no file written
+    res = runner.invoke(app, ["sample", str(fitted[0]), "-o", str(tmp_path / "x"), *args])
+    assert res.exit_code != 0 and "condition_dropout > 0" in " ".join(res.output.split()), res.output
+    assert not (tmp_path / "x" / "sample_0000.safetensors").exists()
+    with pytest.raises(GeneratorError, match="condition_dropout 0"):
+        set_sampling(load_generator(fitted[0]).spec, guidance_scale=2.0)

@@ -224,7 +224,7 @@ def sample(generator: Path = typer.Argument(..., help="saved generator directory
            start_metric: float = typer.Option(None, "--start-metric", help="gpt: the start checkpoint's metric"),
            target_metric: float = typer.Option(None, "--target-metric", help="gpt: the metric wanted"),
            guidance: float = typer.Option(None, "--guidance", min=0,
-                                          help="rpg fitted with condition_dropout: classifier-free guidance scale "
+                                          help="rpg or gpt fitted with condition_dropout: classifier-free guidance scale "
                                                "(1: the plain conditional model; default: the generator's own)"),
            temperature: float = typer.Option(None, "--temperature", min=0,
                                              help="scale of the starting noise (below 1: networks nearer the centre "
@@ -255,9 +255,9 @@ def sample(generator: Path = typer.Argument(..., help="saved generator directory
         gen = load_generator(generator)
         if guidance is not None:
             if not getattr(gen.spec, "condition_dropout", 0):
-                fail(f"--guidance needs an rpg generator fitted with condition_dropout > 0 (it learns the null "
+                fail(f"--guidance needs an rpg or gpt generator fitted with condition_dropout > 0 (it learns the null "
                      f"condition to guide against); {generator} is {gen.method}"
-                     + (" fitted with condition_dropout 0" if gen.method == "rpg" else ""))
+                     + (" fitted with condition_dropout 0" if gen.method in ("rpg", "gpt") else ""))
         set_sampling(gen.spec, temperature, guidance, state_mix)
         condition = task_code if metric is None else metric
         if start is not None or start_metric is not None or target_metric is not None:

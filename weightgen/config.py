@@ -440,10 +440,20 @@ class GPTSpec(EMASpec):
     # this many equal-width bins of the zoo's range (weightgen/generators/gpt_pairs.py); None: the
     # zoo's own spread, as published, where most targets are trained networks.
     balance_targets: int | None = Field(None, ge=2)
+    # Classifier-free guidance on the target metric (ours; Ho & Salimans 2022; G.pt has none): in training,
+    # each pair's target metric is replaced by a learned null embedding with probability ``condition_dropout``
+    # (the start and its metric stay: the model then learns the update with no target, "where runs go from
+    # here"); sampling mixes the two x0 predictions, null + guidance_scale * (conditional - null), so above 1
+    # each network is pushed further along what its target adds. 1: the plain conditional model.
+    condition_dropout: float = Field(0.0, ge=0, lt=1)
+    guidance_scale: float = Field(1.0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
     @model_validator(mode="after")
     def _check(self) -> "GPTSpec":
+        if self.guidance_scale != 1 and self.condition_dropout == 0:
+            raise ValueError(f"guidance_scale {self.guidance_scale} needs a null target to guide against: fit "
+                             f"with condition_dropout > 0 (e.g. 0.1), or keep guidance_scale 1")
         if self.d_model % self.heads:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by heads ({self.heads})")
         if self.edge_input != "sum" and self.architecture != "graph":

@@ -324,9 +324,14 @@ def set_sampling(spec, temperature: float | None = None, guidance_scale: float |
         spec.diffusion.temperature = temperature
     if guidance_scale is not None:
         if hasattr(spec, "guidance_scale"):
+            # Checked here as state_mix is below: the spec's validator does not run on assignment.
+            if guidance_scale != 1 and not spec.condition_dropout:
+                raise GeneratorError(f"guidance scale {guidance_scale} needs a null condition to guide against, and "
+                                     f"this {spec.method} generator was fitted with condition_dropout 0 (fit with "
+                                     "condition_dropout > 0, e.g. 0.1)")
             spec.guidance_scale = guidance_scale
         elif guidance_scale != 1:
-            raise GeneratorError(f"method {spec.method!r} has no classifier-free guidance (rpg has)")
+            raise GeneratorError(f"method {spec.method!r} has no classifier-free guidance (rpg and gpt have)")
     if state_mix is not None:
         if hasattr(spec, "state_mix"):
             # Checked here, not left to the spec's validator: pydantic keeps an assigned value that

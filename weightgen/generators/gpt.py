@@ -120,18 +120,31 @@ class GPTNet(nn.Module):
             self.units = UnitGPTNet(units, d, spec.heads, spec.layers, tokens, width,
                                     bilinear_edges=spec.edge_input == "bilinear")
             self.scalar_pos = nn.Parameter(0.02 * torch.randn(3, d))
+            self.add_null_target(spec)
             return
         self.pos = nn.Parameter(0.02 * torch.randn(2 * tokens + 3, d))
         layer = nn.TransformerEncoderLayer(d, spec.heads, 4 * d, dropout=0.0, activation="gelu", batch_first=True,
                                            norm_first=True)
         self.blocks = nn.TransformerEncoder(layer, spec.layers, norm=nn.LayerNorm(d), enable_nested_tensor=False)
         self.head = TokenLinear(tokens, d, width, zero=True)  # zero: the model starts as the identity
+        self.add_null_target(spec)
+
+    def add_null_target(self, spec: GPTSpec) -> None:
+        """With ``condition_dropout`` (classifier-free guidance, ours): the embedding that stands in for a
+        dropped target metric. Made last and at zero, so the other weights start as without it."""
+        self.null_target = nn.Parameter(torch.zeros(spec.d_model)) if spec.condition_dropout > 0 else None
 
     def forward(self, noisy: torch.Tensor, t: torch.Tensor, start: torch.Tensor, start_metric: torch.Tensor,
-                target_metric: torch.Tensor) -> torch.Tensor:
-        """Prediction for theta' ``(B, T, W)`` from its noisy tokens, the timestep, theta's tokens and both metrics."""
+                target_metric: torch.Tensor, drop: torch.Tensor | None = None) -> torch.Tensor:
+        """Prediction for theta' ``(B, T, W)`` from its noisy tokens, the timestep, theta's tokens and both
+        metrics; where ``drop`` ``(B,)`` is true the target metric is replaced by the null target."""
         d = self.time_in[0].in_features
-        scalars = torch.stack([self.start_metric_in(start_metric), self.target_metric_in(target_metric),
+        target = self.target_metric_in(target_metric)
+        if drop is not None:
+            if self.null_target is None:
+                raise GeneratorError("this G.pt was fitted without condition_dropout: it has no null target")
+            target = torch.where(drop.view(-1, 1), self.null_target.to(target.dtype), target)
+        scalars = torch.stack([self.start_metric_in(start_metric), target,
                                self.time_in(timestep_embedding(t, d))], 1)
         if self.units is not None:
             out = self.units(noisy, start, scalars + self.scalar_pos)
@@ -300,11 +313,13 @@ class GPT(Generator):
                      for s in (a, b))
 
     def loss(self, start: torch.Tensor, target: torch.Tensor, start_metric: torch.Tensor,
-             target_metric: torch.Tensor, noise_gen: torch.Generator | None = None) -> torch.Tensor:
-        """Diffusion loss of theta' ``target`` given theta ``start``; padding is masked out."""
+             target_metric: torch.Tensor, noise_gen: torch.Generator | None = None,
+             drop: torch.Tensor | None = None) -> torch.Tensor:
+        """Diffusion loss of theta' ``target`` given theta ``start``; padding is masked out. ``drop``
+        ``(B,)``: the pairs whose target metric the model does not see (``condition_dropout``)."""
         mask = self.tokenizer.mask.to(target.device)
-        return self.diffusion.loss(lambda x, t: self.net(x, t, start, start_metric, target_metric), target, mask,
-                                   noise_gen)
+        return self.diffusion.loss(lambda x, t: self.net(x, t, start, start_metric, target_metric, drop), target,
+                                   mask, noise_gen)
 
     def fit_pairs(self, stacked: dict[str, torch.Tensor], metrics: torch.Tensor, runs: list[list[int]],
                   show_progress: bool = True, seed: int = 0) -> list[float]:
@@ -331,7 +346,10 @@ class GPT(Generator):
                 start, target = (t.to(self.device) for t in self.pair_tokens(stacked, picked, gen))
             else:
                 start, target = tokens[p[:, 0]], tokens[p[:, 1]]
-            return self.loss(start, target, metrics[p[:, 0]], metrics[p[:, 1]], noise_gen)
+            drop = None
+            if s.condition_dropout > 0:  # classifier-free guidance: learn the update with no target too
+                drop = (torch.rand(len(picked), generator=gen) < s.condition_dropout).to(self.device)
+            return self.loss(start, target, metrics[p[:, 0]], metrics[p[:, 1]], noise_gen, drop)
 
         return train_steps(self.net, step_loss, s.steps, s.lr, s.weight_decay, ema=self.ema, desc="G.pt",
                            show_progress=show_progress, grad_clip=s.grad_clip, lr_schedule=s.lr_schedule)
@@ -368,7 +386,7 @@ class GPT(Generator):
                 "metric_range": list(self.metric_range) if self.metric_range else None,
                 "permuted_layers": len(self.groups), "canonical_order": self.spec.canonical_order,
                 "rescaled_layers": len(self.scale_groups), "scale_augmentation": self.spec.scale_augmentation,
-                "architecture": self.spec.architecture,
+                "architecture": self.spec.architecture, "condition_dropout": self.spec.condition_dropout,
                 **({"update_var": float(self.net.update_var)} if self.net.posterior else {})}
 
     # -- prompts and sampling ---------------------------------------------------------------
@@ -437,8 +455,20 @@ class GPT(Generator):
         start = prompt.start.to(self.device).expand(n, -1, -1)
         sm = torch.full((n,), prompt.start_metric, device=self.device)
         tm = prompt.targets(n).to(self.device)
-        x = self.diffusion.sample(lambda x_t, t: net(x_t, t, start, sm, tm), (n, *start.shape[1:]), generator,
-                                  sampler, steps, device=self.device, temperature=self.spec.diffusion.temperature)
+        w = self.spec.guidance_scale
+
+        def denoise(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            if w == 1:
+                return net(x_t, t, start, sm, tm)
+            # Classifier-free guidance: the conditional and null predictions in one batch of 2n. Linear in
+            # the prediction, so the same for x0 and v.
+            drop = torch.arange(2 * n, device=self.device) >= n
+            c, u = net(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([start, start]), torch.cat([sm, sm]),
+                       torch.cat([tm, tm]), drop).chunk(2)
+            return u + w * (c - u)
+
+        x = self.diffusion.sample(denoise, (n, *start.shape[1:]), generator, sampler, steps, device=self.device,
+                                  temperature=self.spec.diffusion.temperature)
         x = x.cpu()
         if prompt.unpermute is not None:  # made in the start's sorted order: back to its own
             states = permute_batch(self.tokenizer.tensors(x), self.groups, [p.expand(n, -1) for p in prompt.unpermute])
