@@ -40,6 +40,11 @@ permutation; per-tensor normalization does, but the round trip is right for both
 (``weightgen.nets.permute.canonical_permutations``): the start of a prompt is sorted the same
 way and the network made is put back in the start's order, so every permuted copy of a start
 gets the same update, exactly, at any depth (the units architecture is exact for one hidden layer).
+
+Classifier-free guidance on the target metric (ours; G.pt has none): with ``condition_dropout`` p a
+pair's target embedding is replaced by a learned null one with probability p, so the model also
+learns the update a start gets with no target asked; at ``guidance_scale`` w sampling takes
+null + w (conditional - null), which for w > 1 amplifies what the target changes in the update.
 """
 from __future__ import annotations
 
