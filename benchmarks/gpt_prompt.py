@@ -329,6 +329,11 @@ def main() -> None:
     ap.add_argument("--guidance", type=float, nargs="+", default=[1.0], metavar="W",
                     help="G.pt's guidance_scale at sampling, one judged row per value of one fit (needs --target-dropout "
                          "> 0 for any W other than 1)")
+    ap.add_argument("--width", type=int, default=None, metavar="D",
+                    help="G.pt's d_model instead of the setting's (a capacity check: does a wider model fit its own "
+                         "training runs' pairs, and does that carry to held-out starts?)")
+    ap.add_argument("--layers", type=int, default=None, metavar="L",
+                    help="G.pt's transformer layers instead of the setting's")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1: tiny nets, and two fits often share this 2-core machine; 2 for a lone long fit)")
     ap.add_argument("--build-procs", type=int, default=1, metavar="N",
@@ -360,8 +365,9 @@ def main() -> None:
                  "canonical_order": args.canonical, "ema_warmup": args.ema_warmup,
                  "scale_augmentation": args.scale_aug,
                  "condition_dropout": args.target_dropout} if method.startswith("gpt") else {}
+        size = {k: v for k, v in (("d_model", args.width), ("layers", args.layers)) if v is not None and extra}
         cfg = parse_config({**zoo_cfg, "generator": {**GENERATORS[method], "metric": metric, "steps": args.steps,
-                                                     **extra}}, setting)
+                                                     **extra, **size}}, setting)
         print(f"== {method} prompted by {metric}", flush=True)
         name = f"bench-gpt-{metric}" if method == "gpt" else f"bench-prompt-{method}-{metric}"
         run_dir = WORK / "runs" / (f"{name}-{args.steps}" + ("" if args.runs == 200 else f"-{args.runs}-runs")
@@ -376,7 +382,8 @@ def main() -> None:
                                    + ("-canonical" if extra and args.canonical else "")
                                    + ("-emawarmup" if extra and args.ema_warmup else "")
                                    + (f"-scale{args.scale_aug:g}" if extra and args.scale_aug else "")
-                                   + (f"-cfg{args.target_dropout:g}" if extra and args.target_dropout else ""))
+                                   + (f"-cfg{args.target_dropout:g}" if extra and args.target_dropout else "")
+                                   + "".join(f"-{k}{v}" for k, v in size.items()))
         gen, stats = fit_or_reuse(cfg, zoo, run_dir, args.reuse)
         if args.fit_only:
             print(f"   fitted in {stats['fit_seconds']:.0f} s (loss {stats['diffusion_loss']:.4f}) into {run_dir}; "
@@ -388,7 +395,8 @@ def main() -> None:
                   "preconditioning": getattr(cfg.generator, "preconditioning", None),
                   "permutation_augmentation": getattr(cfg.generator, "permutation_augmentation", None),
                   "pairs": args.pairs if extra else None, "balance_targets": args.balance if extra else None,
-                  "lr_schedule": cfg.generator.lr_schedule, "ema_warmup": cfg.generator.ema_warmup}
+                  "lr_schedule": cfg.generator.lr_schedule, "ema_warmup": cfg.generator.ema_warmup,
+                  "d_model": cfg.generator.d_model, "layers": cfg.generator.layers}
         for scale in args.guidance if extra else [1.0]:  # guidance is a sampling setting: one fit, a row per scale
             set_sampling(gen.spec, guidance_scale=scale)
             t1 = time.time()
@@ -464,6 +472,11 @@ def pairs_of(row: dict) -> str | None:
         text += f", units rescaled by up to {row['fit']['scale_augmentation']:g}x"
     if row["fit"].get("condition_dropout"):  # classifier-free guidance (ours)
         text += f", target dropped {row['fit']['condition_dropout']:g}, guidance {row.get('guidance_scale', 1.0):g}"
+    default = GENERATORS[row["method"]]  # rows from before --width / --layers: the setting's own size
+    if row.get("d_model", default["d_model"]) != default["d_model"]:
+        text += f", {row['d_model']} wide"
+    if row.get("layers", default["layers"]) != default["layers"]:
+        text += f", {row['layers']} layers"
     units = row["method"] == "gpt-units"
     if row["method"].startswith("gpt-graph"):  # exact at any depth: augmentation always skipped
         return (text + ", units and edges" + (", bilinear edges" if row["method"] == "gpt-graph-bilinear" else "")
