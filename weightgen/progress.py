@@ -23,15 +23,18 @@ class _Quiet:
 
 class _Lines:
     """Plain lines for output that is not a terminal (a log file, CI, ``nohup``): rich draws its
-    bar there only once the job has ended, so an hour-long fit would show nothing until done.
-    One line each time another tenth of a task is done, with the time spent and left."""
+    bar there only once the job has ended, so a long fit would show nothing until done.
+    A line comes each time another tenth of a task is done, or once ``every`` seconds have
+    passed since the last line, whichever is first: a slow fit still shows it is alive."""
 
-    def __init__(self):
+    def __init__(self, every: float = 60.0):
+        self.every = every
         self.tasks: list[dict] = []
 
     def add_task(self, description: str, total: float | None = None, **_) -> int:
+        now = time.monotonic()
         self.tasks.append({"description": description, "total": total, "done": 0, "tenths": 0,
-                           "started": time.monotonic()})
+                           "started": now, "last_line": now})
         return len(self.tasks) - 1
 
     def update(self, task: int, description: str | None = None, **_) -> None:
@@ -43,17 +46,21 @@ class _Lines:
         t["done"] += advance
         if not t["total"]:
             return
+        now = time.monotonic()
         tenths = int(10 * t["done"] / t["total"])
-        if tenths > t["tenths"]:
-            t["tenths"] = tenths
-            spent = time.monotonic() - t["started"]
-            left = spent * (t["total"] - t["done"]) / t["done"]
-            print(f"{t['description']}: {t['done']:g}/{t['total']:g} ({min(tenths, 10) * 10}%), "
-                  f"{spent:.0f} s spent, ~{left:.0f} s left", flush=True)
+        if tenths <= t["tenths"] and now - t["last_line"] < self.every:
+            return
+        t["tenths"], t["last_line"] = max(tenths, t["tenths"]), now
+        spent = now - t["started"]
+        left = spent * (t["total"] - t["done"]) / t["done"] if t["done"] else float("nan")
+        percent = min(100.0, 100 * t["done"] / t["total"])
+        print(f"{t['description']}: {t['done']:g}/{t['total']:g} ({percent:.0f}%), "
+              f"{spent:.0f} s spent, ~{left:.0f} s left", flush=True)
 
 
 @contextlib.contextmanager
 def progress_bar(enabled: bool = True):
+    """A rich bar on a terminal, plain lines elsewhere (``_Lines``), nothing when not ``enabled``."""
     if not enabled:
         yield _Quiet()
         return
