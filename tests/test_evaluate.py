@@ -14,11 +14,11 @@ from torch import nn
 
 from weightgen.config import parse_config
 from weightgen.evaluate import (
-    Evaluator, Scores, compare, evaluate_states, evaluate_stream, flatten_states, iou_matrix, max_iou,
-    interpolated, nearest_distance, noise_added, run_averages, stack_states, unstack_states, weight_average,
+    Evaluator, Scores, evaluate_states, evaluate_stream, flatten_states, iou_matrix, judge, max_iou,
+    nearest_distance, noise_added, run_averages, stack_states, unstack_states, weight_average,
 )
 from weightgen.evaluate import novelty
-from weightgen.evaluate.report import notes
+from weightgen.evaluate.judging import notes
 from weightgen.nets import build_net
 from weightgen.tasks import get_task
 from weightgen.zoo import Zoo, build_zoo
@@ -229,29 +229,6 @@ def test_run_averages_average_each_runs_own_checkpoints(digits):
         run_averages(stacked, ["1.weight"], runs[:4])
 
 
-def test_interpolated_lies_between_two_runs(digits):
-    stacked = stack_states(_states("mlp", digits, 6, hidden=[8]))
-    runs = [0, 0, 1, 1, 2, 2]
-    names = ["1.weight", "1.bias"]
-    mid = interpolated(stacked, names, runs, 0.5, 20, seed=1)
-    ends = interpolated(stacked, names, runs, 0.0, 20, seed=1)
-    flat = stacked["1.weight"].flatten(1)
-    for i in range(20):
-        a = int((flat == ends["1.weight"][i].flatten()).all(1).nonzero())  # weight 0: the first of the pair
-        # the other end solves mid = (a + b) / 2 and is an original of another run
-        b_flat = 2 * mid["1.weight"][i].flatten() - flat[a]
-        b = int(torch.cdist(b_flat[None], flat).argmin())
-        torch.testing.assert_close(b_flat, flat[b], atol=1e-5, rtol=0)
-        assert runs[a] != runs[b]
-        assert torch.equal(mid["3.weight"][i], stacked["3.weight"][a])  # not generated: copied from the first
-    assert torch.equal(interpolated(stacked, names, runs, 0.5, 20, seed=1)["1.bias"], mid["1.bias"])
-    with pytest.raises(ValueError, match="two runs"):
-        interpolated(stacked, names, [0] * 6, 0.5, 4, seed=0)
-    with pytest.raises(ValueError, match="run of each"):
-        interpolated(stacked, names, runs[:3], 0.5, 4, seed=0)
-    with pytest.raises(ValueError, match="weight"):
-        interpolated(stacked, names, runs, 1.5, 4, seed=0)
-
 def _g(mean, iou, n=10):
     return {"n": n, "n_nonfinite": 0, "best": mean, "mean": mean, "median": mean, "worst": mean,
             "max_iou_mean": iou, "max_iou_median": iou, "nearest_distance_mean": 1.0,
@@ -272,7 +249,7 @@ def test_novelty_note_at_equal_accuracy():
 
 def test_novelty_note_counts_noise_within_the_standard_error_as_equally_accurate():
     """Generated 0.9889 +- 0.0006 against noise at 0.9886 (IoU 0.895) and 0.9887 (IoU 0.981): the
-    bar is 0.895, not "more accurate than every noise level" (the whole-CNN case of issue 4)."""
+    bar is 0.895, not "more accurate than every noise level"."""
     base = {"original": _g(0.9887, 0.97), "weight_average": _g(0.1, 0.2, 1),
             "noise_0.001": _g(0.9887, 0.981), "noise_0.003": _g(0.9886, 0.895), "noise_0.01": _g(0.9667, 0.597)}
     spread = _g(0.9889, 0.916, n=50)
@@ -296,9 +273,9 @@ def tiny_zoo(tmp_path_factory):
     return zoo.build_net(), stacked, zoo.parameter_names
 
 
-def test_compare_flags_copies_of_the_originals(tiny_zoo, digits, tmp_path):
+def test_judge_flags_copies_of_the_originals(tiny_zoo, digits, tmp_path):
     net, stacked, names = tiny_zoo
-    report = compare(net, digits, stacked, stacked, names, tmp_path, n_noise=20, title="copies")
+    report = judge(net, digits, stacked, stacked, names, tmp_path, n_noise=20, title="copies")
     assert {p.name for p in tmp_path.iterdir()} >= {"report.json", "report.md", "novelty.png"}
     assert json.loads((tmp_path / "report.json").read_text()) == report
     g = report["groups"]
@@ -316,7 +293,7 @@ def test_compare_flags_copies_of_the_originals(tiny_zoo, digits, tmp_path):
 
 
 def test_networks_erring_as_a_checkpoint_are_counted_and_the_best_of_the_rest_named():
-    from weightgen.evaluate.report import _copy_notes
+    from weightgen.evaluate.judging import _copy_notes
     orig = {"nearest_distance": [0.4, 0.5, 0.6]}
     gen = {"n": 4, "accuracy": [0.99, 0.98, 0.97, None], "max_iou": [1.0, 0.8, 0.7, None],
            "nearest_distance": [0.15, 0.3, 0.4, None]}
@@ -328,12 +305,12 @@ def test_networks_erring_as_a_checkpoint_are_counted_and_the_best_of_the_rest_na
     assert not any("max IoU 1.0" in n for n in _copy_notes({**gen, "max_iou": [0.9, 0.8, 0.7, None]}, orig))
 
 
-def test_compare_streams_and_counts_nonfinite(tiny_zoo, digits):
+def test_judge_streams_and_counts_nonfinite(tiny_zoo, digits):
     net, stacked, names = tiny_zoo
     noisy = noise_added(stacked, names, 0.02, 6, seed=1)
     noisy["1.weight"][2, 0, 0] = math.nan
     batches = [{k: v[:3] for k, v in noisy.items()}, {k: v[3:] for k, v in noisy.items()}]
-    report = compare(net, digits, stacked, iter(batches), names, None, sigmas=(0.01, 0.1), n_noise=10)
+    report = judge(net, digits, stacked, iter(batches), names, None, sigmas=(0.01, 0.1), n_noise=10)
     gen = report["groups"]["generated"]
     assert gen["n"] == 6 and gen["n_nonfinite"] == 1
     assert gen["accuracy"][2] is None and gen["max_iou"][2] is None and gen["nearest_distance"][2] is None
@@ -362,7 +339,7 @@ def test_heldout_runs_are_judged_as_generated_models_are(tmp_path_factory, digit
         assert not any(torch.equal(h, t) for h in held["1.weight"] for t in train["1.weight"])
         net, names = zoo.build_net(), zoo.parameter_names
         out = tmp_path_factory.mktemp("report")
-        report = compare(net, digits, train, train, names, out, sigmas=(0.01, 0.1), n_noise=10, heldout_stacked=held)
+        report = judge(net, digits, train, train, names, out, sigmas=(0.01, 0.1), n_noise=10, heldout_stacked=held)
     assert (out / "novelty.png").stat().st_size > 0 and "| heldout | 4 |" in (out / "report.md").read_text()
     h = report["groups"]["heldout"]
     assert h["n"] == 4 and h["accuracy"] == Evaluator(net, digits, "test")(held).accuracy.double().tolist()
@@ -374,7 +351,7 @@ def test_heldout_runs_are_judged_as_generated_models_are(tmp_path_factory, digit
 
 
 def test_each_runs_average_is_judged_and_read_for_a_zoo_of_several_runs(tmp_path_factory, digits):
-    """With the run of each checkpoint, compare judges every run's own weight average (one model per run)
+    """With the run of each checkpoint, judge scores every run's own weight average (one model per run)
     and notes how the generated models compare; the pipeline gives the runs for seeds zoos only."""
     from weightgen.pipeline import evaluate_samples, train_stack
 
@@ -392,7 +369,7 @@ def test_each_runs_average_is_judged_and_read_for_a_zoo_of_several_runs(tmp_path
     assert list(report["groups"]).index("run_average") == 2 and ra["n"] == 3 and ra["accuracy"] == want
     note = [n for n in report["notes"] if "runs' own weight averages" in n]
     assert len(note) == 1 and f"mean {ra['mean']:.4f}" in note[0] and f"their best {ra['best']:.4f}" in note[0]
-    one_run = compare(net, digits, train, train, names, None, sigmas=(0.01,), n_noise=5, runs=[0] * len(runs))
+    one_run = judge(net, digits, train, train, names, None, sigmas=(0.01,), n_noise=5, runs=[0] * len(runs))
     assert "run_average" not in one_run["groups"]  # one run: its average is the weight average
 
 
@@ -431,18 +408,18 @@ def test_recalibrated_batchnorm_statistics_are_those_of_the_training_inputs(digi
     assert all(m.momentum == 0.1 for m in net.modules() if isinstance(m, nn.BatchNorm2d))
 
 
-def test_compare_recalibrates_made_networks_only(digits):
+def test_judge_recalibrates_made_networks_only(digits):
     net = build_net("cnn", digits.input_shape, digits.num_classes, channels=[4, 6], batchnorm=True)
     stacked = stack_states(_states("cnn", digits, 3, channels=[4, 6], batchnorm=True))
     names = [k for k, v in stacked.items() if v.is_floating_point()]
     args = (net, digits, stacked, stacked, names, None)
-    plain = compare(*args, sigmas=(0.01,), n_noise=3, heldout_stacked=stacked)
-    redone = compare(*args, sigmas=(0.01,), n_noise=3, heldout_stacked=stacked, recalibrate=True)
+    plain = judge(*args, sigmas=(0.01,), n_noise=3, heldout_stacked=stacked)
+    redone = judge(*args, sigmas=(0.01,), n_noise=3, heldout_stacked=stacked, recalibrate=True)
     assert redone["recalibrate_bn"] and not plain["recalibrate_bn"]
     for group in ("original", "heldout"):
         assert redone["groups"][group]["accuracy"] == plain["groups"][group]["accuracy"]
     assert redone["groups"]["generated"]["accuracy"] != plain["groups"]["generated"]["accuracy"]
     mlp = build_net("mlp", digits.input_shape, digits.num_classes, hidden=[8])
     mlp_states = stack_states(_states("mlp", digits, 2, hidden=[8]))
-    assert not compare(mlp, digits, mlp_states, mlp_states, list(mlp_states), None, sigmas=(0.01,), n_noise=2,
+    assert not judge(mlp, digits, mlp_states, mlp_states, list(mlp_states), None, sigmas=(0.01,), n_noise=2,
                        recalibrate=True)["recalibrate_bn"]

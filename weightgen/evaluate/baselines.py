@@ -2,8 +2,7 @@
 training checkpoints with Gaussian noise added (p-diff's comparison), and the
 average of the training checkpoints; and for zoos of many runs (ours): each run's own average
 (the average of all runs' checkpoints leaves every run's basin when the runs are independent,
-so on such a zoo it is no bar at all), and a point on the line between two checkpoints of
-different runs. All touch only the generated tensors
+so on such a zoo it is no bar at all). All touch only the generated tensors
 (``names``); everything else (frozen layers, BatchNorm buffers) is copied, exactly as
 a generator's output is completed from a reference checkpoint.
 """
@@ -76,33 +75,3 @@ def run_averages(train_stacked: dict[str, Tensor], names: list[str], runs: list[
         out[k] = torch.stack(rows)
     return out
 
-
-def interpolated(train_stacked: dict[str, Tensor], names: list[str], runs: list[int], weight: float, n: int,
-                 seed: int) -> dict[str, Tensor]:
-    """``n`` models ``(1 - weight) * a + weight * b`` on the ``names`` tensors, for pairs of originals
-    ``a``, ``b`` drawn by ``seed`` from two different runs (``runs[i]``: the run of original ``i``);
-    every other entry taken from ``a``.
-
-    On a zoo whose runs were put in one order (``zoo.align``) this is a network between two runs
-    that no run holds, made without any learning: the reference for a generator that mixes two
-    runs' permutation states (``state_mix``). On independent runs the line leaves
-    the runs' basins (the midpoint is the weight average of two)."""
-    b = _check_names(train_stacked, names)
-    if len(runs) != b:
-        raise ValueError(f"interpolated needs the run of each of the {b} originals (got {len(runs)})")
-    if len(set(runs)) < 2:
-        raise ValueError("interpolated needs originals from at least two runs")
-    if n < 1 or not 0 <= weight <= 1:
-        raise ValueError(f"interpolated needs n >= 1 and 0 <= weight <= 1 (got n={n}, weight={weight})")
-    gen = torch.Generator().manual_seed(seed)
-    run_of = torch.tensor(runs)
-    first = torch.randint(b, (n,), generator=gen)
-    second = torch.empty_like(first)
-    for k, i in enumerate(first.tolist()):
-        others = (run_of != run_of[i]).nonzero().flatten()
-        second[k] = others[torch.randint(len(others), (1,), generator=gen)]
-    out = {k: v[first.to(v.device)] for k, v in train_stacked.items()}
-    for k in names:
-        v = train_stacked[k]
-        out[k] = constrain(k, torch.lerp(out[k], v[second.to(v.device)], weight))
-    return out

@@ -1,277 +1,14 @@
-"""Judge generated models against the originals and the two trivial baselines.
-
-Every group (originals, weight average, each noise sigma, generated) is scored on the
-task's test split and measured for novelty against ALL training checkpoints, then the
-notes state, with numbers, what the critique (Zeng et al. 2025) asks: is the generator
-better than the originals, than their average, and is it more novel than noise-added
-originals *at the same accuracy*, or merely a copy of its training data.
-"""
+"""Writing a judged report (``judging.py``): report.json, report.md and novelty.png in one folder."""
 from __future__ import annotations
 
 import json
 import math
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
-import torch
-from torch import Tensor, nn
 
-from weightgen.tasks import Task
+from .plots import novelty_plot
 
-from .baselines import DEFAULT_SIGMAS, noise_added, run_averages, weight_average
-from .batched import Evaluator, Scores
-from .novelty import flatten_states, max_iou, nearest_distance
-from .plots import NOISE_PREFIX, novelty_plot
-from .recalibrate import has_batchnorm, recalibrate_bn
-
-# A generated model nearer to a checkpoint than this fraction of the originals' typical
-# distance to their own nearest neighbour is counted as a copy of that checkpoint.
-COPY_FRACTION = 0.01
-
-
-def _array(values) -> np.ndarray:
-    """A group's per-network list as floats, None (a non-finite network) as NaN: index i is still network i."""
-    return np.asarray([np.nan if v is None else v for v in values], dtype=np.float64)
-
-
-def _finite(values) -> np.ndarray:
-    a = _array(values)
-    return a[np.isfinite(a)]
-
-
-def _stat(values, fn) -> float | None:
-    a = _finite(values)
-    return float(fn(a)) if a.size else None
-
-
-def _group(scores: Scores, iou: Tensor, dist: Tensor) -> dict:
-    """Summary and per-model lists; a non-finite model counts in n and n_nonfinite only."""
-    fin = scores.finite
-    nan = torch.tensor(math.nan)
-    iou = torch.where(fin, iou.cpu().double(), nan)
-    dist = torch.where(fin, dist.cpu().double(), nan)
-    acc = scores.accuracy.double().tolist()
-    return {
-        "n": len(scores), "n_nonfinite": int((~fin).sum()),
-        "best": _stat(acc, np.max), "mean": _stat(acc, np.mean), "median": _stat(acc, np.median),
-        "worst": _stat(acc, np.min),
-        "max_iou_mean": _stat(iou.tolist(), np.mean), "max_iou_median": _stat(iou.tolist(), np.median),
-        "nearest_distance_mean": _stat(dist.tolist(), np.mean),
-        "accuracy": acc, "max_iou": iou.tolist(), "nearest_distance": dist.tolist(),
-    }
-
-
-def compare(net: nn.Module, task: Task, train_stacked: dict[str, Tensor],
-            generated_stacked: dict[str, Tensor] | Iterable[dict[str, Tensor]], names: list[str],
-            out_dir: Path | None, sigmas=DEFAULT_SIGMAS, n_noise: int = 100, seed: int = 0, title: str = "",
-            heldout_stacked: dict[str, Tensor] | None = None, recalibrate: bool = False,
-            runs: list[int] | None = None) -> dict:
-    """Score originals, weight average, noise-added originals and generated models; see module doc.
-
-    ``generated_stacked`` is one stacked dict or an iterable of them (streamed: one batch
-    in memory at a time). ``heldout_stacked``: networks the zoo's own recipe made from seeds the
-    generator never saw (its held-out runs), judged exactly as generated models are, as the
-    reference for what a new network from the zoo's distribution scores (group ``heldout``).
-    ``recalibrate``: every made network (weight average, noise-added originals, samples) gets its
-    BatchNorm statistics recomputed on the task's training inputs first (``recalibrate.py``, ours).
-    ``runs``: the run of each training checkpoint, for a zoo of several runs of one recipe; then
-    each run's own weight average is judged too (group ``run_average``, one model per run, ours),
-    the average a generator that learned each run's mean and nothing else would make.
-    Returns the report (nan written as None) and, with ``out_dir``, writes report.json,
-    report.md and novelty.png there.
-    """
-    names = list(names)
-    ev = Evaluator(net, task, "test")
-    ref_flat = flatten_states(train_stacked, names)
-    originals = ev(train_stacked)
-
-    x_train = task.split("train")[0]
-
-    def judge(batches: Iterable[dict[str, Tensor]], made: bool = True) -> dict:
-        scores, dists = [], []
-        for stacked in batches:
-            if recalibrate and made:
-                stacked = recalibrate_bn(net, x_train, stacked)
-            scores.append(ev(stacked))
-            dists.append(nearest_distance(flatten_states(stacked, names).to(ref_flat.device), ref_flat).cpu())
-        s = Scores.cat(scores)
-        return _group(s, max_iou(s.wrong, originals.wrong), torch.cat(dists))
-
-    groups = {"original": _group(originals, max_iou(originals.wrong, originals.wrong, exclude_diagonal=True),
-                                 nearest_distance(ref_flat, ref_flat, exclude_diagonal=True))}
-    groups["weight_average"] = judge([weight_average(train_stacked, names)])
-    if runs is not None and len(set(runs)) > 1:
-        groups["run_average"] = judge([run_averages(train_stacked, names, runs)])
-    for sigma in sigmas:
-        groups[f"{NOISE_PREFIX}{sigma:g}"] = judge([noise_added(train_stacked, names, sigma, n_noise, seed)])
-    groups["generated"] = judge([generated_stacked] if isinstance(generated_stacked, dict) else generated_stacked)
-    if heldout_stacked is not None:
-        groups["heldout"] = judge([heldout_stacked], made=False)
-
-    report = _clean({
-        "title": title or f"{task.name}: generated vs originals and baselines",
-        "task": task.name, "split": "test", "num_test": int(len(task.y_test)),
-        "generated_names": names, "num_generated_params": int(ref_flat.shape[1]),
-        "groups": groups, "notes": notes(groups), "recalibrate_bn": bool(recalibrate and has_batchnorm(net)),
-    })
-    if out_dir is not None:
-        write_report(report, Path(out_dir))
-    return report
-
-
-# -- notes ------------------------------------------------------------------------------
-
-def _pts(a: float, b: float) -> str:
-    return f"{100 * (a - b):+.1f} points"
-
-
-def _noise_points(groups: dict) -> list[tuple[str, float, float]]:
-    """(sigma label, mean accuracy, mean max IoU) per noise level, in sigma order."""
-    out = []
-    for key, g in groups.items():
-        if key.startswith(NOISE_PREFIX) and g["mean"] is not None and g["max_iou_mean"] is not None:
-            out.append((key[len(NOISE_PREFIX):], g["mean"], g["max_iou_mean"]))
-    return sorted(out, key=lambda p: float(p[0]))
-
-
-def _noise_iou_at(points, acc: float, tolerance: float = 0.0) -> tuple[float, str] | None:
-    """The noise curve's max IoU at accuracy ``acc``, interpolated between neighbouring
-    sigmas; a noise level within ``tolerance`` of ``acc`` counts as equally accurate. Where
-    several qualify, the lowest IoU is the bar (the most novel noise level at that accuracy)."""
-    found = []
-    for (s0, a0, i0), (s1, a1, i1) in zip(points, points[1:]):
-        if min(a0, a1) <= acc <= max(a0, a1):
-            t = 0.5 if a1 == a0 else (acc - a0) / (a1 - a0)
-            found.append((i0 + t * (i1 - i0), f"interpolated between σ={s0} and σ={s1}"))
-    found += [(i, f"at σ={s}" if a == acc else f"σ={s} at {a:.4f}, within the mean's standard error "
-                                                 f"{tolerance:.4f}") for s, a, i in points if abs(a - acc) <= tolerance]
-    return min(found) if found else None
-
-
-def _standard_error(values: list[float]) -> float:
-    """Standard error of the mean of the finite ``values`` (0 for fewer than two)."""
-    v = [x for x in values if x is not None and math.isfinite(x)]
-    return float(np.std(v, ddof=1) / math.sqrt(len(v))) if len(v) > 1 else 0.0
-
-
-def novelty_note(groups: dict, key: str = "generated", head: str = "novelty at equal accuracy: generated",
-                 who: str = "generated models") -> str:
-    """Whether group ``key`` sits at lower max IoU than noise-added originals at its accuracy;
-    ``head`` opens the note, ``who`` names the group's models in it."""
-    gen, points = groups[key], _noise_points(groups)
-    acc, iou = gen["mean"], gen["max_iou_mean"]
-    if not points or iou is None:
-        return f"{head} models: none finite, or no noise-added originals to compare with"
-    head = f"{head} mean accuracy {acc:.4f} at mean max IoU {iou:.3f}; "
-    # A noise level whose accuracy differs from the generated mean by less than that mean's
-    # standard error is as accurate as far as the evaluation can tell: without this, 0.9889
-    # against 0.9886 would count as "more accurate than every noise level".
-    at = _noise_iou_at(points, acc, _standard_error(gen.get("accuracy", [])))
-    if at is not None:
-        noise_iou, where = at
-        if iou < noise_iou:
-            return head + (f"noise-added originals reach {noise_iou:.3f} at that accuracy ({where}): {who} sit "
-                           f"at LOWER max IoU than noise-added originals at the same accuracy")
-        return head + (f"noise-added originals reach {noise_iou:.3f} at that accuracy ({where}): {who} are "
-                       f"not more novel than noise-added originals at the same accuracy")
-    s, a, i = min(points, key=lambda p: abs(p[1] - acc))
-    if acc > a:  # more accurate than every noise level
-        if iou < i:
-            return head + (f"no noise level is that accurate; the most accurate (σ={s}: {a:.4f}, max IoU {i:.3f}) is "
-                           f"both less accurate and less novel: {who} sit at LOWER max IoU than "
-                           f"noise-added originals while being more accurate")
-        return head + (f"no noise level is that accurate; the most accurate (σ={s}: {a:.4f}) has max IoU {i:.3f}: "
-                       f"more accurate, but not shown to be more novel than noise-added originals at the same accuracy")
-    if i <= iou:
-        return head + (f"noise σ={s} is both more accurate ({a:.4f}) and lower in max IoU ({i:.3f}): {who} "
-                       f"are not more novel than noise-added originals at the same accuracy")
-    return head + (f"every noise level is more accurate (least: σ={s} at {a:.4f}, max IoU {i:.3f}); the lower max IoU "
-                   f"comes with lower accuracy: not shown to be more novel than noise-added originals at the same accuracy")
-
-
-def notes(groups: dict) -> list[str]:
-    """Plain statements, computed from the group summaries, that answer the critique."""
-    gen, orig, avg = groups["generated"], groups["original"], groups["weight_average"]
-    out = []
-    if orig["max_iou_mean"] is not None:
-        out.append(f"originals among themselves: mean max IoU {orig['max_iou_mean']:.3f}, mean nearest L2 distance "
-                   f"{_fmt(orig['nearest_distance_mean'], '.4g')} (the spread a new model should show)")
-    if gen["n_nonfinite"]:
-        out.append(f"{gen['n_nonfinite']} of {gen['n']} generated models have non-finite weights or outputs: counted "
-                   f"as failures, left out of the accuracy and novelty statistics")
-    if gen["mean"] is None:
-        out.append("no generated model is finite: there is nothing to compare")
-        return out
-    if orig["best"] is not None:
-        out.append(f"generated best {gen['best']:.4f} {'>=' if gen['best'] >= orig['best'] else '<'} "
-                   f"original best {orig['best']:.4f}")
-        for stat in ("mean", "median"):
-            out.append(f"generated {stat} {gen[stat]:.4f} vs original {stat} {orig[stat]:.4f} "
-                       f"({_pts(gen[stat], orig[stat])})")
-    if avg["mean"] is not None:
-        verb = "beats" if gen["mean"] > avg["mean"] else "does not beat"
-        out.append(f"generated mean {gen['mean']:.4f} {verb} the weight average {avg['mean']:.4f} "
-                   f"({_pts(gen['mean'], avg['mean'])})")
-    else:
-        out.append("the weight average has non-finite weights or outputs")
-    if groups.get("run_average", {}).get("mean") is not None:
-        ra = groups["run_average"]
-        verb = "beats" if gen["mean"] > ra["mean"] else "does not beat"
-        out.append(f"generated mean {gen['mean']:.4f} {verb} the {ra['n']} runs' own weight averages (one model per "
-                   f"run: best {ra['best']:.4f}, mean {ra['mean']:.4f}, max IoU {ra['max_iou_mean']:.3f}; "
-                   f"{_pts(gen['mean'], ra['mean'])}); generated best {gen['best']:.4f} against their best "
-                   f"{ra['best']:.4f}")
-    out.append(novelty_note(groups))
-    out.extend(_copy_notes(gen, orig))
-    if "heldout" in groups:
-        out.append(_heldout_note(groups))
-    return out
-
-
-def _heldout_note(groups: dict) -> str:
-    """The same novelty test applied to the zoo's held-out runs: networks its own recipe made from
-    new seeds, so what the test says of a network that is new and drawn from the zoo's distribution."""
-    h = groups["heldout"]
-    if h["mean"] is None:
-        return f"held-out runs: none of the {h['n']} is finite"
-    verdict = novelty_note(groups, "heldout", "held-out runs (the zoo's recipe, seeds the generator never saw), "
-                                               "judged as generated models are:", "held-out runs")
-    g = groups["generated"]
-    against = ""
-    if g["mean"] is not None and g["max_iou_mean"] is not None and h["max_iou_mean"] is not None:
-        against = (f"; generated models against them: mean accuracy {g['mean']:.4f} vs {h['mean']:.4f}, mean max IoU "
-                   f"{g['max_iou_mean']:.3f} vs {h['max_iou_mean']:.3f}")
-    return (f"{verdict}; they lie {_fmt(h['nearest_distance_mean'], '.4g')} (mean) from their nearest training "
-            f"checkpoint, best / median {h['best']:.4f} / {h['median']:.4f}{against}")
-
-
-def _copy_notes(gen: dict, orig: dict) -> list[str]:
-    spread = _stat(orig["nearest_distance"], np.median)
-    tol = COPY_FRACTION * spread if spread else 0.0
-    dist = _finite(gen["nearest_distance"])
-    iou = _array(gen["max_iou"])  # aligned with the accuracies; NaN compares false below
-    out = []
-    copies = int((dist <= tol).sum())
-    if copies:
-        out.append(f"{copies} of {gen['n']} generated models are copies of a training checkpoint (nearest L2 distance "
-                   f"<= {tol:.3g}, {COPY_FRACTION:.0%} of the originals' median nearest-neighbour distance): not novel")
-    same = int((iou >= 1.0).sum())
-    if same:
-        # The best network may be one of these: say what the best one that errs as no checkpoint does reaches.
-        acc = _array(gen["accuracy"])
-        others = acc[(iou < 1.0) & np.isfinite(acc)]
-        rest = (f"; the best of the other {others.size}: {others.max():.4f}" if others.size else
-                "; there are no others")
-        out.append(f"{same} of {gen['n']} generated models err on exactly the same test samples as some training "
-                   f"checkpoint (max IoU 1.0){rest}")
-    if not copies and dist.size and spread:
-        out.append(f"generated models lie {float(np.median(dist)):.4g} (median) from their nearest training checkpoint; "
-                   f"originals lie {spread:.4g} (median) from each other")
-    return out
-
-
-# -- writing ----------------------------------------------------------------------------
 
 def _clean(obj):
     """JSON-safe copy: nan/inf become None, numpy scalars become Python numbers."""
@@ -287,10 +24,12 @@ def _clean(obj):
 
 
 def _fmt(v, spec: str = ".4f") -> str:
+    """``v`` formatted by ``spec``; a dash for None (a statistic with no finite network)."""
     return "–" if v is None else format(v, spec)
 
 
 def markdown(report: dict) -> str:
+    """report.md: one table row per group, then the notes, the timing and the novelty plot."""
     lines = [f"# {report['title']}", "",
              f"Task `{report['task']}`, {report['split']} split ({report['num_test']} samples); "
              f"{len(report['generated_names'])} generated tensors, {report['num_generated_params']} values. "
@@ -312,6 +51,7 @@ def markdown(report: dict) -> str:
 
 
 def write_report(report: dict, out_dir: Path) -> None:
+    """report.json, report.md and novelty.png in ``out_dir`` (made if missing)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.json").write_text(json.dumps(report, indent=1, allow_nan=False))
     (out_dir / "report.md").write_text(markdown(report))

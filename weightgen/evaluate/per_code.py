@@ -1,20 +1,23 @@
-"""Judging a task-conditioned generator on a ``tasks`` zoo (issue 5 A).
+"""Judging a task-conditioned generator code by code, on a ``tasks`` zoo.
 
-For each class-subset code: networks generated for that code, scored on the code's binary
-task, against the zoo's networks trained on that task with the zoo's recipe (from scratch,
-or fine-tuned with ``zoo.init: pretrained``; held-out codes are trained and stored, never
-shown to the generator), and against the
-retrieval baseline: a copy of the zoo's networks for the nearest *seen* code (fewest
-differing bits). A generator that only looked up its training data would score like that
-copy; one that learned the map from code to weights should beat it on unseen codes. When a
-``CodeRegression`` (``regression.py``) is given, its network for each code is scored too: what
-plain regression from the code gives, without diffusion.
+For each class-subset code, the networks generated for that code are scored on the code's
+binary task. They are compared with the zoo's networks trained on that task with the zoo's
+recipe (from scratch, or fine-tuned with ``zoo.init: pretrained``). Held-out codes are
+trained and stored but never shown to the generator. The retrieval baseline is a copy of
+the zoo's networks for the nearest seen code (fewest differing bits). A generator that only
+looked up its training data scores like that copy; one that learned the map from code to
+weights beats it on unseen codes. When a ``CodeRegression`` (``regression.py``) is given,
+its network for each code is scored too: what plain regression from the code gives,
+without diffusion. See docs/results.md, 'Unseen tasks'.
 """
 from __future__ import annotations
 
+import json
+import random
 import statistics
 import time
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,10 +25,12 @@ import torch
 from weightgen.tasks import binary_subset, get_task
 
 from .batched import Evaluator, Scores, stack_states
-from .report import _fmt, _stat
+from .judging import _stat
+from .report import _fmt
 
 
 def hamming(a: str, b: str) -> int:
+    """How many bits two codes differ in."""
     return sum(x != y for x, y in zip(a, b))
 
 
@@ -74,8 +79,8 @@ def evaluate_codes(gen, zoo, codes: list[str], n: int, seed: int = 0, sampler: s
 
 
 def summarize_codes(rows: list[dict]) -> dict:
-    """Means over codes of each group's mean accuracy, the worst code, and the ratio the issue
-    targets (generated mean / trained mean)."""
+    """Means over codes of each group's mean accuracy, the worst code, and the ratio a
+    task-conditioned generator aims to bring to 1 (generated mean / trained mean)."""
     def mean_of(key: str) -> float | None:
         vals = [r[key]["mean"] for r in rows if r.get(key) and r[key]["mean"] is not None]
         return statistics.fmean(vals) if vals else None
@@ -98,8 +103,6 @@ def tasks_report(gen, zoo, n: int, seed: int = 0, sampler: str = "ddim", steps: 
                  seen_codes: int | None = None, title: str = "") -> dict:
     """Every held-out code of the zoo and as many seen ones (a fixed draw with ``seed``):
     rows, summaries per split, and notes that state the comparison in words."""
-    import random
-
     heldout = sorted({m.condition["code"] for m in zoo.members("heldout")})
     seen_all = sorted({m.condition["code"] for m in zoo.members("train")})
     k = min(len(seen_all), seen_codes if seen_codes is not None else max(len(heldout), 1))
@@ -122,9 +125,6 @@ def tasks_report(gen, zoo, n: int, seed: int = 0, sampler: str = "ddim", steps: 
 
 def write_tasks_report(report: dict, out_dir) -> None:
     """report.json and a per-code report.md."""
-    import json
-    from pathlib import Path
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=1))
