@@ -189,3 +189,10 @@ def test_every_generator_takes_ema_warmup(method):
     assert cfg.generator.ema_warmup is True
     msg = _error(tiny_cfg(generator={"method": method, "ema_warmup": "sometimes"}))
     assert f"generator.{method}.ema_warmup" in msg and "valid boolean" in msg
+
+
+def test_evaluate_split_is_gone_and_named_as_removed():
+    """Evaluation always judges on the test split: ``evaluate.split`` is refused with the reason."""
+    assert "split" not in type(parse_config({}).evaluate).model_fields
+    msg = _error(tiny_cfg(evaluate={"split": "val"}))
+    assert "evaluate" in msg and "'split' was removed" in msg and "test split" in msg

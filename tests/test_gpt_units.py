@@ -17,7 +17,7 @@ from weightgen.nets.permute import hidden_groups, permute_batch, permute_state, 
 from weightgen.tokens import Tokenizer
 from weightgen.zoo import Zoo
 
-UNITS = {"method": "gpt", "architecture": "units", "d_model": 16, "layers": 1, "heads": 2, "frequencies": 4,
+UNITS = {"method": "gpt", "architecture": "units", "d_model": 16, "layers": 1, "heads": 2,
          "steps": 3, "batch_size": 4, "ema": None, "device": "cpu",
          "diffusion": {"timesteps": 20, "prediction": "sample"}}
 

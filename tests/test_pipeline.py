@@ -69,10 +69,9 @@ def test_check_zoo_names_the_layer_and_both_shapes(mlp_gen, seeds_zoo, mlp16_zoo
 
 
 def test_check_zoo_compares_the_whole_state_not_only_generated_layers(pdiff_saved, tmp_path):
-    """BUG: check_zoo only compares the generated layers (tokenizer.check). A generator for a
-    cnn [4, 8] generating head.* (shape (10, 8)) accepts a zoo of cnn [6, 8] nets, whose head
-    has the same shape, although every sample it makes (features.0.0.weight (4, 1, 3, 3) from
-    its reference checkpoint) fails to load into that zoo's net (6, 1, 3, 3)."""
+    """check_zoo compares every entry of the state, not only the generated ones: a generator for
+    a cnn [4, 8] generating head.* (shape (10, 8)) refuses a zoo of cnn [6, 8] nets, whose head
+    has the same shape but whose features.0.0.weight (6, 1, 3, 3) its samples would not fill."""
     other = tmp_path / "cnn6"
     build(tiny_cfg(net={"name": "cnn", "channels": [6, 8], "batchnorm": True},
                    zoo={"mode": "seeds", "runs": 1, "checkpoints": 1}), other)
@@ -175,9 +174,8 @@ def test_write_and_read_samples(pdiff_saved, tmp_path):
 
 
 def test_fitting_is_reproducible_from_the_config_seed(pdiff_zoo):
-    """BUG: the generator's networks are initialized from the global RNG in build_modules
-    (via from_zoo) *before* fit() seeds it with cfg.seed, so the same config and seed give
-    different generators depending on what ran before (two fits in one process differ)."""
+    """The same config and seed fit the same generator whatever the global RNG held before: its
+    networks are initialized after fit_generator seeds it."""
     cfg = parse({**PDIFF_ZOO_CFG, "generator": {**PDIFF_GEN, "ae_steps": 5, "diffusion_steps": 5}})
     zoo = Zoo.open(pdiff_zoo)
     try:
@@ -358,9 +356,8 @@ def test_run_without_argument_resolves_the_builtin_demo(tmp_path, monkeypatch):
 
 
 def test_builtin_name_wins_over_a_directory_of_that_name(tmp_path, monkeypatch):
-    """Minor BUG: resolve_config takes ``Path(name).exists()`` as "a file was given", so in a
-    directory that holds a folder called ``demo`` a bare ``weightgen run`` fails with
-    "demo: no such config file". It should test ``is_file()``."""
+    """A folder named like a built-in config (``demo``) in the working directory does not hide
+    the built-in: only a file is taken as a given config."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "demo").mkdir()
     cfg, source = resolve_config(None)

@@ -40,9 +40,9 @@ def _standalone(**overrides) -> RPG:
 def test_the_code_reaches_the_tokens_it_should(backbone, reach):
     gen = _standalone(backbone=backbone, condition_tokens=reach)
     states = torch.zeros(2, dtype=torch.long)
-    codes = torch.stack([code_bits(A), code_bits(B)])
+    conditions = torch.stack([code_bits(A), code_bits(B)])
     with torch.no_grad():
-        proto = gen.net.prototypes(states, codes=codes)
+        proto = gen.net.prototypes(states, conditions=conditions)
     moved = (proto[0] - proto[1]).abs().amax(-1) > 1e-6  # per token: does the code change it?
     t = gen.tokenizer.num_tokens
     expected = torch.ones(t, dtype=torch.bool) if reach == "all" else torch.arange(t) >= t - reach
@@ -67,7 +67,7 @@ def fitted(tasks_zoo):
 def test_fit_reads_every_members_code(fitted):
     gen, train, heldout = fitted
     assert gen.code_length == 10 and not set(train) & set(heldout)
-    assert isinstance(gen.net.code_in, torch.nn.Module)
+    assert isinstance(gen.net.condition_in, torch.nn.Module)
 
 
 def test_samples_depend_on_the_code_and_repeat_for_the_same_seed(fitted):
@@ -93,6 +93,20 @@ def test_streamed_and_reloaded_samples_match(fitted, tmp_path):
     assert all(torch.equal(batch[k], reloaded[k]) for k in batch)
 
 
+def test_weights_saved_under_the_former_name_code_in_load(fitted, tmp_path):
+    """The condition embedding is ``condition_in``; weights that name it ``code_in`` load into it."""
+    from safetensors.torch import save_file
+
+    gen, _, heldout = fitted
+    d = gen.save(tmp_path / "gen")
+    weights = load_file(str(d / "weights.safetensors"))
+    assert any(".condition_in." in k for k in weights)
+    save_file({k.replace(".condition_in.", ".code_in."): v for k, v in weights.items()}, str(d / "weights.safetensors"))
+    again = load_generator(d)
+    a, b = next(gen.sample(1, heldout[0], seed=2)), next(again.sample(1, heldout[0], seed=2))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_autoregressive_recurrent_input_takes_the_code(tasks_zoo):
     cfg = parse({**TASKS_ZOO_CFG, "generator": {**TINY, "recurrent_input": "tokens", "condition_tokens": 1},
                  "tokenizer": {"token_size": 16}})
@@ -100,19 +114,6 @@ def test_autoregressive_recurrent_input_takes_the_code(tasks_zoo):
         gen, _ = fit_generator(cfg, zoo, show_progress=False)
     one = next(gen.sample(1, A, seed=0))
     assert all(torch.isfinite(v).all() for v in one.values())
-
-
-def test_teacher_forcing_a_conditional_generator_reads_each_rows_code():
-    gen = _standalone(recurrent_input="tokens")
-    x = torch.randn(2, gen.tokenizer.num_tokens, gen.tokenizer.width)
-    s, a, b = torch.tensor([0, 1]), code_bits(A).expand(2, -1), code_bits(B).expand(2, -1)
-    made = gen.teacher_forced_tokens(x, s, a, seed=3, steps=3)
-    assert torch.equal(made, gen.teacher_forced_tokens(x, s, a, seed=3, steps=3))
-    assert not torch.allclose(made, gen.teacher_forced_tokens(x, s, b, seed=3, steps=3))  # the code reaches it
-    with pytest.raises(GeneratorError, match="needs each row's condition"):
-        gen.teacher_forced_tokens(x, s)
-    with pytest.raises(GeneratorError, match="takes no codes"):
-        _standalone(recurrent_input="tokens", condition="none").teacher_forced_tokens(x, s, a)
 
 
 @pytest.mark.parametrize("condition,match", [
@@ -182,7 +183,7 @@ def test_cli_bad_task_is_named(saved, tmp_path, args, match):
 # -- judging: generated vs trained-from-scratch vs a copy of the nearest seen task -----------------
 def test_evaluate_codes_scores_each_code_on_its_own_task(fitted, tasks_zoo):
     from weightgen.evaluate import evaluate_states, stack_states
-    from weightgen.evaluate.tasks import evaluate_codes, hamming, summarize_codes
+    from weightgen.evaluate.per_code import evaluate_codes, hamming, summarize_codes
     from weightgen.tasks import binary_subset, get_task
 
     gen, train, heldout = fitted
@@ -212,7 +213,7 @@ def test_evaluate_codes_scores_each_code_on_its_own_task(fitted, tasks_zoo):
 def test_code_regression_fits_the_training_codes_and_is_scored_beside_the_generator(fitted, tasks_zoo):
     from weightgen.evaluate import evaluate_states, stack_states
     from weightgen.evaluate.regression import CodeRegression
-    from weightgen.evaluate.tasks import evaluate_codes, summarize_codes
+    from weightgen.evaluate.per_code import evaluate_codes, summarize_codes
     from weightgen.tasks import binary_subset, get_task
 
     gen, train, heldout = fitted
@@ -333,92 +334,6 @@ def test_cli_metric_writes_the_networks_asked_for(metric_gen, tmp_path):
     expected = next(gen.sample(1, float(str(lo)), seed=0))
     got = load_file(str(tmp_path / "s" / "sample_0000.safetensors"))
     assert all(torch.equal(got[k], expected[k][0]) for k in got)
-
-
-# -- classifier-free guidance (ours): condition_dropout in training, guidance_scale at sampling -----
-@pytest.mark.parametrize("change,match", [
-    ({"guidance_scale": 2.0}, "condition_dropout > 0"),
-    ({"condition": "none", "condition_dropout": 0.1}, "needs a condition to drop"),
-    ({"condition_dropout": 1.0}, "condition_dropout"),
-])
-def test_guidance_settings_that_cannot_work_are_refused(change, match):
-    from pydantic import ValidationError
-
-    with pytest.raises(ValidationError, match=match):
-        RPGSpec.model_validate({**TINY, **change})
-
-
-def test_a_dropped_condition_is_the_null_condition_for_every_code():
-    gen = _standalone(condition_dropout=0.1)
-    states = torch.zeros(2, dtype=torch.long)
-    codes = torch.stack([code_bits(A), code_bits(B)])
-    with torch.no_grad():
-        kept = gen.net.prototypes(states, codes=codes)
-        dropped = gen.net.prototypes(states, codes=codes, drop=torch.ones(2, dtype=torch.bool))
-        mixed = gen.net.prototypes(states, codes=codes, drop=torch.tensor([True, False]))
-    assert not torch.allclose(kept[0], kept[1])
-    assert torch.equal(dropped[0], dropped[1])
-    assert torch.equal(mixed[0], dropped[0]) and torch.equal(mixed[1], kept[1])
-
-
-@pytest.fixture(scope="module")
-def guided(tasks_zoo):
-    cfg = parse({**TASKS_ZOO_CFG, "generator": {**TINY, "condition_dropout": 0.5}, "tokenizer": {"token_size": 16}})
-    with Zoo.open(tasks_zoo) as zoo:
-        gen, _ = fit_generator(cfg, zoo, show_progress=False)
-    return gen
-
-
-def test_fitting_with_condition_dropout_learns_the_null_condition(guided):
-    assert guided.net.null_condition.abs().sum() > 0  # started at zero: the dropped rows trained it
-
-
-@pytest.mark.parametrize("recurrent_input", ["positions", "tokens"])
-def test_guidance_mixes_the_conditional_and_null_predictions(guided, recurrent_input, tasks_zoo):
-    gen = guided
-    if recurrent_input == "tokens":
-        cfg = parse({**TASKS_ZOO_CFG, "tokenizer": {"token_size": 16},
-                     "generator": {**TINY, "condition_dropout": 0.5, "recurrent_input": "tokens"}})
-        with Zoo.open(tasks_zoo) as zoo:
-            gen, _ = fit_generator(cfg, zoo, show_progress=False)
-
-    def at(scale, code):
-        gen.spec.guidance_scale = scale
-        return next(gen.sample(2, code, seed=4))
-
-    plain_a, plain_b = at(1.0, A), at(1.0, B)
-    null_a, null_b = at(0.0, A), at(0.0, B)  # scale 0: the null prediction alone, blind to the code
-    double_a = at(2.0, A)
-    names = gen.tokenizer.names
-    assert any(not torch.allclose(plain_a[k], plain_b[k]) for k in names)
-    assert all(torch.equal(null_a[k], null_b[k]) for k in names)
-    assert any(not torch.allclose(double_a[k], plain_a[k]) for k in names)
-    assert all(torch.isfinite(v).all() for v in double_a.values() if v.is_floating_point())
-    gen.spec.guidance_scale = 1.0
-
-
-def test_cli_guidance_is_applied_and_refused_without_a_null_condition(guided, saved, tmp_path):
-    import json
-
-    from typer.testing import CliRunner
-
-    from weightgen.cli import app
-
-    guided.save(tmp_path / "g")
-    runner = CliRunner()
-    res = runner.invoke(app, ["sample", str(tmp_path / "g"), "-o", str(tmp_path / "s"), "-n", "1", "--task-code", A,
-                              "--guidance", "2"])
-    assert res.exit_code == 0, res.output
-    assert json.loads((tmp_path / "s" / "samples.json").read_text())["guidance_scale"] == 2.0
-    guided.spec.guidance_scale = 2.0
-    expected = next(guided.sample(1, A, seed=0))
-    guided.spec.guidance_scale = 1.0
-    got = load_file(str(tmp_path / "s" / "sample_0000.safetensors"))
-    assert all(torch.equal(got[k], expected[k][0]) for k in got)
-    res = runner.invoke(app, ["sample", str(saved), "-o", str(tmp_path / "x"), "-n", "1", "--task-code", A,
-                              "--guidance", "2"])
-    assert res.exit_code != 0 and "condition_dropout > 0" in " ".join(res.output.split()), res.output
-    assert not (tmp_path / "x" / "sample_0000.safetensors").exists()
 
 
 # -- low-temperature sampling (ours): diffusion.temperature scales the starting noise ---------------

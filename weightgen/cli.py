@@ -142,7 +142,7 @@ def _summary_table(report: dict) -> Table:
 
 
 def _print_report(report: dict, where: Path | None) -> None:
-    if report.get("kind") == "tasks":  # a tasks zoo: judged per code (evaluate/tasks.py)
+    if report.get("kind") == "tasks":  # a tasks zoo: judged per code (evaluate/per_code.py)
         for note in report["notes"]:
             console.print(f"- {note}", highlight=False)
         if where:
@@ -223,17 +223,10 @@ def sample(generator: Path = typer.Argument(..., help="saved generator directory
            start: Path = typer.Option(None, "--start", help="gpt: the checkpoint to start from (.safetensors)"),
            start_metric: float = typer.Option(None, "--start-metric", help="gpt: the start checkpoint's metric"),
            target_metric: float = typer.Option(None, "--target-metric", help="gpt: the metric wanted"),
-           guidance: float = typer.Option(None, "--guidance", min=0,
-                                          help="rpg or gpt fitted with condition_dropout: classifier-free guidance scale "
-                                               "(1: the plain conditional model; default: the generator's own)"),
            temperature: float = typer.Option(None, "--temperature", min=0,
                                              help="scale of the starting noise (below 1: networks nearer the centre "
                                                   "of what the generator learned; use with --sampler ddim; default: "
                                                   "the generator's own, 1)"),
-           state_mix: float = typer.Option(None, "--state-mix", min=0, max=1,
-                                           help="rpg: each network's permutation state is (1 - m) s_i + m s_j of "
-                                                "two random training runs' states (0: one run's, as released; "
-                                                "above 0: further from every run, at some accuracy)")
            ) -> None:
     """Generate networks and write each as a safetensors file loadable into the net.
 
@@ -253,12 +246,7 @@ def sample(generator: Path = typer.Argument(..., help="saved generator directory
         fail(f"give one condition, not {' and '.join(given)}")
     try:
         gen = load_generator(generator)
-        if guidance is not None:
-            if not getattr(gen.spec, "condition_dropout", 0):
-                fail(f"--guidance needs an rpg or gpt generator fitted with condition_dropout > 0 (it learns the null "
-                     f"condition to guide against); {generator} is {gen.method}"
-                     + (" fitted with condition_dropout 0" if gen.method in ("rpg", "gpt") else ""))
-        set_sampling(gen.spec, temperature, guidance, state_mix)
+        set_sampling(gen.spec, temperature)
         condition = task_code if metric is None else metric
         if start is not None or start_metric is not None or target_metric is not None:
             condition = _gpt_prompt(start, start_metric, target_metric)

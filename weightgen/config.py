@@ -20,6 +20,31 @@ class ConfigError(ValueError):
     """A config that cannot be used, with every problem listed by dotted path."""
 
 
+# Keys that earlier versions accepted, with the value that meant "off" (a saved generator holding it
+# loads as before) and why each went; the evidence is in docs/results.md, "What did not work".
+REMOVED_KEYS: dict[str, tuple[Any, str]] = {
+    "preconditioning": ("residual", "G.pt's posterior preconditioning prompted worse than the published residual"),
+    "scale_augmentation": (None, "G.pt's per-unit scale augmentation made the CNN's prompts worse"),
+    "canonical_order": (False, "sorting G.pt's hidden units did not make the CNN fit"),
+    "pair_sampling": ("uniform_gap", "G.pt draws pairs as its released code does (uniform gap)"),
+    "max_gap": (None, "capping G.pt's pair gap did not help"),
+    "frequencies": (32, "G.pt's metric embedding uses fixed constants: 32 frequencies up to 2^8"),
+    "max_freq_log2": (8.0, "G.pt's metric embedding uses fixed constants: 32 frequencies up to 2^8"),
+    "condition_dropout": (0.0, "classifier-free guidance did not help RPG's task codes and hurt G.pt's prompts"),
+    "guidance_scale": (1.0, "classifier-free guidance did not help RPG's task codes and hurt G.pt's prompts"),
+    "teacher_noise": (0.0, "noising RPG's previous tokens did not stop whole networks drifting to chance"),
+    "state_mix": (0.0, "mixing RPG's permutation states halved accuracy"),
+    "position": ("2d", "RPG's 1d and learned positions made no difference; the released 2D sinusoid stays"),
+    "mamba_scan": ("auto", "RPG picks its Mamba scan itself: parallel on a GPU, token by token elsewhere"),
+    "latent_norm": ("none", "standardizing p-diff's latents did not help"),
+    "noise_mode": ("mix", "p-diff mixes its noise as the paper does"),
+    "beta_start": (1e-4, "the noise schedule is DDPM's linear 1e-4..2e-2, as in every published method"),
+    "beta_end": (2e-2, "the noise schedule is DDPM's linear 1e-4..2e-2, as in every published method"),
+    "beta_schedule": ("linear", "the noise schedule is DDPM's linear 1e-4..2e-2, as in every published method"),
+    "split": ("test", "evaluation always judges on the task's test split"),
+}
+
+
 class StrictModel(BaseModel):
     """A config section that rejects unknown keys and names the allowed ones."""
 
@@ -31,6 +56,9 @@ class StrictModel(BaseModel):
         if isinstance(data, dict):
             allowed = list(cls.model_fields)
             for key in data:
+                if key not in allowed and key in REMOVED_KEYS:
+                    raise ValueError(f"'{key}' was removed: {REMOVED_KEYS[key][1]} "
+                                     "(docs/results.md, 'What did not work')")
                 if key not in allowed:
                     raise ValueError(
                         f"unknown key '{key}'{did_you_mean(str(key), allowed)}; allowed keys: {', '.join(allowed)}"
@@ -50,6 +78,8 @@ class FactorySpec(BaseModel):
 
 
 class TaskSpec(FactorySpec):
+    """What the zoo's networks learn: a registered task (``weightgen.tasks``) and its keyword arguments."""
+
     name: str = "digits"
     code: str | None = None  # a class-subset code makes the task binary
 
@@ -67,6 +97,8 @@ class TaskSpec(FactorySpec):
 
 
 class NetSpec(FactorySpec):
+    """The zoo's architecture: a registered net (``weightgen.nets``) or ``timm:<model>``, and its keyword arguments."""
+
     name: str = "mlp"
 
     @model_validator(mode="after")
@@ -82,6 +114,8 @@ class NetSpec(FactorySpec):
 
 
 class TrainSpec(StrictModel):
+    """The zoo's recipe: how each of its networks is trained."""
+
     optimizer: Literal["sgd", "adam", "adamw"] = "adam"
     lr: float = Field(1e-2, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
@@ -149,6 +183,8 @@ class ZooSpec(StrictModel):
 
 
 class TokenizerSpec(StrictModel):
+    """How a checkpoint becomes tokens: which tensors, how many values a token holds, how values are scaled."""
+
     include: list[str] = Field(default_factory=lambda: ["*"])
     exclude: list[str] = Field(default_factory=list)
     token_size: int | Literal["flat"] = 64
@@ -164,16 +200,15 @@ LRSchedule = Literal["constant", "cosine"]
 
 
 class EMASpec(StrictModel):
-    """What every generator (each keeps an ``ema`` of its weights) shares."""
+    """What every generator shares: the fit's seed, the warmup of its ``ema`` and the fit it continues."""
 
     # The fit's seed (the generator's initial weights, its batches and noise); None: the experiment's
     # ``seed``, which also seeds the zoo. Set it to refit one generator on the same zoo with other draws.
     seed: int | None = None
 
-    # Ours, off by default (the fits in docs/results.md before it ran without): the EMA's decay
-    # follows min(ema, (1 + n) / (10 + n)) over its n updates, as diffusers' EMAModel does, so a
-    # fit of a few thousand steps at ema 0.999 samples from its late weights rather than an
-    # average still weighted toward its initialization.
+    # Ours, off by default: the EMA's decay follows min(ema, (1 + n) / (10 + n)) over its n updates,
+    # as diffusers' EMAModel does, so a fit of a few thousand steps at ema 0.999 samples from its
+    # late weights rather than an average still weighted toward its initialization.
     ema_warmup: bool = False
 
     # Ours: a fitted generator's folder whose weights (and EMA) this fit starts from, so a fit can
@@ -185,12 +220,10 @@ class EMASpec(StrictModel):
 
 
 class DiffusionSpec(StrictModel):
-    """The forward process (every published method uses T = 1000, linear betas 1e-4..2e-2)."""
+    """The diffusion process: T steps of DDPM's linear noise schedule (``diffusion/schedule.py``),
+    what the denoiser predicts, and the starting noise of sampling."""
 
     timesteps: int = Field(1000, ge=1)
-    beta_start: float = Field(1e-4, gt=0)
-    beta_end: float = Field(2e-2, gt=0)
-    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "linear"
     # epsilon (DDPM, RPG, p-diff), sample (x0: G.pt) or v_prediction (ours: the input passes through
     # near the data, so the last sampling steps cannot blur a precise network; see diffusion/schedule.py).
     prediction: Literal["epsilon", "sample", "v_prediction"] = "epsilon"
@@ -216,7 +249,6 @@ class PDiffSpec(EMASpec):
     dec_channels: list[int] = Field(default_factory=lambda: [4, 256, 256, 8])
     input_noise: float = Field(0.001, ge=0)
     latent_noise: float = Field(0.1, ge=0)
-    noise_mode: Literal["mix", "add"] = "mix"
     ae_steps: int = Field(30000, ge=0)
     ae_lr: float = Field(1e-3, gt=0)
     diffusion_steps: int = Field(30000, ge=0)
@@ -226,10 +258,6 @@ class PDiffSpec(EMASpec):
     denoiser_channels: list[int] = Field(default_factory=lambda: [64, 128, 256])
     ema: float | None = None  # p-diff trains without EMA; e.g. 0.999 turns it on
     lr_schedule: LRSchedule = "constant"  # both loops; published: constant
-    # Ours, off by default: standardize each latent dimension over the training latents
-    # before diffusion. When checkpoints differ little, the latents sit in a tiny cloud
-    # that an un-normalized DDPM overshoots; standardizing lets it learn the cloud's shape.
-    latent_norm: Literal["none", "standardize"] = "none"
     diffusion: DiffusionSpec = Field(default_factory=DiffusionSpec)
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
@@ -253,12 +281,12 @@ MetricName = Literal["test_loss", "test_error", "test_accuracy", "val_loss", "va
 class RPGSpec(EMASpec):
     """RPG (Wang et al. 2025, "Recurrent Diffusion for Large-Scale Parameter Generation").
 
-    A recurrent model reads one input per token (its position embedding plus the
-    permutation state of the checkpoint's source run) and emits a prototype per token;
+    A recurrent model reads one input per token (its 2D sinusoidal position embedding plus
+    the permutation state of the checkpoint's source run) and emits a prototype per token;
     a 1D conv U-Net denoises each token as a 1-channel signal, conditioned on its
-    prototype. Defaults follow the paper and released code (2 Mamba layers, 2D sinusoidal
-    positions, permutation states, epsilon prediction, T = 1000 linear, random token
-    subsets per step, chunked sampling) except where noted.
+    prototype. Defaults follow the paper and released code (2 Mamba layers, permutation
+    states, epsilon prediction, T = 1000 linear, random token subsets per step, chunked
+    sampling) except where noted.
     """
 
     method: Literal["rpg"] = "rpg"
@@ -268,31 +296,15 @@ class RPGSpec(EMASpec):
     # mambapy materializes (batch, tokens, 2*d_model, d_state) in its parallel scan; the
     # released code's 128 (CUDA kernels, no materialization) would cost 8x the memory here.
     mamba_d_state: int = Field(16, ge=1)
-    # Ours, speed only (the same recurrence to float rounding): mambapy's parallel scan
-    # (``parallel``), the token-by-token recurrence with a hand-written backward (``sequential``:
-    # on 2 CPU cores the recurrent model runs 3.2-4.2x faster, a whole fit step 1.8x (CNN) to 2.8x
-    # (ViT); benchmarks/mamba_scan.py), or parallel on a GPU and sequential elsewhere (``auto``).
-    # generators/mamba_scan.py.
-    mamba_scan: Literal["auto", "parallel", "sequential"] = "auto"
-    position: Literal["2d", "1d", "learned"] = "2d"  # learned: a table initialized at the 2D sinusoid
     permutation_state: bool = True  # one learned embedding per source run; a random one per sample
     # positions: the released code (positions + states only); tokens: the paper's text (the
     # previous token's clean values too; autoregressive, token by token, at sampling).
     recurrent_input: Literal["positions", "tokens"] = "positions"
-    # Ours, for recurrent_input tokens: in training the previous tokens the recurrent model reads
-    # get Gaussian noise of this std (normalized token units), so it learns to continue from
-    # tokens as imperfect as its own at sampling (the conditioning augmentation of cascaded diffusion,
-    # Ho et al. 2021). 0 (the paper): clean tokens (teacher forcing),
-    # and a generator that is accurate given true previous tokens can drift to chance when it
-    # reads its own (whole digits BN CNN: 0.98-0.99 teacher-forced, 0.10 free-running). 0.2 lifts
-    # the digits MLP zoo's generator from 0.31 to 0.94 at 1,000 steps (benchmarks/rpg_ablation.py).
-    teacher_noise: float = Field(0.0, ge=0)
     unet_channels: list[int] = Field(default_factory=lambda: [32, 64, 128])
     kernel_size: int = Field(7, ge=1)
-    # Ours, speed: the denoiser's training passes under bfloat16 autocast (``bfloat16``); its
-    # weights, the optimizer, the EMA, the recurrent model and sampling stay float32. On a CPU with
-    # AMX (or a GPU) the convolutions run in bfloat16 hardware: on 2 cores a -t256 ViT fit step 0.54 -> 0.36 s,
-    # a 64-token one 0.29 -> 0.24 (benchmarks/denoiser_precision.py). Where bfloat16 is emulated it is slower.
+    # Ours, speed: the denoiser's training passes under bfloat16 autocast; its weights, the
+    # optimizer, the EMA, the recurrent model and sampling stay float32. Faster where the
+    # hardware has bfloat16 (AMX, a GPU), slower where it is emulated (docs/results.md, "Speed").
     denoiser_precision: Literal["float32", "bfloat16"] = "float32"
     # task_code: conditioned on the class-subset code of each checkpoint's task (a ``tasks``
     # zoo) through a learned embedding added to the recurrent input; sample with a code.
@@ -303,15 +315,8 @@ class RPGSpec(EMASpec):
     # Which tokens the condition reaches: "all" (ours, the default), or the last N tokens
     # only, as in RPG's released code (N = 8), where the body of the network ignores the task.
     condition_tokens: Literal["all"] | Annotated[int, Field(ge=1)] = "all"
-    # Classifier-free guidance (ours; Ho & Salimans 2022): in training, each checkpoint's
-    # condition is replaced by a learned null condition with probability ``condition_dropout``;
-    # sampling then mixes the two predictions, null + guidance_scale * (conditional - null).
-    # 1 is the plain conditional model; above 1 pushes each network further toward its condition.
-    condition_dropout: float = Field(0.0, ge=0, lt=1)
-    guidance_scale: float = Field(1.0, ge=0)
-    # The released code predicts epsilon. diffusion.prediction: sample (x0) is our option: it
-    # learns ~10x faster (digits MLP zoo: epsilon at chance after 1,000 steps, 97.4% of the
-    # originals after 10,000; x0 84% and 99.9%; benchmarks/rpg_ablation.py, docs/results.md).
+    # The released code predicts epsilon; x0 (``sample``) and ``v_prediction`` are ours and learn
+    # in far fewer steps (docs/results.md, "Whole networks").
     diffusion: DiffusionSpec = Field(default_factory=DiffusionSpec)
     steps: int = Field(50000, ge=0)
     lr: float = Field(1e-3, gt=0)  # the released code: 3e-5 (8-bit AdamW, 8192-wide tokens)
@@ -322,14 +327,6 @@ class RPGSpec(EMASpec):
     # The released code keeps the rate constant; cosine (ours) decays it to 0 over ``steps``.
     lr_schedule: LRSchedule = "constant"
     sample_chunk: int = Field(1024, ge=1)  # tokens (over all samples) denoised at once
-    # Ours, a sampling setting: each sample's permutation state is (1 - m) * s_i + m * s_j of two
-    # distinct learned states drawn at random, not one learned state (m = 0, the released code).
-    # A generator that has learned one network per source run (the whole digits BN CNN: the same
-    # network at every temperature) can only make something other than a run's network from a
-    # state it was not fitted on; m trades accuracy for distance from the runs. Measured there (a
-    # 4,000-step fit, docs/results.md): m = 0.1 halves the mean accuracy (0.80 -> 0.46), 0.5 is at
-    # chance: runs' states are separate points, not ends of a path of working networks.
-    state_mix: float = Field(0.0, ge=0, le=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
     @model_validator(mode="after")
@@ -338,134 +335,75 @@ class RPGSpec(EMASpec):
             raise ValueError("unet_channels must be a non-empty list of positive channel counts")
         if self.kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd (same-length convolutions), got {self.kernel_size}")
-        if self.condition_dropout > 0 and self.condition == "none":
-            raise ValueError("condition_dropout needs a condition to drop: set condition to task_code or metric")
-        if self.teacher_noise > 0 and self.recurrent_input != "tokens":
-            raise ValueError(f"teacher_noise {self.teacher_noise} noises the previous tokens the recurrent model reads: "
-                             "it needs recurrent_input: tokens (with positions it reads no tokens)")
-        if self.guidance_scale != 1 and self.condition_dropout == 0:
-            raise ValueError(f"guidance_scale {self.guidance_scale} needs a null condition to guide against: fit "
-                             f"with condition_dropout > 0 (e.g. 0.1), or keep guidance_scale 1")
-        if self.state_mix > 0 and not self.permutation_state:
-            raise ValueError(f"state_mix {self.state_mix} mixes permutation states: it needs permutation_state: true")
         return self
 
 
 class GPTSpec(EMASpec):
     """G.pt (Peebles et al. 2022, "Learning to Learn with Generative Models of Neural Network Checkpoints").
 
-    Trained on pairs (theta, theta') of checkpoints from one run of a ``trajectory`` zoo,
-    theta' later: a transformer denoises theta' given theta, theta's metric and the target
-    metric (theta''s). Sampling takes a prompt: a start checkpoint, its metric and the metric
-    wanted. Defaults follow the paper (x0 prediction, T = 1000 linear, AdamW 4e-4, weight
-    decay 0.1, permutation augmentation) except where noted; sizes suit small nets.
+    Trained on pairs (theta, theta') of checkpoints from one run of a ``trajectory`` zoo, theta'
+    later: a transformer denoises theta' given theta, theta's metric and the target metric.
+    Sampling takes a prompt: a start checkpoint, its metric and the metric wanted
+    (weightgen/generators/gpt.py). Defaults follow the paper and its released code (x0 prediction,
+    T = 1000 linear, AdamW 4e-4, weight decay 0.1, cosine lr, permutation augmentation) except
+    where noted; sizes suit small nets. Evidence: docs/results.md, 'Prompted metrics'.
     """
 
     method: Literal["gpt"] = "gpt"
-    # The paper's transformers are far larger (hundreds of millions of parameters, for MNIST
-    # MLPs and RL policies); a 256-wide, 4-layer model suits nets of a few thousand values.
+    # The paper's transformers are far larger (hundreds of millions of parameters); a 256-wide,
+    # 4-layer model suits nets of a few thousand values.
     d_model: int = Field(256, ge=2)
     layers: int = Field(4, ge=1)
     heads: int = Field(4, ge=1)
     # Which checkpoint metric conditions generation: <split>_<loss|accuracy|error>, where
     # error = 1 - accuracy (the paper prompts test loss or test error).
     metric: MetricName = "test_loss"
-    # Scalars (metrics) are embedded as [x, sin(f x), cos(f x)] over ``frequencies`` log-spaced
-    # frequencies 2^0 .. 2^max_freq_log2, then a linear layer (the paper's frequency embedding).
-    frequencies: int = Field(32, ge=1)
-    max_freq_log2: float = Field(8.0, ge=0)
-    # Published: x0 prediction ("sample"), which is what makes the residual to theta an identity at init.
-    # v_prediction (ours) keeps theta in the output too: untrained, the model gives the posterior mean
-    # of theta' around theta (weightgen/generators/gpt.py); epsilon has no residual.
+    # Published: x0 prediction ("sample"): theta plus zero-started heads, so an untrained model predicts
+    # "no update". v_prediction (ours) keeps theta in the output too (``GPTNet.forward``); epsilon has no
+    # residual to theta.
     diffusion: DiffusionSpec = Field(default_factory=lambda: DiffusionSpec(prediction="sample"))
-    # How theta enters an x0 prediction. ``residual`` (published): theta' = theta + heads. ``posterior``
-    # (ours): theta' = theta + c(t) (x_t / sqrt(abar_t) - theta) + c_out(t) heads, c and c_out the
-    # posterior mean weight and standard deviation of theta' - theta ~ N(0, s²) given x_t, s² the
-    # mean squared update of the zoo's pairs (measured at fit, as EDM's sigma_data): theta at pure
-    # noise, the noisy input itself near the data, so the last sampling steps need not be learned.
-    preconditioning: Literal["residual", "posterior"] = "residual"
     steps: int = Field(20000, ge=0)  # ours: a short fit for small zoos; the paper trains far longer
     lr: float = Field(4e-4, gt=0)
     weight_decay: float = Field(0.1, ge=0)
     # Published: 0.9999. Ours: 0.999, since an average over ~10k steps would still be mostly
     # the initial weights after a fit of a few thousand steps.
     ema: float | None = Field(0.999, ge=0, lt=1)
-    # Released configs (configs/train/mnist_loss.yaml): a cosine decay to 0 (after a warmup of
-    # 5 of 2,000 epochs, left out here) and gradients clipped at 0.75. The first version of
-    # this library used a constant rate (and a clip of 1.0); ``constant`` still gives that rate.
+    # Released configs (configs/train/mnist_loss.yaml): a cosine decay to 0 (their 5-epoch warmup
+    # left out) and gradients clipped at 0.75.
     lr_schedule: LRSchedule = "cosine"
     grad_clip: float | None = Field(0.75, gt=0)
     batch_size: int = Field(64, ge=1)  # pairs per step (ours, sized for a CPU; the paper's batches are larger)
-    # How the transformer reads a network. ``chunks`` (published): one token per chunk of a layer
-    # (the tokenizer's tokens), each position with its own encoder and head. ``units`` (ours,
-    # weightgen/generators/gpt_units.py): one token per hidden unit with every value it indexes,
-    # the units of a layer sharing encoder and head and carrying no position, so the model is
-    # equivariant to permuting hidden units by construction where no value belongs to two units
-    # (an mlp or cnn with one hidden layer; permutation augmentation is then redundant and skipped; mlp, cnn
-    # and vit nets). ``graph`` (ours, same file): ``units`` with the weights
-    # between two hidden layers as edges between their unit tokens (message passing), so the model stays
-    # exactly equivariant with several hidden layers (the digits CNN [16, 32]); with one, it is ``units``.
+    # How the transformer reads a network (weightgen/generators/gpt_units.py). ``chunks`` (published):
+    # one token per chunk of a layer, each position with its own encoder and head. ``units`` (ours): one
+    # token per hidden unit, equivariant to permuting hidden units where no value belongs to two units
+    # (one hidden layer; permutation augmentation is then skipped). ``graph`` (ours): ``units`` with the
+    # weights between two hidden layers as edges between unit tokens, exactly equivariant at any depth.
     architecture: Literal["chunks", "units", "graph"] = "chunks"
-    # How an edge of ``architecture: graph`` reads its two units before each block. ``sum`` (the first
-    # version, as graph metanetworks do): a linear map of each unit's state, added. ``bilinear`` (ours): also
-    # the elementwise product of a second linear map of each, so an edge can weigh one unit's features by
-    # the other's, as SGD's update of a weight is the product of its input unit's activation and its output
-    # unit's error (summed over examples). In the digits CNN [16, 32] the edges hold 4,608 of 5,130 values.
+    # How an edge of ``architecture: graph`` reads its two units: ``sum`` adds a linear map of each, as
+    # graph metanetworks do; ``bilinear`` (ours) adds their elementwise product too, the form of SGD's
+    # update of a weight (input activation times output error).
     edge_input: Literal["sum", "bilinear"] = "sum"
     # The same random permutation of hidden units applied to theta and theta' (mlp, cnn and vit nets).
     permutation_augmentation: bool = True
-    # Ours, optional: the largest factor of ``scale_augmentation``. Each pair's hidden units are rescaled, the
-    # same factor per unit for theta and theta', log-uniform in [1 / f, f]: a unit's incoming weights and bias
-    # times s, its outgoing weights over s, which keeps a ReLU net's function (weightgen.nets.rescale; mlp with
-    # relu, cnn without BatchNorm). New starts with the same metrics as a zoo's, where permutations add none to
-    # an equivariant architecture. SGD itself is not scale-equivariant, so the rescaled theta' is a network at the
-    # same metric, not the one SGD would reach from the rescaled theta. None: off, as published.
-    scale_augmentation: float | None = Field(None, gt=1)
-    # Ours: instead of a random permutation, the one that sorts theta's hidden units of each layer
-    # by the squared norm of the values they index (weightgen.nets.permute.canonical_permutations),
-    # applied to theta and theta'; at sampling the start is sorted the same way and the network
-    # made is put back in the start's order. Every permuted copy of a start then gets the same
-    # update, for nets of any depth; augmentation is skipped (it would be sorted away).
-    canonical_order: bool = False
-    # Ours, optional: theta' at most this many checkpoints after theta in its run (None: any later one).
-    max_gap: int | None = Field(None, ge=1)
-    # How a step draws its pairs. ``uniform_gap`` (G.pt's released code): a run, then a gap g
-    # between 1 and the run's last index (or max_gap), then theta uniformly among the
-    # checkpoints g before the end; every gap is equally likely, so long jumps (an
-    # initialization to a trained network) are as common as short ones. ``uniform_pair``
-    # (ours, this library's first version): every pair of a run equally likely, which
-    # makes a gap g rarer the larger it is (C(n, 2) pairs, n - g of gap g).
-    pair_sampling: Literal["uniform_gap", "uniform_pair"] = "uniform_gap"
     # Ours, optional: reweight the pairs so the metric of theta' falls equally often into each of
     # this many equal-width bins of the zoo's range (weightgen/generators/gpt_pairs.py); None: the
     # zoo's own spread, as published, where most targets are trained networks.
     balance_targets: int | None = Field(None, ge=2)
-    # Classifier-free guidance on the target metric (ours; Ho & Salimans 2022; G.pt has none): in training,
-    # each pair's target metric is replaced by a learned null embedding with probability ``condition_dropout``
-    # (the start and its metric stay: the model then learns the update with no target, "where runs go from
-    # here"); sampling mixes the two x0 predictions, null + guidance_scale * (conditional - null), so above 1
-    # each network is pushed further along what its target adds. 1: the plain conditional model.
-    condition_dropout: float = Field(0.0, ge=0, lt=1)
-    guidance_scale: float = Field(1.0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
     @model_validator(mode="after")
     def _check(self) -> "GPTSpec":
-        if self.guidance_scale != 1 and self.condition_dropout == 0:
-            raise ValueError(f"guidance_scale {self.guidance_scale} needs a null target to guide against: fit "
-                             f"with condition_dropout > 0 (e.g. 0.1), or keep guidance_scale 1")
         if self.d_model % self.heads:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by heads ({self.heads})")
         if self.edge_input != "sum" and self.architecture != "graph":
             raise ValueError(f"edge_input {self.edge_input!r} shapes the edges of architecture 'graph' "
                              f"(got architecture {self.architecture!r}): set architecture: graph, or leave edge_input at 'sum'")
-        if self.preconditioning == "posterior" and self.diffusion.prediction != "sample":
-            raise ValueError("preconditioning 'posterior' shapes an x0 prediction: set diffusion.prediction: sample "
-                             f"(got {self.diffusion.prediction!r})")
         return self
 
 
 class SampleSpec(StrictModel):
+    """How networks are drawn from a fitted generator: how many, from which seed, with which sampler."""
+
     n: int = Field(100, ge=1)
     seed: int = 0
     sampler: Literal["ddpm", "ddim"] = "ddpm"
@@ -474,7 +412,9 @@ class SampleSpec(StrictModel):
 
 
 class EvaluateSpec(StrictModel):
-    split: Literal["val", "test"] = "test"
+    """How samples are judged on the task's test split (``weightgen.evaluate.judge``): the noise
+    levels of the noise-added baseline and how many noise-added networks each level gets."""
+
     sigmas: list[float] = Field(default_factory=lambda: [0.001, 0.003, 0.01, 0.03, 0.05, 0.1, 0.15])
     n_noise: int = Field(100, ge=1)
     # Ours, off by default: recompute the BatchNorm statistics of every made network (weight average,

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from weightgen.config import ExperimentConfig, dump_config
-from weightgen.evaluate import compare, stack_states
+from weightgen.evaluate import judge, stack_states
 from weightgen.evaluate.batched import check_stacked
 from weightgen.generators import GENERATORS, Generator, GeneratorError, load_generator, set_sampling
 from weightgen.tasks import Task, get_task
@@ -102,9 +102,9 @@ def evaluate_samples(zoo: Zoo, batches: Iterable[dict], names: list[str], out_di
     # Each run's own average is a bar where the runs share a recipe (seeds, tail); trajectory
     # runs would average an initialization into it, tasks runs solve different tasks.
     runs = [m.run for m in zoo.members("train")] if zoo.config.zoo.mode in ("seeds", "tail") else None
-    return compare(net, zoo_task(zoo), train_stack(zoo), batches, names, out_dir, sigmas=cfg.evaluate.sigmas,
-                   n_noise=cfg.evaluate.n_noise, seed=cfg.seed, title=title, heldout_stacked=heldout_stack(zoo),
-                   recalibrate=cfg.evaluate.recalibrate_bn, runs=runs)
+    return judge(net, zoo_task(zoo), train_stack(zoo), batches, names, out_dir, sigmas=cfg.evaluate.sigmas,
+                 n_noise=cfg.evaluate.n_noise, seed=cfg.seed, title=title, heldout_stacked=heldout_stack(zoo),
+                 recalibrate=cfg.evaluate.recalibrate_bn, runs=runs)
 
 
 def run_experiment(cfg: ExperimentConfig, zoo_dir: Path | None = None, run_dir: Path | None = None,
@@ -112,8 +112,8 @@ def run_experiment(cfg: ExperimentConfig, zoo_dir: Path | None = None, run_dir: 
     """Zoo (built or resumed) -> fit -> sample -> evaluate; the report is written to ``run_dir``.
 
     ``fitted``: a generator already fitted on this zoo with ``cfg.generator`` and its fit stats;
-    it is sampled with ``cfg.generator``'s sampling settings (temperature, guidance, state mix) instead of
-    fitting again, so one fit can be judged at several of them.
+    it is sampled at ``cfg.generator``'s sampling temperature instead of fitting again, so one fit
+    can be judged at several.
     """
     zoo_dir = Path(zoo_dir or Path("zoos") / cfg.name)
     run_dir = Path(run_dir or Path("runs") / cfg.name)
@@ -138,8 +138,7 @@ def run_experiment(cfg: ExperimentConfig, zoo_dir: Path | None = None, run_dir: 
         gen, fit_stats = fit_generator(cfg, zoo, show_progress)
     else:
         gen, fit_stats = fitted
-        set_sampling(gen.spec, cfg.generator.diffusion.temperature, getattr(cfg.generator, "guidance_scale", None),
-                     getattr(cfg.generator, "state_mix", None))
+        set_sampling(gen.spec, cfg.generator.diffusion.temperature)
     gen.save(run_dir / "generator")
     s = cfg.sample
     if cfg.zoo.mode == "tasks":
@@ -166,8 +165,8 @@ def run_experiment(cfg: ExperimentConfig, zoo_dir: Path | None = None, run_dir: 
 def _run_tasks(cfg: ExperimentConfig, zoo: Zoo, gen: Generator, fit_stats: dict, zoo_seconds: float,
                run_dir: Path) -> dict:
     """A ``tasks`` zoo is judged per code: ``sample.n`` networks for every held-out code and as
-    many seen ones, each on its own binary task (evaluate/tasks.py)."""
-    from weightgen.evaluate.tasks import tasks_report, write_tasks_report
+    many seen ones, each on its own binary task (evaluate/per_code.py)."""
+    from weightgen.evaluate.per_code import tasks_report, write_tasks_report
 
     s = cfg.sample
     start = time.perf_counter()
@@ -209,10 +208,6 @@ def write_samples(gen: Generator, out: Path, n: int, seed: int, batch_size: int,
     meta = {"seed": seed, "sampler": sampler, "steps": steps, "method": gen.method, "stream": stream,
             "generated_names": gen.tokenizer.names, "net_build": gen.net_build, "condition": _describe(condition)}
     meta["temperature"] = gen.spec.diffusion.temperature
-    if getattr(gen.spec, "condition_dropout", 0):  # a generator that can be guided: say how it was
-        meta["guidance_scale"] = gen.spec.guidance_scale
-    if getattr(gen.spec, "state_mix", 0):
-        meta["state_mix"] = gen.spec.state_mix
     if stream:
         nonfinite = []
         for i in range(n):

@@ -41,9 +41,8 @@ def warn_short_ema(ema: AveragedModel, steps: int, desc: str) -> None:
     """Warn when a fit is too short for its EMA. At a constant decay d the initial weights still
     hold d ** steps of the average after ``steps`` updates, and the first 1 / (1 - d) steps, when
     the model was far from fitted, about as much again: such an EMA can sample far worse than the
-    model it averages (a ViT RPG at ema 0.999 over 2,500 steps: chance, its model 0.94), or better
-    when the initialization is a safe answer (G.pt's identity): the warning names ``ema_warmup``
-    without recommending it."""
+    model it averages (docs/results.md, "Whole networks"), or better when the initialization is a
+    safe answer (G.pt's identity): the warning names ``ema_warmup`` without recommending it."""
     decay = getattr(ema, "decay", None)
     if decay is None or getattr(ema, "warmup", False) or decay ** steps <= 0.01:
         return

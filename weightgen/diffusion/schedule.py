@@ -2,7 +2,8 @@
 
 One ``Diffusion`` object serves every generator: it noises clean data for training,
 computes the (optionally masked) loss for epsilon, x0 or v prediction, and runs the
-reverse process with a seeded generator.
+reverse process with a seeded generator. The noise schedule is fixed: DDPM's betas, linear
+from 1e-4 to 2e-2 (Ho et al. 2020, section 4), which p-diff, RPG and G.pt all use.
 """
 from __future__ import annotations
 
@@ -19,17 +20,18 @@ from diffusers.utils.torch_utils import randn_tensor
 # predicts x0 directly; its loss is the x0 error weighted by 1 / (1 - abar), which stresses the last,
 # most precise steps.
 PREDICTIONS = ("epsilon", "sample", "v_prediction")
+# DDPM's schedule (Ho et al. 2020): beta_t linear from BETA_START to BETA_END over the T steps.
+BETA_START, BETA_END = 1e-4, 2e-2
 log = logging.getLogger(__name__)
 Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t, t) -> prediction
 
 
 class Diffusion:
-    def __init__(self, timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 2e-2,
-                 beta_schedule: str = "linear", prediction: str = "epsilon"):
+    def __init__(self, timesteps: int = 1000, prediction: str = "epsilon"):
         if prediction not in PREDICTIONS:
             raise ValueError(f"prediction must be 'epsilon', 'sample' (x0) or 'v_prediction', got {prediction!r}")
-        self.kwargs = dict(num_train_timesteps=timesteps, beta_start=beta_start, beta_end=beta_end,
-                           beta_schedule=beta_schedule, prediction_type=prediction,
+        self.kwargs = dict(num_train_timesteps=timesteps, beta_start=BETA_START, beta_end=BETA_END,
+                           beta_schedule="linear", prediction_type=prediction,
                            # Parameters are not images in [-1, 1]: never clip.
                            clip_sample=False)
         self.timesteps = timesteps
@@ -39,7 +41,7 @@ class Diffusion:
     @classmethod
     def from_spec(cls, spec) -> "Diffusion":
         """From a config's ``diffusion`` section (``weightgen.config.DiffusionSpec``)."""
-        return cls(spec.timesteps, spec.beta_start, spec.beta_end, spec.beta_schedule, spec.prediction)
+        return cls(spec.timesteps, spec.prediction)
 
     def scheduler(self, sampler: str = "ddpm"):
         if sampler == "ddpm":
@@ -68,16 +70,6 @@ class Diffusion:
             return err.mean()
         mask = mask.expand_as(err).to(err.dtype)
         return (err * mask).sum() / mask.sum().clamp_min(1)
-
-    def predict_x0(self, prediction: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The clean data a model's output implies at ``x_t``, timestep ``t`` (one per row), for any
-        prediction type: what the sampler steps toward, and what a diagnostic compares with x0."""
-        a = self.train_scheduler.alphas_cumprod.to(x_t.device)[t].view(-1, *([1] * (x_t.dim() - 1))).to(x_t.dtype)
-        if self.prediction == "epsilon":
-            return (x_t - (1 - a).sqrt() * prediction) / a.sqrt()
-        if self.prediction == "v_prediction":
-            return a.sqrt() * x_t - (1 - a).sqrt() * prediction
-        return prediction
 
     @torch.no_grad()
     def sample(self, denoise: Denoise, shape: tuple[int, ...],

@@ -14,8 +14,8 @@ concatenated), with one condition and one time projection per level length.
 BatchNorm + ELU after each conv, as released. In eval mode (sampling) BatchNorm is a fixed
 affine map per channel, so a token's result never depends on the other tokens of its
 chunk; in training each batch mixes timesteps and positions just as the running
-statistics do. (GroupNorm, which drops each token's own scale, learned markedly slower
-in our checks.)
+statistics do. GroupNorm would normalize away each token's own scale, which the denoiser
+has to reproduce.
 """
 from __future__ import annotations
 

@@ -53,10 +53,9 @@ def warn_fixed_entries_vary(zoo: Zoo, members: list, reference: dict[str, torch.
                             probes: int = 8) -> list[str]:
     """Warns, and returns their names, when floating-point entries of ``reference`` (a generator's
     fixed entries, taken from the first checkpoint ``members[0]``) differ between the zoo's training
-    checkpoints: every sample takes them from ``reference``, so a network generated beside another checkpoint's BatchNorm statistics can
-    lose most of its accuracy (timm resnet18 on digits: its last checkpoint's own weights with the
-    first's statistics reached 0.59 against 0.98, docs/results.md). Probes ``probes`` checkpoints
-    spread over the zoo, not all of them: statistics that move differ between any two."""
+    checkpoints: every sample takes them from ``reference``, and a network generated beside another
+    checkpoint's BatchNorm statistics can lose most of its accuracy (docs/results.md, "Scale"). Probes
+    ``probes`` checkpoints spread over the zoo, not all of them: statistics that move differ between any two."""
     fixed = [k for k, v in reference.items() if v.is_floating_point()]
     if not fixed or len(members) < 2:
         return []
@@ -121,12 +120,14 @@ class Generator(ABC):
 
     # -- shared machinery -----------------------------------------------------------------
     @classmethod
-    def from_zoo(cls, spec: BaseModel, zoo: Zoo, tokenizer_spec) -> "Generator":
+    def from_zoo(cls, spec: BaseModel, zoo: Zoo, tokenizer_spec, **kwargs) -> "Generator":
+        """A generator for ``zoo``'s training checkpoints, built once at its real sizes; ``kwargs``:
+        what a subclass's constructor takes from the zoo besides the tokenizer and reference."""
         members = zoo.members("train")
         if not members:
             raise GeneratorError(f"{zoo.root}: no finished training checkpoints to fit on")
         tokenizer = Tokenizer.from_spec(zoo, tokenizer_spec)
-        gen = cls(spec, tokenizer, zoo.load(members[0]), zoo.meta("net_build"))
+        gen = cls(spec, tokenizer, zoo.load(members[0]), zoo.meta("net_build"), **kwargs)
         warn_fixed_entries_vary(zoo, members, gen.reference)  # gen.reference: the entries not generated
         return gen
 
@@ -315,34 +316,33 @@ def member_metric(member, name: str) -> float:
     return 1.0 - value if name.endswith("_error") else value
 
 
-def set_sampling(spec, temperature: float | None = None, guidance_scale: float | None = None,
-                 state_mix: float | None = None) -> None:
+def set_sampling(spec, temperature: float | None = None) -> None:
     """Set a generator spec's sampling settings (None: leave as is). They change no fitted weight,
-    so one fit serves every value; a guidance scale other than 1, or a state mix other than 0,
-    needs a method that has it."""
+    so one fit serves every value."""
     if temperature is not None:
         spec.diffusion.temperature = temperature
-    if guidance_scale is not None:
-        if hasattr(spec, "guidance_scale"):
-            # Checked here as state_mix is below: the spec's validator does not run on assignment.
-            if guidance_scale != 1 and not spec.condition_dropout:
-                raise GeneratorError(f"guidance scale {guidance_scale} needs a null condition to guide against, and "
-                                     f"this {spec.method} generator was fitted with condition_dropout 0 (fit with "
-                                     "condition_dropout > 0, e.g. 0.1)")
-            spec.guidance_scale = guidance_scale
-        elif guidance_scale != 1:
-            raise GeneratorError(f"method {spec.method!r} has no classifier-free guidance (rpg and gpt have)")
-    if state_mix is not None:
-        if hasattr(spec, "state_mix"):
-            # Checked here, not left to the spec's validator: pydantic keeps an assigned value that
-            # fails a model-level check, which would leave the spec holding the bad mix. (The range
-            # is a field bound, refused on assignment before anything is kept.)
-            if state_mix > 0 and not spec.permutation_state:
-                raise GeneratorError(f"state mix {state_mix} mixes permutation states, and this {spec.method} "
-                                     "generator was fitted without them (permutation_state: false)")
-            spec.state_mix = state_mix
-        elif state_mix != 0:
-            raise GeneratorError(f"method {spec.method!r} has no permutation states to mix (rpg has)")
+
+
+def without_removed_keys(spec_class: type[BaseModel], data: dict, source: str, where: str = "") -> dict:
+    """A saved spec ``data`` without the keys the library no longer has (``config.REMOVED_KEYS``):
+    one that holds its old default value behaved as the library does now and is dropped; any
+    other value made a generator that cannot be rebuilt, and is refused, naming the key."""
+    from weightgen.config import REMOVED_KEYS
+
+    out = {}
+    for key, value in data.items():
+        field = spec_class.model_fields.get(key)
+        if field is None and key in REMOVED_KEYS:
+            default, why = REMOVED_KEYS[key]
+            if value != default:
+                raise GeneratorError(f"{source}: spec key '{where}{key}' is {value!r}, and '{key}' was removed ({why}; "
+                                     f"see docs/results.md, 'What did not work'): refit the generator without it")
+            continue
+        inner = field.annotation if field is not None else None
+        if isinstance(value, dict) and isinstance(inner, type) and issubclass(inner, BaseModel):
+            value = without_removed_keys(inner, value, source, f"{where}{key}.")
+        out[key] = value
+    return out
 
 
 def load_generator(directory: str | Path) -> Generator:
@@ -361,8 +361,9 @@ def load_generator(directory: str | Path) -> Generator:
         raise GeneratorError(f"{d / GENERATOR_JSON}: unknown method {method!r}; known: {', '.join(GENERATORS.names())}")
     cls = GENERATORS.get(method)
     try:
-        spec = cls.spec_class.model_validate(meta["spec"])
-    except (ValidationError, KeyError) as e:
+        saved = without_removed_keys(cls.spec_class, meta["spec"], str(d / GENERATOR_JSON))
+        spec = cls.spec_class.model_validate(saved)
+    except (ValidationError, KeyError, AttributeError) as e:
         raise GeneratorError(f"{d / GENERATOR_JSON}: bad spec: {e}") from None
     try:
         tokenizer = Tokenizer.load(d)

@@ -1,50 +1,17 @@
 """G.pt (Peebles et al. 2022, "Learning to Learn with Generative Models of Neural Network Checkpoints").
 
-A conditional diffusion model of parameter *updates*. Training pairs (theta, theta') come
-from one run of a ``trajectory`` zoo, theta' a later checkpoint. A transformer denoises
-theta' given theta, the metric of theta (e.g. test loss) and the target metric (that of
-theta'); sampling takes a prompt: a start checkpoint, its metric and the metric wanted.
+A conditional diffusion model of parameter updates. It trains on pairs (theta, theta') from one run
+of a ``trajectory`` zoo, theta' the later checkpoint (weightgen/generators/gpt_pairs.py), and denoises
+theta' given theta, theta's metric and the target metric. Sampling takes a prompt: a start
+checkpoint, its metric and the metric wanted.
 
-The sequence the transformer reads: one embedding per token of the noisy theta' and one
-per token of theta (every token position has its own linear encoder: a ``(T, W, D)``
-weight used with einsum), then one token each for the start metric, the target metric
-(sin/cos frequency features -> linear) and the diffusion timestep, plus learned position
-embeddings. Every theta' position has its own output head, started at zero, and the
-prediction of theta' (x0, as published) is theta plus the heads' output: an untrained
-model predicts theta' = theta, so training starts from "no update".
-
-With v prediction (``diffusion.prediction: v_prediction``, ours) the output is
-v = heads - sqrt(1 - abar_t) theta, so the clean theta' it implies is
-(1 - abar_t) theta + sqrt(abar_t) x_t - sqrt(1 - abar_t) heads: an untrained model gives the
-posterior mean of theta' under a unit Gaussian prior centred on theta (theta at pure noise,
-the noisy input itself near the data). The x0 model must learn to pass a nearly clean input
-through, and at 6,000 steps had not: at t = 20 its theta' was 11x further off than its input
-(docs/results.md), so the last sampling steps blurred every network.
-``preconditioning: posterior`` (ours) keeps x0 prediction and its loss and builds the same
-pass-through into the output, with a prior scale measured on the zoo (``GPTSpec``). Both
-remove the blur and both prompted worse than x0 on the digits trajectory zoo (their broad
-prior puts noise back into short late updates at mid noise): x0 with its residual stays the default.
-
-``architecture: units`` (ours, weightgen/generators/gpt_units.py) swaps the per-chunk encoders,
-positions and heads for one token per hidden unit, equivariant to permuting hidden units by
-construction (exactly so for one hidden layer); ``architecture: graph`` (ours, same file) adds the
-weights between two hidden layers as edges between unit tokens, exact at any depth; the rest of
-this module is shared.
-
-Permutation augmentation (``weightgen.nets.permute``): each pair gets a random
-permutation of hidden units, the same for theta and theta'. It is applied to the
-denormalized tensors (``Tokenizer.tensors``) and the pair is tokenized again, because
-per-element normalization (``tokenizer.normalize: element``) does not commute with a
-permutation; per-tensor normalization does, but the round trip is right for both.
-``canonical_order`` (ours) replaces the random permutation with theta's sorted one
-(``weightgen.nets.permute.canonical_permutations``): the start of a prompt is sorted the same
-way and the network made is put back in the start's order, so every permuted copy of a start
-gets the same update, exactly, at any depth (the units architecture is exact for one hidden layer).
-
-Classifier-free guidance on the target metric (ours; G.pt has none): with ``condition_dropout`` p a
-pair's target embedding is replaced by a learned null one with probability p, so the model also
-learns the update a start gets with no target asked; at ``guidance_scale`` w sampling takes
-null + w (conditional - null), which for w > 1 amplifies what the target changes in the update.
+The transformer reads one token per chunk of noisy theta' and of theta, each position with its own
+linear encoder, then one token each for the two metrics and the timestep. Each theta' position has
+its own output head, started at zero, and the x0 prediction is theta plus the heads' output, so an
+untrained model predicts "no update" (v prediction: ``GPTNet.forward``). ``architecture: units`` and
+``graph`` read hidden units instead of chunks (weightgen/generators/gpt_units.py). Permutation
+augmentation permutes the hidden units of both checkpoints of a pair alike, on the denormalized
+tensors, then tokenizes the pair again. Evidence: docs/results.md, 'Prompted metrics'.
 """
 from __future__ import annotations
 
@@ -58,9 +25,7 @@ from torch import nn
 
 from weightgen.config import GPTSpec
 from weightgen.diffusion import Diffusion, FrequencyEmbedding, make_ema, timestep_embedding, train_steps
-from weightgen.nets.permute import (HiddenGroup, canonical_permutations, hidden_groups, inverse_permutations,
-                                    permute_batch, random_permutations)
-from weightgen.nets.rescale import random_scales, rescalable_groups, rescale_batch
+from weightgen.nets.permute import HiddenGroup, hidden_groups, permute_batch, random_permutations
 from weightgen.tokens import TokenizerError
 
 from .base import Generator, GeneratorError, member_metric
@@ -69,6 +34,12 @@ from .gpt_units import UnitGPTNet, UnitIndex
 from .registry import GENERATORS
 
 log = logging.getLogger(__name__)
+
+# A metric is embedded as in G.pt's released code (``FrequencyEmbedder``, Gpt/models/transformer.py):
+# [x, sin(f x), cos(f x)] at log-spaced frequencies f = 2^0 .. 2^max, then a linear map. Its MNIST config
+# takes 128 frequencies up to 2^14; this library uses 32 up to 2^8.
+METRIC_FREQUENCIES = 32
+METRIC_MAX_FREQ_LOG2 = 8.0
 
 PROMPT_KEYS = ("start", "start_metric", "target_metric")
 PROMPT_HELP = ("G.pt generates from a prompt: pass condition={'start': a state_dict of the zoo's net (full, or "
@@ -109,63 +80,44 @@ class GPTNet(nn.Module):
         super().__init__()
         d = spec.d_model
         self.tokens = tokens
-        self.prediction = spec.diffusion.prediction  # how theta enters the output (module docstring)
+        self.prediction = spec.diffusion.prediction  # how theta enters the output (``forward``)
         self.register_buffer("abar", alphas_cumprod.float(), persistent=False)
-        self.posterior = spec.preconditioning == "posterior"
-        if self.posterior:  # s², the mean squared update theta' - theta: set by GPT.fit_pairs, saved with the weights
-            self.register_buffer("update_var", torch.ones(()))
         self.units = None
         if units is None:  # published: per-chunk encoders (made first: the order the seed gives weights in)
             self.noisy_in = TokenLinear(tokens, width, d)
             self.start_in = TokenLinear(tokens, width, d)
-        self.start_metric_in = FrequencyEmbedding(spec.frequencies, spec.max_freq_log2, d)
-        self.target_metric_in = FrequencyEmbedding(spec.frequencies, spec.max_freq_log2, d)
+        self.start_metric_in = FrequencyEmbedding(METRIC_FREQUENCIES, METRIC_MAX_FREQ_LOG2, d)
+        self.target_metric_in = FrequencyEmbedding(METRIC_FREQUENCIES, METRIC_MAX_FREQ_LOG2, d)
         self.time_in = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
-        if units is not None:  # ``architecture: units`` (ours): weightgen/generators/gpt_units.py
+        if units is not None:  # ``architecture: units`` or ``graph``: weightgen/generators/gpt_units.py
             self.units = UnitGPTNet(units, d, spec.heads, spec.layers, tokens, width,
                                     bilinear_edges=spec.edge_input == "bilinear")
             self.scalar_pos = nn.Parameter(0.02 * torch.randn(3, d))
-            self.add_null_target(spec)
             return
         self.pos = nn.Parameter(0.02 * torch.randn(2 * tokens + 3, d))
         layer = nn.TransformerEncoderLayer(d, spec.heads, 4 * d, dropout=0.0, activation="gelu", batch_first=True,
                                            norm_first=True)
         self.blocks = nn.TransformerEncoder(layer, spec.layers, norm=nn.LayerNorm(d), enable_nested_tensor=False)
         self.head = TokenLinear(tokens, d, width, zero=True)  # zero: the model starts as the identity
-        self.add_null_target(spec)
-
-    def add_null_target(self, spec: GPTSpec) -> None:
-        """With ``condition_dropout`` (classifier-free guidance, ours): the embedding that stands in for a
-        dropped target metric. Made last and at zero, so the other weights start as without it."""
-        self.null_target = nn.Parameter(torch.zeros(spec.d_model)) if spec.condition_dropout > 0 else None
 
     def forward(self, noisy: torch.Tensor, t: torch.Tensor, start: torch.Tensor, start_metric: torch.Tensor,
-                target_metric: torch.Tensor, drop: torch.Tensor | None = None) -> torch.Tensor:
+                target_metric: torch.Tensor) -> torch.Tensor:
         """Prediction for theta' ``(B, T, W)`` from its noisy tokens, the timestep, theta's tokens and both
-        metrics; where ``drop`` ``(B,)`` is true the target metric is replaced by the null target."""
+        metrics. x0 (published): theta + heads. v: heads - sqrt(1 - abar_t) theta, whose implied theta' for
+        zero heads is (1 - abar_t) theta + sqrt(abar_t) x_t, theta at pure noise and the input near the data.
+        epsilon: the heads alone."""
         d = self.time_in[0].in_features
-        target = self.target_metric_in(target_metric)
-        if drop is not None:
-            if self.null_target is None:
-                raise GeneratorError("this G.pt was fitted without condition_dropout: it has no null target")
-            target = torch.where(drop.view(-1, 1), self.null_target.to(target.dtype), target)
-        scalars = torch.stack([self.start_metric_in(start_metric), target,
+        scalars = torch.stack([self.start_metric_in(start_metric), self.target_metric_in(target_metric),
                                self.time_in(timestep_embedding(t, d))], 1)
         if self.units is not None:
             out = self.units(noisy, start, scalars + self.scalar_pos)
         else:
             x = torch.cat([self.noisy_in(noisy), self.start_in(start), scalars], 1)
             out = self.head(self.blocks(x + self.pos)[:, : self.tokens])
-        a = self.abar[t].view(-1, 1, 1)
-        if self.posterior:
-            s2 = self.update_var
-            evidence = a * s2 + 1 - a  # the variance of x_t / sqrt(abar) - theta, times abar
-            keep = a * s2 / evidence  # the posterior mean's weight on the noisy input's estimate
-            return start + keep * (noisy / a.sqrt() - start) + (s2 * (1 - a) / evidence).sqrt() * out
         if self.prediction == "sample":
             return start + out
         if self.prediction == "v_prediction":
-            return out - (1 - a).sqrt() * start
+            return out - (1 - self.abar[t].view(-1, 1, 1)).sqrt() * start
         return out
 
 
@@ -179,9 +131,6 @@ class Prompt:
     start_metric: float
     target_metric: float | torch.Tensor
     fixed: dict[str, torch.Tensor]
-    # With ``canonical_order``: per hidden layer, the ``(1, size)`` permutation that puts a network
-    # made in the start's sorted order back in the start's own order.
-    unpermute: list[torch.Tensor] | None = None
 
     def targets(self, n: int) -> torch.Tensor:
         """``(n,)`` the target of each of ``n`` networks."""
@@ -212,10 +161,7 @@ class GPT(Generator):
         # but the cost (weightgen/generators/gpt_units.py).
         units = self.unit_index() if s.architecture in ("units", "graph") else None
         exact = units is not None and units.exact
-        # With canonical_order the same groups are sorted instead of shuffled.
-        self.groups = (self.permutation_groups() if s.canonical_order or (s.permutation_augmentation and not exact)
-                       else [])
-        self.scale_groups = self.rescaling_groups() if s.scale_augmentation else []
+        self.groups = self.permutation_groups() if s.permutation_augmentation and not exact else []
         self.diffusion = Diffusion.from_spec(s.diffusion)
         with torch.random.fork_rng(devices=[]):  # the same spec always starts from the same weights
             torch.manual_seed(0)
@@ -258,30 +204,16 @@ class GPT(Generator):
         """Hidden layers whose every parameter is generated. A layer that touches a parameter
         taken from the start checkpoint unchanged is left alone: permuting only part of it
         would change the network's function. Buffers follow whatever is generated."""
-        return self.generated_groups(hidden_groups, "permutation augmentation", "stay unpermuted")
-
-    def rescaling_groups(self) -> list[HiddenGroup]:
-        """For ``scale_augmentation``: the hidden layers whose every parameter is generated (rescaling part
-        of one would change the network's function), of a net whose units can be rescaled at all."""
-        usable = self.generated_groups(rescalable_groups, "scale augmentation", "stay unscaled")
-        if not usable:
-            raise GeneratorError("scale_augmentation: no hidden layer has all of its parameters generated "
-                                 f"(generated: {', '.join(self.tokenizer.names)}); set scale_augmentation: null")
-        return usable
-
-    def generated_groups(self, find, augmentation: str, left: str) -> list[HiddenGroup]:
-        """The hidden layers ``find(net, shapes, kwargs)`` gives for this net (a ``ValueError`` it raises
-        becomes a ``GeneratorError``) whose every parameter is generated, warning of the others."""
         shapes = {k: shape for k, (shape, _) in self.layout.items()}
         try:
-            groups = find(self.net_build.get("name", "?"), shapes, self.net_build.get("kwargs"))
+            groups = hidden_groups(self.net_build.get("name", "?"), shapes, self.net_build.get("kwargs"))
         except ValueError as e:
             raise GeneratorError(str(e)) from None
         generated = set(self.tokenizer.names)
         usable = [g for g in groups if all(a.name in generated for a in g.axes if not a.buffer)]
         if len(usable) < len(groups):
-            log.warning("%s: %d of %d hidden layers touch parameters that are not generated and %s",
-                        augmentation, len(groups) - len(usable), len(groups), left)
+            log.warning("permutation augmentation: %d of %d hidden layers touch parameters that are not generated "
+                        "and stay unpermuted", len(groups) - len(usable), len(groups))
         return usable
 
     # -- training data ----------------------------------------------------------------------
@@ -302,47 +234,38 @@ class GPT(Generator):
 
     def pair_tokens(self, stacked: dict[str, torch.Tensor], pairs: torch.Tensor,
                     gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """Tokens ``(B, T, W)`` of theta and theta' for ``pairs`` ``(B, 2)``, the same permutation
-        applied to both checkpoints of a pair: a random one, or with ``canonical_order`` theta's sorted one.
-        With ``scale_augmentation`` both are first rescaled by the same random factor per hidden unit."""
+        """Tokens ``(B, T, W)`` of theta and theta' for ``pairs`` ``(B, 2)``, one random permutation
+        of hidden units per pair, the same for both of its checkpoints."""
         a = {k: v[pairs[:, 0]] for k, v in stacked.items()}
         b = {k: v[pairs[:, 1]] for k, v in stacked.items()}
-        if self.scale_groups:
-            scales = random_scales(self.scale_groups, len(pairs), self.spec.scale_augmentation, gen)
-            a, b = rescale_batch(a, self.scale_groups, scales), rescale_batch(b, self.scale_groups, scales)
         if self.groups:
-            perms = (canonical_permutations(a, self.groups) if self.spec.canonical_order
-                     else random_permutations(self.groups, len(pairs), gen))
+            perms = random_permutations(self.groups, len(pairs), gen)
             a, b = permute_batch(a, self.groups, perms), permute_batch(b, self.groups, perms)
         return tuple(self.tokenizer.tokenize_batch({k: v[i] for k, v in s.items()} for i in range(len(pairs)))
                      for s in (a, b))
 
     def loss(self, start: torch.Tensor, target: torch.Tensor, start_metric: torch.Tensor,
-             target_metric: torch.Tensor, noise_gen: torch.Generator | None = None,
-             drop: torch.Tensor | None = None) -> torch.Tensor:
-        """Diffusion loss of theta' ``target`` given theta ``start``; padding is masked out. ``drop``
-        ``(B,)``: the pairs whose target metric the model does not see (``condition_dropout``)."""
+             target_metric: torch.Tensor, noise_gen: torch.Generator | None = None) -> torch.Tensor:
+        """Diffusion loss of theta' ``target`` given theta ``start``; padding is masked out."""
         mask = self.tokenizer.mask.to(target.device)
-        return self.diffusion.loss(lambda x, t: self.net(x, t, start, start_metric, target_metric, drop), target,
+        return self.diffusion.loss(lambda x, t: self.net(x, t, start, start_metric, target_metric), target,
                                    mask, noise_gen)
 
     def fit_pairs(self, stacked: dict[str, torch.Tensor], metrics: torch.Tensor, runs: list[list[int]],
                   show_progress: bool = True, seed: int = 0) -> list[float]:
         """Train on checkpoints ``stacked`` (``name -> (M, *shape)``, the generated tensors) with
         ``metrics`` ``(M,)``, pairs (theta, theta') drawn from ``runs`` (chains of indices into
-        the checkpoints, one per run, in step order) by ``spec.pair_sampling``; returns the losses."""
+        the checkpoints, one per run, in step order) by ``PairSampler``; returns the losses."""
         s = self.spec
-        sampler = PairSampler(runs, s.pair_sampling, s.max_gap, metrics, s.balance_targets)
+        sampler = PairSampler(runs, metrics, s.balance_targets)
         gen = torch.Generator().manual_seed(seed)
         noise_gen = torch.Generator(self.device).manual_seed(seed)
         tokens = None
-        if not self.groups and not self.scale_groups:  # no augmentation: every checkpoint is tokenized once
+        if not self.groups:  # no augmentation: every checkpoint is tokenized once
             m = len(metrics)
             tokens = self.tokenizer.tokenize_batch({k: v[i] for k, v in stacked.items()} for i in range(m))
             tokens = tokens.to(self.device)
         metrics = metrics.to(self.device)
-        if self.net.posterior:
-            self.set_update_var(self.mean_squared_update(stacked, sampler, tokens, gen))
 
         def step_loss(_: int) -> torch.Tensor:
             picked = sampler.sample(min(s.batch_size, len(sampler)), gen)
@@ -351,30 +274,10 @@ class GPT(Generator):
                 start, target = (t.to(self.device) for t in self.pair_tokens(stacked, picked, gen))
             else:
                 start, target = tokens[p[:, 0]], tokens[p[:, 1]]
-            drop = None
-            if s.condition_dropout > 0:  # classifier-free guidance: learn the update with no target too
-                drop = (torch.rand(len(picked), generator=gen) < s.condition_dropout).to(self.device)
-            return self.loss(start, target, metrics[p[:, 0]], metrics[p[:, 1]], noise_gen, drop)
+            return self.loss(start, target, metrics[p[:, 0]], metrics[p[:, 1]], noise_gen)
 
         return train_steps(self.net, step_loss, s.steps, s.lr, s.weight_decay, ema=self.ema, desc="G.pt",
                            show_progress=show_progress, grad_clip=s.grad_clip, lr_schedule=s.lr_schedule)
-
-    def mean_squared_update(self, stacked: dict[str, torch.Tensor], sampler: PairSampler,
-                            tokens: torch.Tensor | None, gen: torch.Generator, pairs: int = 1024) -> float:
-        """s² for ``preconditioning: posterior``: the mean squared difference of the two checkpoints'
-        tokens (padding excluded) over ``pairs`` pairs drawn as in training."""
-        picked = sampler.sample(pairs, gen)
-        if tokens is None:
-            start, target = self.pair_tokens(stacked, picked, gen)
-        else:
-            start, target = tokens[picked[:, 0].to(tokens.device)].cpu(), tokens[picked[:, 1].to(tokens.device)].cpu()
-        mask = self.tokenizer.mask.expand_as(start).float()
-        return float(((target - start) ** 2 * mask).sum() / mask.sum())
-
-    def set_update_var(self, value: float) -> None:
-        """Sets s² in the model and its EMA copy (whose buffers would otherwise drift to it slowly)."""
-        for module in [self.net] + ([self.ema.module] if self.ema is not None else []):
-            module.update_var.fill_(value)
 
     def fit(self, zoo, show_progress: bool = True, seed: int = 0) -> dict[str, Any]:
         members = self.use_zoo(zoo)
@@ -385,14 +288,10 @@ class GPT(Generator):
         runs = training_runs(members)
         losses = self.fit_pairs(stacked, metrics, runs, show_progress, seed)
         return {"diffusion_loss": losses[-1] if losses else None, "num_train": len(members),
-                "num_pairs": pair_count(runs, self.spec.max_gap), "pair_sampling": self.spec.pair_sampling,
-                "balance_targets": self.spec.balance_targets,
+                "num_pairs": pair_count(runs), "balance_targets": self.spec.balance_targets,
                 "num_tokens": self.tokenizer.num_tokens, "metric": self.spec.metric,
                 "metric_range": list(self.metric_range) if self.metric_range else None,
-                "permuted_layers": len(self.groups), "canonical_order": self.spec.canonical_order,
-                "rescaled_layers": len(self.scale_groups), "scale_augmentation": self.spec.scale_augmentation,
-                "architecture": self.spec.architecture, "condition_dropout": self.spec.condition_dropout,
-                **({"update_var": float(self.net.update_var)} if self.net.posterior else {})}
+                "permuted_layers": len(self.groups), "architecture": self.spec.architecture}
 
     # -- prompts and sampling ---------------------------------------------------------------
     def resolve_condition(self, condition: Any) -> Prompt:
@@ -437,14 +336,8 @@ class GPT(Generator):
                 log.warning("target %s %.4g is outside the range the training checkpoints cover [%.4g, %.4g]; "
                             "G.pt extrapolates there", self.spec.metric, outside[0], lo, hi)
         generated = {k: start[k] for k in self.tokenizer.names}
-        unpermute = None
-        if self.spec.canonical_order and self.groups:
-            batch = {k: v.unsqueeze(0) for k, v in generated.items()}
-            perms = canonical_permutations(batch, self.groups)
-            generated = {k: v[0] for k, v in permute_batch(batch, self.groups, perms).items()}
-            unpermute = inverse_permutations(perms)
         return Prompt(self.tokenizer.tokenize(generated), start_metric,
-                      torch.tensor(targets, dtype=torch.float32) if many else targets[0], fixed, unpermute)
+                      torch.tensor(targets, dtype=torch.float32) if many else targets[0], fixed)
 
     def condition_rows(self, condition: Any, start: int, stop: int) -> Any:
         """A prompt with one target per network passes the targets of samples ``start:stop``."""
@@ -460,25 +353,9 @@ class GPT(Generator):
         start = prompt.start.to(self.device).expand(n, -1, -1)
         sm = torch.full((n,), prompt.start_metric, device=self.device)
         tm = prompt.targets(n).to(self.device)
-        w = self.spec.guidance_scale
-
-        def denoise(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            if w == 1:
-                return net(x_t, t, start, sm, tm)
-            # Classifier-free guidance: the conditional and null predictions in one batch of 2n. Linear in
-            # the prediction, so the same for x0 and v.
-            drop = torch.arange(2 * n, device=self.device) >= n
-            c, u = net(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([start, start]), torch.cat([sm, sm]),
-                       torch.cat([tm, tm]), drop).chunk(2)
-            return u + w * (c - u)
-
-        x = self.diffusion.sample(denoise, (n, *start.shape[1:]), generator, sampler, steps, device=self.device,
-                                  temperature=self.spec.diffusion.temperature)
-        x = x.cpu()
-        if prompt.unpermute is not None:  # made in the start's sorted order: back to its own
-            states = permute_batch(self.tokenizer.tensors(x), self.groups, [p.expand(n, -1) for p in prompt.unpermute])
-            x = self.tokenizer.tokenize_batch({k: v[i] for k, v in states.items()} for i in range(n))
-        return x
+        x = self.diffusion.sample(lambda x_t, t: net(x_t, t, start, sm, tm), (n, *start.shape[1:]), generator,
+                                  sampler, steps, device=self.device, temperature=self.spec.diffusion.temperature)
+        return x.cpu()
 
     @torch.no_grad()
     def sample(self, n: int, condition: Any = None, seed: int = 0, batch_size: int = 100, sampler: str = "ddpm",

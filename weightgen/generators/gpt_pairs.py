@@ -1,12 +1,11 @@
 """Training pairs of G.pt: which (theta, theta') of a trajectory zoo one step learns from.
 
 Each run of the zoo is a chain of checkpoints in step order; a pair is two checkpoints of one
-chain, theta' the later one. ``PairSampler`` draws them as ``GPTSpec.pair_sampling`` says and,
-with ``GPTSpec.balance_targets`` (ours), reweights them so the metric of theta' (the target a
-prompt will ask for) is spread evenly over the zoo's range instead of piling up where runs spend
-most of their checkpoints (trained: in the quadratic digits MLP zoo of benchmarks/gpt_prompt.py,
-68% of the checkpoints have a test error under 0.12 and 14% one between 0.2 and 0.8, where
-13 of the benchmark's 20 evenly spaced prompts from an initialization fall).
+chain, theta' the later one. ``PairSampler`` draws them as G.pt's released code does: a run, a
+gap, then a start, so a jump from an initialization to a trained network is as likely as a
+one-checkpoint step. With ``GPTSpec.balance_targets`` it reweights the pairs so that the metric
+of theta' (the target a prompt asks for) spreads evenly over the zoo's range, instead of piling
+up where runs spend most of their checkpoints. Evidence: docs/results.md, 'Prompted metrics'.
 """
 from __future__ import annotations
 
@@ -24,41 +23,36 @@ def training_runs(members) -> list[list[int]]:
     return [idx for idx in runs if len(idx) > 1]
 
 
-def all_pairs(runs: list[list[int]], max_gap: int | None = None) -> torch.Tensor:
-    """``(P, 2)`` every (theta, theta') of each chain in ``runs`` with theta' later, at most
-    ``max_gap`` places after theta when given."""
-    pairs = [(idx[a], idx[b]) for idx in runs for a in range(len(idx))
-             for b in range(a + 1, len(idx) if max_gap is None else min(len(idx), a + 1 + max_gap))]
+def all_pairs(runs: list[list[int]]) -> torch.Tensor:
+    """``(P, 2)`` every (theta, theta') of each chain in ``runs`` with theta' later, by start, then by gap."""
+    pairs = [(idx[a], idx[b]) for idx in runs for a in range(len(idx)) for b in range(a + 1, len(idx))]
     return torch.tensor(pairs, dtype=torch.long).reshape(-1, 2)
 
 
-def pair_count(runs: list[list[int]], max_gap: int | None = None) -> int:
-    """How many pairs ``all_pairs(runs, max_gap)`` holds, without making them: a chain of n has
-    n - g pairs of gap g."""
-    return sum(n - g for n in map(len, runs) for g in range(1, n if max_gap is None else min(n, max_gap + 1)))
+def pair_count(runs: list[list[int]]) -> int:
+    """How many pairs ``all_pairs(runs)`` holds, without making them: C(n, 2) for a chain of n."""
+    return sum(n * (n - 1) // 2 for n in map(len, runs))
 
 
 class PairSampler:
     """Draws a step's (theta, theta') index pairs from chains of checkpoints (one per run, in
-    step order): ``uniform_pair`` picks among all pairs, ``uniform_gap`` (G.pt's released
-    code) picks a run, a gap, then a start (see ``GPTSpec.pair_sampling``)."""
+    step order) as G.pt's released code does: a run, then a gap g uniform over 1 .. n - 1, then
+    theta uniform among the n - g checkpoints with one g places later. With ``balance_targets``
+    bins, each pair's odds are divided by the mass of its target's bin (``balanced_weights``)."""
 
-    def __init__(self, runs: list[list[int]], policy: str = "uniform_gap", max_gap: int | None = None,
-                 target_metrics: torch.Tensor | None = None, balance_targets: int | None = None):
-        self.policy, self.max_gap = policy, max_gap
-        self.count = pair_count(runs, max_gap)
+    def __init__(self, runs: list[list[int]], target_metrics: torch.Tensor | None = None,
+                 balance_targets: int | None = None):
+        self.count = pair_count(runs)
         if self.count == 0:
             raise GeneratorError("G.pt trains on pairs of checkpoints from one run, the second later: the zoo has "
                                  "no run with two checkpoints (use zoo.mode: trajectory with checkpoints >= 2)")
-        self.weights = None  # with balance_targets: every pair's probability, drawn from directly
+        self.pairs, self.weights = None, None  # with balance_targets: every pair and its probability
         if balance_targets is not None:
             if target_metrics is None:
                 raise ValueError("balance_targets needs the metric of every checkpoint (target_metrics)")
-            self.pairs = all_pairs(runs, max_gap)
+            self.pairs = all_pairs(runs)
             self.weights = balanced_weights(self.policy_probabilities(runs), target_metrics[self.pairs[:, 1]],
                                             balance_targets)
-        else:
-            self.pairs = all_pairs(runs, max_gap) if policy == "uniform_pair" else None  # drawn from directly
         longest = max(len(idx) for idx in runs)
         self.lengths = torch.tensor([len(idx) for idx in runs])
         self.chains = torch.tensor([idx + [idx[-1]] * (longest - len(idx)) for idx in runs], dtype=torch.long)
@@ -70,28 +64,21 @@ class PairSampler:
         """``(n, 2)`` pairs, drawn with replacement."""
         if self.weights is not None:
             return self.pairs[torch.multinomial(self.weights, n, replacement=True, generator=gen)]
-        if self.policy == "uniform_pair":
-            return self.pairs[torch.randint(len(self.pairs), (n,), generator=gen)]
         run = torch.randint(len(self.chains), (n,), generator=gen)
         length = self.lengths[run]
-        widest = length - 1 if self.max_gap is None else (length - 1).clamp(max=self.max_gap)
-        gap = 1 + (torch.rand(n, generator=gen) * widest).long().clamp(max=widest - 1)
+        gap = 1 + (torch.rand(n, generator=gen) * (length - 1)).long().clamp(max=length - 2)
         first = (torch.rand(n, generator=gen) * (length - gap)).long().clamp(max=length - gap - 1)
         return torch.stack([self.chains[run, first], self.chains[run, first + gap]], 1)
 
     def policy_probabilities(self, runs: list[list[int]]) -> torch.Tensor:
-        """The probability ``sample`` gives each pair of ``all_pairs(runs, max_gap)`` (same order)
-        under the policy alone: ``uniform_gap`` picks one of R runs, a gap g among its ``widest``,
-        then one of the n - g starts; ``uniform_pair``, one of all pairs."""
-        if self.policy == "uniform_pair":
-            return torch.full((self.count,), 1.0 / self.count, dtype=torch.float64)
+        """The probability the run-gap-start draw gives each pair of ``all_pairs(runs)`` (same order):
+        one of R runs, one of its n - 1 gaps, then one of the n - g starts."""
         parts = []
         for idx in runs:
             n = len(idx)
-            widest = n - 1 if self.max_gap is None else min(n - 1, self.max_gap)
             for a in range(n):  # the order of all_pairs: by start, then by gap
-                gaps = torch.arange(1, min(n - a, widest + 1), dtype=torch.float64)
-                parts.append(1.0 / (len(runs) * widest * (n - gaps)))
+                gaps = torch.arange(1, n - a, dtype=torch.float64)
+                parts.append(1.0 / (len(runs) * (n - 1) * (n - gaps)))
         return torch.cat(parts)
 
 

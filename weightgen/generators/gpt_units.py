@@ -1,42 +1,28 @@
-"""G.pt's transformer over hidden units instead of per-layer chunks (``gpt.architecture: units``, ours).
+"""G.pt's transformer over hidden units instead of chunks (``gpt.architecture: units`` and ``graph``, ours).
 
-G.pt as published reads one token per chunk of a layer, each position with its own encoder
-and head, and learns that a permutation of hidden units changes nothing from permutation
-augmentation: every pair in a fresh order. On the digits trajectory zoo that model did not
-fit even its own training pairs from an initialization with augmentation on, and without it
-learned the 180 training runs but not new initializations (docs/results.md).
+Published G.pt reads one token per chunk of a layer, each position with its own encoder and head,
+and must learn from permutation augmentation that reordering hidden units changes nothing. These
+architectures are equivariant to that by construction, as the weight-space networks after G.pt
+are (DWSNets, neural functionals, graph metanetworks).
 
-This architecture is equivariant to those permutations by construction, as in the
-weight-space networks that followed G.pt (DWSNets, neural functionals, graph metanetworks):
-one token per hidden unit, holding every value that unit indexes (its incoming row, its bias,
-its BatchNorm entries, its column of the next layer), of theta' (noisy) and theta side by side.
-The units of one layer share an encoder, a learned layer embedding and an output head, and
-carry no position, so the transformer treats them as a set: permuting the units of theta and
-the noisy theta' permutes the prediction the same way. Values no hidden unit indexes (the
-output layer's bias) are chunked into tokens of the tokenizer's width with their own
-positions and encoders, as in the published model.
+``units``: one token per hidden unit, holding every value the unit indexes (its incoming row, its
+bias, its BatchNorm entries, its column of the next layer), of noisy theta' and theta side by side.
+The units of one layer share an encoder, a learned layer embedding and an output head, and carry no
+position, so permuting the units of the inputs permutes the prediction alike. Values no hidden unit
+indexes (the output bias) are chunked into tokens with their own positions, as published. This is
+exact for one hidden layer. With several, a weight between two hidden layers sits in a unit token of
+each, in the other layer's unit order, so permutation augmentation stays on.
 
-Exact for a net with one hidden layer (the digits MLP [32] of the trajectory benchmark). With
-several, a weight between two hidden layers sits in a unit token of each (its prediction is the
-mean of the two), and inside a token its values are in the order of the *other* layer's units:
-the model is then not equivariant to that layer's permutations, and permutation augmentation
-(if configured) stays on.
+``graph``: such a weight is instead an edge between a unit of each layer (one per pair of units),
+not part of either unit token. Before every transformer block each edge is updated from itself and
+its two units, and each unit adds the mean of its edges, which keeps the model exactly equivariant
+at any depth. ``edge_input: bilinear`` adds the product of a map of each unit, the form of SGD's
+update of a weight (input activation times output error). With one hidden layer ``graph`` is ``units``.
 
-``architecture: graph`` (ours) removes that, as graph metanetworks do: a weight between two hidden
-layers is an *edge* between a unit of each (one edge per pair of units, holding its kernel values
-of theta' and theta), not part of either unit token. Before every transformer block each edge is
-updated from itself and its two units, and each unit adds the mean of its edges; each edge gets
-its own output head. Means over edges and shared edge weights keep the model exactly equivariant
-at any depth (the digits CNN [16, 32]: conv2's 32 x 16 kernels are 512 edges). Without such a
-weight (one hidden layer) ``graph`` is ``units``. An edge reads its two units as a sum of a linear map of
-each; ``edge_input: bilinear`` (ours) adds the elementwise product of a second map of each, the form of
-SGD's update of a weight (its input unit's activation times its output unit's error), still equivariant.
-
-Every value is gathered from, and scattered back to, the shared tokenizer's token grid
-``(T, W)``, so diffusion, loss, masks and sampling stay those of G.pt. The equivariance needs
-one normalization per tensor (``tokenizer.normalize: tensor`` or ``none``): per-element
-statistics differ between units. Where it is exact, permutation augmentation is redundant (a
-permuted pair is the same training example seen through permuted noise) and is not applied.
+Every value is gathered from, and scattered back to, the tokenizer's grid ``(T, W)``, so diffusion,
+loss, masks and sampling stay G.pt's. Equivariance needs one normalization per tensor
+(``tokenizer.normalize: tensor`` or ``none``). Where it is exact, permutation augmentation would only
+show the same example through permuted noise, and is skipped. Evidence: docs/results.md, 'Prompted metrics'.
 """
 from __future__ import annotations
 
@@ -130,9 +116,7 @@ class EdgeBlock(nn.Module):
     """One round of messages between the edges of one weight tensor and its two layers' units:
     each edge is updated from itself and its two units, then each unit adds the mean of its edges
     (a mean, so the result does not depend on the order of the units, nor on how many there are).
-    Edges are ``d_edge`` wide, narrower than the units' ``d``: there are n_a x n_b of them (512 in the
-    digits CNN), and at the units' width a training step took 4.4 times as long as the units model's
-    (one thread; 1.3 times at d / 4)."""
+    Edges are ``d_edge`` wide, narrower than the units' ``d``, since there are n_a x n_b of them."""
 
     def __init__(self, d: int, d_edge: int, bilinear: bool = False):
         super().__init__()

@@ -1,20 +1,19 @@
-"""Mamba's selective scan, chosen per device (ours: ``RPGSpec.mamba_scan``).
+"""Mamba's selective scan, chosen per device: parallel on a GPU, token by token elsewhere.
 
 mambapy scans in parallel (Blelloch, ``pscan``): log(T) passes over the whole
 ``(batch, tokens, 2*d_model, d_state)`` tensors ``exp(delta * A)`` and ``delta * B * x``,
-which a GPU runs at once. On a CPU those tensors are the cost: at the tiny ViT's shape
-each is 39 MB, and every elementwise pass over one (forward, and again in autograd's
-backward) runs at memory speed. The sequential scan here never builds them. It walks the
-tokens one by one, forms each token's ``(batch, 2*d_model, d_state)`` slice, which stays in
-cache, and keeps only the states h_t for the backward. The backward runs the reverse
-recurrence by hand, as a ``torch.autograd.Function``, rather than recording one autograd
-node per token. On 2 cores, 2 Mamba layers forward and backward run 1.9-2.6x faster than
-with the token-by-token scan under autograd that this replaced, and 3.2-4.2x faster than with
-``pscan``; a whole fit step of the tiny ViT's generator 2.8x faster than with ``pscan``
-(``benchmarks/mamba_scan.py``; not measured on many-core CPUs). mambapy's own sequential mode is no help: it indexes ``deltaA[:, t]``, and
-the backward of each index writes a zero tensor the size of the whole sequence.
+which a GPU runs at once. On a CPU those tensors are the cost: every elementwise pass over
+one (forward, and again in autograd's backward) runs at memory speed. The sequential scan
+here never builds them. It walks the tokens one by one, forms each token's
+``(batch, 2*d_model, d_state)`` slice, which stays in cache, and keeps only the states h_t
+for the backward. The backward runs the reverse recurrence by hand, as a
+``torch.autograd.Function``, rather than recording one autograd node per token, which makes
+a CPU fit step several times faster (docs/results.md, "Speed"). mambapy's own sequential
+mode is no help: it indexes ``deltaA[:, t]``, and the backward of each index writes a zero
+tensor the size of the whole sequence.
 
 Both compute the same recurrence; they differ by float rounding only (tested).
+``benchmarks/mamba_scan.py`` times each by passing ``scan`` to ``use_scan``.
 """
 from __future__ import annotations
 
@@ -24,7 +23,7 @@ import torch
 from mambapy.mamba import Mamba
 from mambapy.pscan import pscan
 
-SCANS = ("auto", "parallel", "sequential")
+SCANS = ("parallel", "sequential")
 
 
 class SequentialSelectiveScan(torch.autograd.Function):
@@ -76,10 +75,10 @@ class SequentialSelectiveScan(torch.autograd.Function):
                 dB.transpose(0, 1), dC.transpose(0, 1))
 
 
-def selective_scan(x, delta, A, B, C, D, *, scan: str):
-    """mambapy's ``MambaBlock.selective_scan`` with the scan chosen by ``scan``: ``auto`` is
-    parallel on a GPU and sequential elsewhere."""
-    if not (scan == "parallel" or (scan == "auto" and x.is_cuda)):
+def selective_scan(x, delta, A, B, C, D, *, scan: str | None = None):
+    """mambapy's ``MambaBlock.selective_scan`` with the scan chosen by ``scan`` (one of ``SCANS``);
+    None: parallel on a GPU, sequential elsewhere."""
+    if (scan or ("parallel" if x.is_cuda else "sequential")) == "sequential":
         return SequentialSelectiveScan.apply(x, delta, A, B, C) + D * x
     deltaA = torch.exp(delta.unsqueeze(-1) * A)  # (B, L, ED, N)
     deltaB = delta.unsqueeze(-1) * B.unsqueeze(2)  # (B, L, ED, N)
@@ -89,13 +88,14 @@ def selective_scan(x, delta, A, B, C, D, *, scan: str):
     return y + D * x
 
 
-def use_scan(mamba: Mamba, scan: str) -> Mamba:
-    """Make every block of ``mamba`` scan with ``scan`` (one of ``SCANS``).
+def use_scan(mamba: Mamba, scan: str | None = None) -> Mamba:
+    """Make every block of ``mamba`` scan with ``scan`` (one of ``SCANS``; None: by device, as
+    ``selective_scan``).
 
     mambapy has no hook for this: each block's ``selective_scan`` is shadowed by an instance
     attribute, which nothing saves (state_dicts hold tensors only)."""
-    if scan not in SCANS:
-        raise ValueError(f"mamba_scan must be one of {', '.join(SCANS)}, got {scan!r}")
+    if scan is not None and scan not in SCANS:
+        raise ValueError(f"scan must be one of {', '.join(SCANS)} (or None: by device), got {scan!r}")
     mamba.config.pscan = True  # mambapy then calls block.selective_scan, which this replaces
     for layer in mamba.layers:
         layer.mixer.selective_scan = functools.partial(selective_scan, scan=scan)

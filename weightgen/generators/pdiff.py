@@ -26,12 +26,11 @@ from .base import Generator, GeneratorError
 from .registry import GENERATORS
 
 
-def augment(x: torch.Tensor, factor: float, mode: str) -> torch.Tensor:
-    """p-diff's noise augmentation: ``mix`` is the released code's x*(1-f) + f*eps."""
+def augment(x: torch.Tensor, factor: float) -> torch.Tensor:
+    """p-diff's noise augmentation, as in its released code: x*(1-f) + f*eps."""
     if factor == 0:
         return x
-    eps = torch.randn_like(x)
-    return x * (1 - factor) + factor * eps if mode == "mix" else x + factor * eps
+    return x * (1 - factor) + factor * torch.randn_like(x)
 
 
 class PDiffAutoencoder(nn.Module):
@@ -70,25 +69,6 @@ class PDiffAutoencoder(nn.Module):
         return self.decoder(z).squeeze(1)[:, : self.length]
 
 
-class LatentScaler(nn.Module):
-    """Per-dimension standardization of latents (identity until fitted or when disabled)."""
-
-    def __init__(self, dim: int):
-        super().__init__()
-        self.register_buffer("mean", torch.zeros(dim))
-        self.register_buffer("std", torch.ones(dim))
-
-    def fit(self, z: torch.Tensor) -> None:
-        self.mean.copy_(z.mean(0))
-        self.std.copy_(z.std(0).clamp_min(1e-6) if len(z) > 1 else torch.ones_like(self.std))
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return (z - self.mean) / self.std
-
-    def inverse(self, z: torch.Tensor) -> torch.Tensor:
-        return z * self.std + self.mean
-
-
 @GENERATORS.register("pdiff")
 class PDiff(Generator):
     method = "pdiff"
@@ -104,15 +84,13 @@ class PDiff(Generator):
         self.denoiser = ConvDenoiser1d(1, tuple(s.denoiser_channels))
         self.diffusion = Diffusion.from_spec(s.diffusion)
         self.ema = make_ema(self.denoiser, s.ema, s.ema_warmup)
-        self.scaler = LatentScaler(self.latent_dim)
-        self.scaler.to(self.device)
         self.ae.to(self.device)
         self.denoiser.to(self.device)
         if self.ema is not None:
             self.ema.to(self.device)
 
     def modules(self) -> dict[str, nn.Module]:
-        mods = {"ae": self.ae, "denoiser": self.denoiser, "latent_scaler": self.scaler}
+        mods = {"ae": self.ae, "denoiser": self.denoiser}
         if self.ema is not None:
             mods["ema"] = self.ema
         return mods
@@ -136,18 +114,15 @@ class PDiff(Generator):
 
         def ae_loss(step: int) -> torch.Tensor:
             xb = batch(step)
-            z = self.ae.encode(augment(xb, s.input_noise, s.noise_mode))
-            return nn.functional.mse_loss(self.ae.decode(augment(z, s.latent_noise, s.noise_mode)), xb)
+            z = self.ae.encode(augment(xb, s.input_noise))
+            return nn.functional.mse_loss(self.ae.decode(augment(z, s.latent_noise)), xb)
 
         ae_losses = train_steps(self.ae, ae_loss, s.ae_steps, s.ae_lr, s.weight_decay, desc="p-diff autoencoder",
                                 show_progress=show_progress, lr_schedule=s.lr_schedule)
         self.ae.eval()
         with torch.no_grad():
-            latents = self.ae.encode(x).flatten(1)  # (M, latent_dim)
+            latents = self.ae.encode(x).flatten(1).unsqueeze(1)  # (M, 1, latent_dim)
             recon = self.ae.decode(self.ae.encode(x))
-            if s.latent_norm == "standardize":
-                self.scaler.fit(latents)
-            latents = self.scaler(latents).unsqueeze(1)  # (M, 1, latent_dim)
         lat_batch = self._batches(latents, gen)
         dn_losses = train_steps(
             self.denoiser, lambda step: self.diffusion.loss(self.denoiser, lat_batch(step)), s.diffusion_steps,
@@ -166,5 +141,5 @@ class PDiff(Generator):
         self.ae.eval()
         z = self.diffusion.sample(net, (n, 1, self.latent_dim), generator, sampler=sampler, steps=steps,
                                   device=self.device, temperature=self.spec.diffusion.temperature)
-        x = self.ae.decode(self.scaler.inverse(z.view(n, -1)).view(n, *self.ae.latent_shape))
+        x = self.ae.decode(z.view(n, *self.ae.latent_shape))
         return x.unsqueeze(1).cpu()

@@ -2,25 +2,22 @@
 
 Parameters are cut into tokens (the shared tokenizer: per-tensor normalization, tokens
 that never span two tensors, padding masked out of the loss). A recurrent model runs
-over the token sequence; its input per token is a position embedding (2D sinusoidal by
-default: half the width for the tensor index, half for the index within the tensor) plus
-the *permutation state* of the checkpoint's source run (one learned embedding per run,
-which lets the model keep apart runs that differ by neuron permutations; at sampling a
-random learned state is drawn per sample). Its output per token, the prototype,
-conditions a 1D conv U-Net that denoises that token alone (``TokenUNet1d``). Training
-uses a random subset of each checkpoint's tokens per step; sampling denoises chunks of
-tokens, so only one chunk's diffusion state is in memory.
+over the token sequence; its input per token is a 2D sinusoidal position embedding (half
+the width for the tensor index, half for the index within the tensor) plus the
+*permutation state* of the checkpoint's source run (one learned embedding per run, which
+lets the model keep apart runs that differ by neuron permutations; at sampling a random
+learned state is drawn per sample). Its output per token, the prototype, conditions a
+1D conv U-Net that denoises that token alone (``TokenUNet1d``). Training uses a random
+subset of each checkpoint's tokens per step; sampling denoises chunks of tokens, so only
+one chunk's diffusion state is in memory.
 
-``condition: task_code`` conditions on the class-subset code of each checkpoint's task (a
-``tasks`` zoo): a learned embedding of the code's bits is added to the recurrent input of
-every token (``condition_tokens: all``, ours) or of the last N only (RPG's released code:
-8, so the body of the network cannot depend on the task). ``condition: metric`` does the
-same with a checkpoint metric (e.g. test loss, embedded with sin/cos frequency features):
-sampling then asks for networks of a given loss, G.pt's prompt without a start checkpoint.
-Classifier-free guidance (ours, Ho & Salimans 2022): with ``condition_dropout`` > 0 a
-learned null condition replaces that share of the training checkpoints' conditions, and
-sampling at ``guidance_scale`` w denoises each token twice, with its prototype under the
-condition and under the null one, and takes null + w * (conditional - null).
+A conditional generator reads one condition per checkpoint. ``condition: task_code``: the
+class-subset code of the checkpoint's task (a ``tasks`` zoo), through a learned embedding
+of the code's bits. ``condition: metric``: a checkpoint metric (e.g. test loss, embedded
+with sin/cos frequency features), so that sampling asks for networks of a given loss,
+G.pt's prompt without a start checkpoint. The embedding is added to the recurrent input
+of every token (``condition_tokens: all``, ours) or of the last N only (RPG's released
+code: 8, so the body of the network cannot depend on the task).
 
 ``recurrent_input: tokens`` is the paper's wording (the recurrent model also reads the
 parameters): the previous token's clean values, projected, are added to the input;
@@ -48,11 +45,10 @@ from .registry import GENERATORS
 log = logging.getLogger(__name__)
 
 
-def position_embedding(kind: str, positions: torch.Tensor, dim: int) -> torch.Tensor:
-    """``(T, dim)`` sinusoidal embedding of token positions ``(T, 2)`` = (tensor, index in tensor)."""
-    if kind == "1d":
-        return timestep_embedding(torch.arange(len(positions)), dim)
-    half = dim // 2  # "2d" (and the initial value of "learned")
+def position_embedding(positions: torch.Tensor, dim: int) -> torch.Tensor:
+    """``(T, dim)`` 2D sinusoidal embedding of token positions ``(T, 2)`` = (tensor, index in tensor):
+    the first half of the width embeds the tensor, the second the index within it (RPG's released code)."""
+    half = dim // 2
     return torch.cat([timestep_embedding(positions[:, 0], half), timestep_embedding(positions[:, 1], dim - half)], 1)
 
 
@@ -62,11 +58,11 @@ MAMBA_SCAN_TOKENS = 2048  # longer sequences are scanned step by step when no gr
 class Backbone(nn.Module):
     """The recurrent model over ``(B, T, D)``, plus a one-token ``step`` for autoregressive sampling."""
 
-    def __init__(self, kind: str, d_model: int, layers: int, d_state: int, scan: str = "auto"):
+    def __init__(self, kind: str, d_model: int, layers: int, d_state: int):
         super().__init__()
         self.kind = kind
         if kind == "mamba":
-            self.net = use_scan(Mamba(MambaConfig(d_model=d_model, n_layers=layers, d_state=d_state)), scan)
+            self.net = use_scan(Mamba(MambaConfig(d_model=d_model, n_layers=layers, d_state=d_state)))
         elif kind == "lstm":
             self.net = nn.LSTM(d_model, d_model, layers, batch_first=True)
         elif kind == "transformer":
@@ -134,90 +130,79 @@ def distinct_rows(*columns: torch.Tensor | None) -> tuple[torch.Tensor, torch.Te
 
 
 class RPGNet(nn.Module):
-    """Everything RPG learns, in one module so that the EMA (and the optimizer) covers all of it."""
+    """Everything RPG learns, in one module so that the EMA (and the optimizer) covers all of it.
+
+    ``conditions`` below are each row's condition: ``(B, L)`` task-code bits, or ``(B,)`` metric
+    values, for a conditional generator; ``None`` otherwise."""
 
     def __init__(self, spec: RPGSpec, positions: torch.Tensor, width: int, num_states: int,
                  code_length: int | None = None):
         super().__init__()
-        pe = position_embedding(spec.position, positions, spec.d_model)
-        if spec.position == "learned":
-            self.pos = nn.Parameter(pe)  # the released ablation: a trainable table started at the 2D sinusoid
-        else:
-            self.register_buffer("pos", pe, persistent=False)
+        self.register_buffer("pos", position_embedding(positions, spec.d_model), persistent=False)
         self.states = None
         if spec.permutation_state:
             self.states = nn.Embedding(num_states, spec.d_model)
             nn.init.constant_(self.states.weight, 1.0 / spec.d_model)  # the released code's initialization
         self.token_in = nn.Linear(width, spec.d_model) if spec.recurrent_input == "tokens" else None
-        self.code_in = None
+        self.condition_in = None
         if spec.condition != "none":
             # task codes: (B, bits) -> linear; metrics: (B,) scalars -> frequency features (as G.pt)
             first = (nn.Linear(code_length, spec.d_model) if spec.condition == "task_code"
                      else FrequencyEmbedding(METRIC_FREQUENCIES, METRIC_MAX_FREQ_LOG2, spec.d_model))
-            self.code_in = nn.Sequential(first, nn.SiLU(), nn.Linear(spec.d_model, spec.d_model))
+            self.condition_in = nn.Sequential(first, nn.SiLU(), nn.Linear(spec.d_model, spec.d_model))
             t = len(positions)
             last = t if spec.condition_tokens == "all" else min(spec.condition_tokens, t)
             self.register_buffer("reach", (torch.arange(t) >= t - last).float()[:, None], persistent=False)
-        self.backbone = Backbone(spec.backbone, spec.d_model, spec.layers, spec.mamba_d_state, spec.mamba_scan)
+        self.backbone = Backbone(spec.backbone, spec.d_model, spec.layers, spec.mamba_d_state)
         self.denoiser = TokenUNet1d(width, spec.d_model, tuple(spec.unet_channels), spec.kernel_size)
-        # Classifier-free guidance: the embedding that stands in for a dropped condition.
-        self.null_condition = nn.Parameter(torch.zeros(spec.d_model)) if spec.condition_dropout > 0 else None
-
-    def state_embedding(self, states: torch.Tensor) -> torch.Tensor:
-        """``(B, D)`` permutation states: ``states`` is either each row's run index ``(B,)`` or
-        the state vectors themselves ``(B, D)`` (mixed states, ``RPGSpec.state_mix``)."""
-        return states if states.is_floating_point() else self.states(states)
-
-    def condition_embedding(self, codes: torch.Tensor, drop: torch.Tensor | None = None) -> torch.Tensor:
-        """``(B, D)`` embedding of each row's condition; rows where ``drop`` ``(B,)`` is true get
-        the null condition instead (classifier-free guidance)."""
-        emb = self.code_in(codes)
-        if drop is None:
-            return emb
-        if self.null_condition is None:
-            raise ValueError("this RPG net has no null condition: it was fitted with condition_dropout 0")
-        return torch.where(drop[:, None], self.null_condition.to(emb.dtype), emb)
+        self.register_load_state_dict_pre_hook(_condition_in_was_code_in)
 
     def inputs(self, states: torch.Tensor, tokens: torch.Tensor | None = None,
-               codes: torch.Tensor | None = None, drop: torch.Tensor | None = None) -> torch.Tensor:
-        """``(B, T, D)`` recurrent inputs; ``tokens`` ``(B, T, W)`` are shifted by one (teacher
-        forcing); ``codes`` ``(B, L)`` are the task codes' bits (or ``(B,)`` metrics) of a
-        conditional generator, replaced by the null condition where ``drop`` ``(B,)`` is true."""
+               conditions: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, T, D)`` recurrent inputs of the rows' permutation states ``(B,)`` (run indices);
+        ``tokens`` ``(B, T, W)`` are shifted by one (teacher forcing)."""
         x = self.pos.unsqueeze(0).expand(len(states), -1, -1)
         if self.states is not None:
-            x = x + self.state_embedding(states)[:, None]
-        if self.code_in is not None:
-            x = x + self.reach * self.condition_embedding(codes, drop)[:, None]
+            x = x + self.states(states)[:, None]
+        if self.condition_in is not None:
+            x = x + self.reach * self.condition_in(conditions)[:, None]
         if self.token_in is not None:
             prev = nn.functional.pad(tokens[:, :-1], (0, 0, 1, 0))  # token t reads token t-1; the first reads 0
             x = x + self.token_in(prev)
         return x
 
     def prototypes(self, states: torch.Tensor, tokens: torch.Tensor | None = None,
-                   codes: torch.Tensor | None = None, drop: torch.Tensor | None = None) -> torch.Tensor:
+                   conditions: torch.Tensor | None = None) -> torch.Tensor:
         """``(B, T, D)`` prototypes. Without ``tokens`` a row's prototypes depend on its permutation
         state and condition alone, so rows that share both share one recurrent pass (and its
         gradient): checkpoints of one run, as in RPG's fine-tuning zoos, cost one sequence, not B."""
         if tokens is not None:
-            return self.backbone(self.inputs(states, tokens, codes, drop))
-        first, inverse = distinct_rows(states, codes, drop)
+            return self.backbone(self.inputs(states, tokens, conditions))
+        first, inverse = distinct_rows(states, conditions)
         if len(first) == len(states):
-            return self.backbone(self.inputs(states, None, codes, drop))
-        pick = (lambda v: None if v is None else v[first])
-        return self.backbone(self.inputs(states[first], None, pick(codes), pick(drop)))[inverse]
+            return self.backbone(self.inputs(states, None, conditions))
+        once = None if conditions is None else conditions[first]
+        return self.backbone(self.inputs(states[first], None, once))[inverse]
 
     def step_input(self, states: torch.Tensor, t: int, prev: torch.Tensor,
-                   codes: torch.Tensor | None = None, drop: torch.Tensor | None = None) -> torch.Tensor:
+                   conditions: torch.Tensor | None = None) -> torch.Tensor:
         """The recurrent input of token ``t`` for each sample, given the previous token ``(B, W)``."""
         x = self.pos[t].expand(len(states), -1)
         if self.states is not None:
-            x = x + self.state_embedding(states)
-        if self.code_in is not None:
-            x = x + self.reach[t] * self.condition_embedding(codes, drop)
+            x = x + self.states(states)
+        if self.condition_in is not None:
+            x = x + self.reach[t] * self.condition_in(conditions)
         return x + self.token_in(prev)
 
 
-# How a metric condition is embedded (G.pt's defaults in GPTSpec).
+def _condition_in_was_code_in(module, state_dict, prefix, *_) -> None:
+    """Weights saved with the condition embedding under its former name, ``code_in``, load into ``condition_in``."""
+    old = prefix + "code_in."
+    for key in [k for k in state_dict if k.startswith(old)]:
+        state_dict[prefix + "condition_in." + key[len(old):]] = state_dict.pop(key)
+
+
+# How a metric condition is embedded: the frequencies G.pt's metrics use here (generators/gpt.py).
 METRIC_FREQUENCIES, METRIC_MAX_FREQ_LOG2 = 32, 8.0
 
 # Memory for the denoiser's activations while sampling one chunk of tokens.
@@ -232,11 +217,13 @@ class RPG(Generator):
 
     def __init__(self, spec, tokenizer, reference, net_build, runs: list[int] | None = None, layout=None,
                  code_length: int | None = None):
-        self.runs = list(runs or [0])  # zoo run ids, one permutation state each
+        """``runs``: the zoo run ids, one permutation state each; ``code_length``: the bits of the
+        task codes a ``task_code`` generator reads. ``from_zoo`` takes both from the zoo."""
+        self.runs = list(runs or [0])
         # each run's training seed, in the order of ``runs``: run ids restart at 0 in every zoo,
-        # so only the seeds tell two zoos' runs apart (None: saved before they were recorded)
+        # so only the seeds tell two zoos' runs apart (None: not recorded with the generator)
         self.run_seeds: list[int] | None = None
-        self.code_length = code_length  # bits of the task codes a conditional generator reads
+        self.code_length = code_length
         self.metric_range: list[float] | None = None  # the metric values seen in training (condition: metric)
         super().__init__(spec, tokenizer, reference, net_build, layout)
 
@@ -244,15 +231,16 @@ class RPG(Generator):
         if self.tokenizer.flat:
             raise GeneratorError("RPG generates tokens of a fixed size: set tokenizer.token_size to an integer "
                                  "(the paper uses 8192), not 'flat'")
+        if self.spec.condition == "task_code" and not self.code_length:
+            raise GeneratorError("condition 'task_code' needs the length of the task codes: build the generator "
+                                 "with RPG.from_zoo on a tasks zoo (or give code_length)")
         s = self.spec
         # Initialized from a fixed seed, apart from the global RNG: the same spec always
         # starts from the same weights, whatever ran before.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            # Before use_zoo knows the zoo's code length a task-code net is built with a
-            # placeholder width of 1; use_zoo rebuilds it with the real one.
             self.net = RPGNet(s, self.tokenizer.positions, self.tokenizer.width, len(self.runs),
-                              self.code_length or 1).to(self.device)
+                              self.code_length).to(self.device)
         self.ema = make_ema(self.net, s.ema, s.ema_warmup)
         # Real values per token (the rest is padding): masks of chosen tokens without holding a
         # (tokens x width) mask, which would cost a byte per parameter of a large network.
@@ -272,12 +260,26 @@ class RPG(Generator):
         self.code_length = meta.get("code_length")
         self.metric_range = meta.get("metric_range")
 
-    # -- permutation states: one per source run ---------------------------------------------
+    # -- what the zoo decides: one permutation state per training run, the task codes' length ------
     @classmethod
     def from_zoo(cls, spec, zoo, tokenizer_spec) -> "RPG":
-        gen = super().from_zoo(spec, zoo, tokenizer_spec)
-        gen.use_zoo(zoo)
+        facts = zoo_facts(spec, zoo)
+        gen = super().from_zoo(spec, zoo, tokenizer_spec, runs=facts["runs"], code_length=facts["code_length"])
+        gen.run_seeds, gen.metric_range = facts["run_seeds"], facts["metric_range"]
         return gen
+
+    def use_zoo(self, zoo) -> None:
+        """Check that ``zoo`` is of this net, with the training runs (and task-code length) the networks
+        were built for, and take its runs' seeds and metric range."""
+        self.check_zoo(zoo)
+        facts = zoo_facts(self.spec, zoo)
+        if facts["runs"] != self.runs:
+            raise GeneratorError(f"this generator has permutation states for {_runs(self.runs)}, {zoo.root} has "
+                                 f"training {_runs(facts['runs'])}: build it with RPG.from_zoo on that zoo")
+        if facts["code_length"] != self.code_length:
+            raise GeneratorError(f"this generator reads task codes of {self.code_length} bits; {zoo.root} has "
+                                 f"codes of {facts['code_length']}: build it with RPG.from_zoo on that zoo")
+        self.run_seeds, self.metric_range = facts["run_seeds"], facts["metric_range"]
 
     def start_from(self, other: "RPG", source: str) -> None:
         # A state's embedding belongs to one run: the same number of runs is not enough.
@@ -290,28 +292,7 @@ class RPG(Generator):
                                  f"same run ids in another zoo are other runs")
         super().start_from(other, source)
 
-    def use_zoo(self, zoo) -> None:
-        """One permutation state per training run of ``zoo``, and the length of its task codes
-        for a conditional generator (rebuilds the networks if either changes)."""
-        members = zoo.members("train")
-        runs = sorted({m.run for m in members})
-        seed_of = {m.run: m.seed for m in members}
-        self.run_seeds = [seed_of[r] for r in runs]
-        code_length = None
-        if self.spec.condition == "task_code":
-            lengths = {len(m.condition.get("code") or "") for m in members}
-            if 0 in lengths or len(lengths) != 1:
-                raise GeneratorError(f"condition 'task_code' needs a zoo whose every checkpoint has a task code "
-                                     f"(zoo.mode: tasks); {zoo.root} has checkpoints without one")
-            code_length = lengths.pop()
-        if self.spec.condition == "metric":
-            values = [member_metric(m, self.spec.metric) for m in members]
-            self.metric_range = [min(values), max(values)]
-        if runs != self.runs or code_length != self.code_length:
-            self.runs, self.code_length = runs, code_length
-            self.build_modules()
-
-    def member_codes(self, members) -> torch.Tensor | None:
+    def member_conditions(self, members) -> torch.Tensor | None:
         """Each member's condition: ``(M, L)`` task-code bits, ``(M,)`` metric values, or ``None``."""
         if self.spec.condition == "task_code":
             return torch.stack([code_bits(m.condition["code"]) for m in members])
@@ -343,10 +324,8 @@ class RPG(Generator):
         try:
             return torch.tensor([index[m.run] for m in members], dtype=torch.long)
         except KeyError as e:
-            known = (f"runs {self.runs}" if len(self.runs) <= 12 else
-                     f"{len(self.runs)} runs ({', '.join(map(str, self.runs[:5]))}, ..., {self.runs[-1]})")
             raise GeneratorError(f"run {e.args[0]} has no permutation state (not a training run of "
-                                 f"this generator); the generator knows {known}") from None
+                                 f"this generator); the generator knows {_runs(self.runs)}") from None
 
     def _metric_condition(self, condition: Any) -> torch.Tensor:
         """A metric value (a number, or ``{'metric': value}``) -> a 0-d tensor; outside the
@@ -365,7 +344,7 @@ class RPG(Generator):
 
     # -- training ----------------------------------------------------------------------------
     def loss(self, tokens: torch.Tensor, states: torch.Tensor, gen: torch.Generator,
-             noise_gen: torch.Generator | None = None, codes: torch.Tensor | None = None) -> torch.Tensor:
+             noise_gen: torch.Generator | None = None, conditions: torch.Tensor | None = None) -> torch.Tensor:
         """Masked diffusion loss on ``tokens_per_step`` random tokens of each checkpoint ``(B, T, W)``.
 
         The recurrent model runs over the whole sequence; only the chosen tokens are denoised.
@@ -376,17 +355,8 @@ class RPG(Generator):
         chosen = torch.rand(b, t, generator=gen).argsort(1)[:, :k]  # (B, k), distinct per row
         mask = (torch.arange(w) < self.valid[chosen, None]).to(tokens.device).reshape(b * k, 1, w)
         pick = chosen.to(tokens.device)
-        drop = None
-        if codes is not None and self.spec.condition_dropout > 0:  # classifier-free guidance: learn the null too
-            drop = (torch.rand(b, generator=gen) < self.spec.condition_dropout).to(tokens.device)
-        read = None
-        if self.spec.recurrent_input == "tokens":
-            read = tokens
-            if self.spec.teacher_noise > 0:  # ours: read tokens as imperfect as sampled ones (padding stays 0)
-                valid = (torch.arange(w) < self.valid[:, None]).to(tokens.device)  # (T, W)
-                noise = torch.randn(tokens.shape, generator=noise_gen, device=tokens.device)
-                read = tokens + self.spec.teacher_noise * noise * valid
-        proto = self.net.prototypes(states, read, codes, drop)
+        read = tokens if self.spec.recurrent_input == "tokens" else None
+        proto = self.net.prototypes(states, read, conditions)
         x0 = tokens.gather(1, pick[..., None].expand(-1, -1, w)).reshape(b * k, 1, w)
         cond = proto.gather(1, pick[..., None].expand(-1, -1, proto.shape[-1])).reshape(b * k, -1)
         return self.diffusion.loss(lambda x, tt: self.train_denoise(x, tt, cond), x0, mask, noise_gen)
@@ -402,17 +372,19 @@ class RPG(Generator):
     def fit(self, zoo, show_progress: bool = True, seed: int = 0) -> dict[str, Any]:
         s = self.spec
         self.use_zoo(zoo)
+        members = zoo.members("train")
         tokens = self.training_tokens(zoo).to(self.device)  # (M, T, W)
-        states = self.state_index(zoo.members("train")).to(self.device)
-        codes = self.member_codes(zoo.members("train"))
-        codes = codes.to(self.device) if codes is not None else None
+        states = self.state_index(members).to(self.device)
+        conditions = self.member_conditions(members)
+        conditions = conditions.to(self.device) if conditions is not None else None
         gen = torch.Generator().manual_seed(seed)
         noise_gen = torch.Generator(self.device).manual_seed(seed)
         bs = min(s.batch_size, len(tokens))
 
         def step_loss(_: int) -> torch.Tensor:
             idx = torch.randperm(len(tokens), generator=gen)[:bs].to(self.device)
-            return self.loss(tokens[idx], states[idx], gen, noise_gen, codes[idx] if codes is not None else None)
+            return self.loss(tokens[idx], states[idx], gen, noise_gen,
+                             conditions[idx] if conditions is not None else None)
 
         losses = train_steps(self.net, step_loss, s.steps, s.lr, s.weight_decay, ema=self.ema, desc="RPG",
                              show_progress=show_progress, lr_schedule=s.lr_schedule)
@@ -421,32 +393,21 @@ class RPG(Generator):
 
     # -- sampling ----------------------------------------------------------------------------
     def _denoise(self, net: RPGNet, cond: torch.Tensor, seeds: torch.Tensor, sampler: str,
-                 steps: int | None, null: torch.Tensor | None = None) -> torch.Tensor:
+                 steps: int | None) -> torch.Tensor:
         """Reverse diffusion of one chunk of tokens ``(c, 1, W)`` given their prototypes ``(c, D)``.
 
         Every token draws all its noise (initial and per step) from its own generator, seeded
         by its (sample, token) index: a token's result does not depend on the chunking.
-        ``null``: the prototypes under the null condition, for classifier-free guidance.
         """
         gens = [torch.Generator().manual_seed(int(v)) for v in seeds]
-        w = self.spec.guidance_scale
-
-        def denoise(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            if null is None:
-                return net.denoiser(x_t, t, cond)
-            # Guidance is linear in the prediction, so it is the same for x0, epsilon and v.
-            c, u = net.denoiser(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([cond, null])).chunk(2)
-            return u + w * (c - u)
-
-        x = self.diffusion.sample(denoise, (len(cond), 1, self.tokenizer.width), gens, sampler, steps,
-                                  device=self.device, temperature=self.spec.diffusion.temperature)
+        x = self.diffusion.sample(lambda x_t, t: net.denoiser(x_t, t, cond), (len(cond), 1, self.tokenizer.width),
+                                  gens, sampler, steps, device=self.device, temperature=self.spec.diffusion.temperature)
         return x[:, 0]
 
-    def chunk_size(self, guided: bool = False) -> int:
+    def chunk_size(self) -> int:
         """Tokens denoised at once: ``sample_chunk``, lowered so the denoiser's activations
-        stay within ``SAMPLE_ACTIVATION_BYTES`` (wide tokens of a large net); guidance runs
-        the denoiser on two copies of each token."""
-        per_token = self.net.denoiser.activation_bytes_per_token() * (2 if guided else 1)
+        stay within ``SAMPLE_ACTIVATION_BYTES`` (wide tokens of a large net)."""
+        per_token = self.net.denoiser.activation_bytes_per_token()
         return max(1, min(self.spec.sample_chunk, SAMPLE_ACTIVATION_BYTES // per_token))
 
     def _pieces(self, n: int, condition: Any, generator: torch.Generator, sampler: str,
@@ -454,91 +415,46 @@ class RPG(Generator):
         """Denoised tokens as ``(sample indices, token indices, (c, width) values)``, chunk by
         chunk, in (sample, token) order: the only copy of the diffusion state is one chunk's."""
         code = self.resolve_condition(condition)
-        guided = code is not None and self.spec.guidance_scale != 1  # classifier-free guidance: null beside code
         net = self.sampling_module(self.net)
-        T, W, chunk = self.tokenizer.num_tokens, self.tokenizer.width, self.chunk_size(guided)
+        T, W, chunk = self.tokenizer.num_tokens, self.tokenizer.width, self.chunk_size()
         base = int(torch.randint(0, 2**62, (1,), generator=generator))
-        states = self.sample_states(net, n, generator)
+        states = self.sample_states(n, generator)
         if self.spec.recurrent_input == "positions":
             # Prototypes depend on the permutation state only: one sequence per distinct state.
             first, which = distinct_rows(states)
             used = states[first]
-            codes = None if code is None else code.expand(len(used), *code.shape)
-            proto = net.prototypes(used, codes=codes)  # (U, T, D)
-            null = net.prototypes(used, codes=codes, drop=torch.ones(len(used), dtype=torch.bool,
-                                                                     device=self.device)) if guided else None
-            yield from self._denoise_table(net, proto, which, base, sampler, steps, null)
+            conditions = None if code is None else code.expand(len(used), *code.shape)
+            proto = net.prototypes(used, conditions=conditions)  # (U, T, D)
+            yield from self.denoise_table(net, proto, which, base, sampler, steps)
             return
         # tokens: autoregressive, token by token (a token's prototype needs its predecessor's values).
-        # With guidance the null-condition sequence runs beside the conditional one, on the same tokens.
-        codes = None if code is None else code.expand(n, *code.shape)
+        conditions = None if code is None else code.expand(n, *code.shape)
         state = net.backbone.begin(n, self.device)
-        null_state = net.backbone.begin(n, self.device) if guided else None
-        drop = torch.ones(n, dtype=torch.bool, device=self.device) if guided else None
         prev = torch.zeros(n, W, device=self.device)
         for t in range(T):
-            cond, state = net.backbone.step(net.step_input(states, t, prev, codes), state)
-            null = None
-            if guided:
-                null, null_state = net.backbone.step(net.step_input(states, t, prev, codes, drop), null_state)
+            cond, state = net.backbone.step(net.step_input(states, t, prev, conditions), state)
             real = (torch.arange(W) < self.valid[t]).float().to(self.device)  # fed back as in training: zero padding
             for start in range(0, n, chunk):
                 rows = torch.arange(start, min(start + chunk, n))
-                r = rows.to(self.device)
-                prev[rows] = self._denoise(net, cond[r], base + rows * T + t, sampler, steps,
-                                           None if null is None else null[r]) * real
+                prev[rows] = self._denoise(net, cond[rows.to(self.device)], base + rows * T + t, sampler, steps) * real
                 yield rows, torch.full_like(rows, t), prev[rows].cpu()
 
-    def sample_states(self, net: RPGNet, n: int, generator: torch.Generator) -> torch.Tensor:
-        """The permutation state of each of ``n`` samples: a random training run's index ``(n,)``
-        (the released code), or with ``state_mix`` m > 0 the vectors ``(1 - m) s_i + m s_j`` ``(n, D)``
-        of two distinct random runs i, j."""
-        states = torch.randint(len(self.runs), (n,), generator=generator)
-        m = self.spec.state_mix
-        if m == 0:  # RPGSpec refuses a mix without permutation states
-            return states.to(self.device)
-        if len(self.runs) < 2:
-            raise GeneratorError(f"state_mix {m} mixes two runs' permutation states, and this generator was "
-                                 f"fitted on one run (run {self.runs[0]}): sample with state_mix 0")
-        other = (states + torch.randint(1, len(self.runs), (n,), generator=generator)) % len(self.runs)
-        own, their = net.states(states.to(self.device)), net.states(other.to(self.device))
-        return torch.lerp(own, their, m)
+    def sample_states(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """The permutation state of each of ``n`` samples: a random training run's index ``(n,)``,
+        as in the released code."""
+        return torch.randint(len(self.runs), (n,), generator=generator).to(self.device)
 
-    def _denoise_table(self, net: RPGNet, proto: torch.Tensor, which: torch.Tensor, base: int, sampler: str,
-                       steps: int | None, null: torch.Tensor | None = None
-                       ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    def denoise_table(self, net: RPGNet, proto: torch.Tensor, which: torch.Tensor, base: int, sampler: str,
+                      steps: int | None) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Every token of ``len(which)`` samples denoised from a prototype table ``(U, T, D)``: sample
-        s's token t from ``proto[which[s], t]`` (and ``null``'s, with guidance) and the noise of index
-        ``base + s * T + t``; yielded chunk by chunk as in ``_pieces``."""
-        T, n, chunk = self.tokenizer.num_tokens, len(which), self.chunk_size(null is not None)
+        s's token t from ``proto[which[s], t]`` and the noise of index ``base + s * T + t``; yielded
+        chunk by chunk as in ``_pieces``."""
+        T, n, chunk = self.tokenizer.num_tokens, len(which), self.chunk_size()
         for start in range(0, n * T, chunk):
             ids = torch.arange(start, min(start + chunk, n * T))
             s, t = ids // T, ids % T
             rows, cols = which[s.to(self.device)], t.to(self.device)
-            yield s, t, self._denoise(net, proto[rows, cols], base + ids, sampler, steps,
-                                      None if null is None else null[rows, cols]).cpu()
-
-    @torch.no_grad()
-    def teacher_forced_tokens(self, tokens: torch.Tensor, states: torch.Tensor, codes: torch.Tensor | None = None,
-                              seed: int = 0, sampler: str = "ddim", steps: int | None = None) -> torch.Tensor:
-        """Every token of ``tokens`` ``(n, T, W)`` generated afresh from noise, its prototype read from
-        the true tokens before it, as in training (``recurrent_input: tokens``); a conditional
-        generator also takes each row's condition, ``codes`` as ``member_codes`` gives them (guidance
-        is not applied). A diagnostic: networks made so that are as good as the generator is given a
-        perfect past; the gap to ``sample`` is what reading its own tokens at sampling costs."""
-        if self.spec.recurrent_input != "tokens":
-            raise GeneratorError("teacher_forced_tokens needs a generator with recurrent_input: tokens")
-        if (codes is None) != (self.spec.condition == "none"):
-            raise GeneratorError(f"this generator's condition is {self.spec.condition!r}: teacher_forced_tokens "
-                                 + ("takes no codes" if codes is not None else "needs each row's condition (codes)"))
-        net = self.sampling_module(self.net)
-        n, T, W = tokens.shape
-        proto = net.prototypes(states.to(self.device), tokens.to(self.device),
-                               None if codes is None else codes.to(self.device))  # (n, T, D)
-        out = torch.empty(n, T, W)
-        for s, t, values in self._denoise_table(net, proto, torch.arange(n, device=self.device), seed, sampler, steps):
-            out[s, t] = values
-        return out * (torch.arange(W) < self.valid[:, None]).float()  # padding: 0
+            yield s, t, self._denoise(net, proto[rows, cols], base + ids, sampler, steps).cpu()
 
     @torch.no_grad()
     def sample_tokens(self, n: int, condition: Any, generator: torch.Generator, sampler: str = "ddpm",
@@ -554,3 +470,30 @@ class RPG(Generator):
         # One sample: every chunk is a run of consecutive tokens.
         for _, t, values in self._pieces(1, condition, generator, sampler, steps):
             yield int(t[0]), values
+
+
+def zoo_facts(spec: RPGSpec, zoo) -> dict[str, Any]:
+    """What an RPG generator takes from its zoo: the training ``runs`` (one permutation state each)
+    and their ``run_seeds``, the ``code_length`` of a ``task_code`` generator's codes, and the
+    ``metric_range`` a ``metric`` generator saw (None where they do not apply)."""
+    members = zoo.members("train")
+    if not members:
+        raise GeneratorError(f"{zoo.root}: no finished training checkpoints to fit on")
+    runs = sorted({m.run for m in members})
+    seed_of = {m.run: m.seed for m in members}
+    facts = {"runs": runs, "run_seeds": [seed_of[r] for r in runs], "code_length": None, "metric_range": None}
+    if spec.condition == "task_code":
+        lengths = {len(m.condition.get("code") or "") for m in members}
+        if 0 in lengths or len(lengths) != 1:
+            raise GeneratorError(f"condition 'task_code' needs a zoo whose every checkpoint has a task code "
+                                 f"(zoo.mode: tasks); {zoo.root} has checkpoints without one")
+        facts["code_length"] = lengths.pop()
+    if spec.condition == "metric":
+        values = [member_metric(m, spec.metric) for m in members]
+        facts["metric_range"] = [min(values), max(values)]
+    return facts
+
+
+def _runs(runs: list[int]) -> str:
+    """Run ids for an error message: all of them, or the first few and the last of a long list."""
+    return f"runs {runs}" if len(runs) <= 12 else f"{len(runs)} runs ({', '.join(map(str, runs[:5]))}, ..., {runs[-1]})"

@@ -13,10 +13,6 @@ input columns: permuting a channel moves its block of spatial positions with it.
 that stacks several tensors' units (attention's fused query, key and value rows) is split
 into ``outer`` equal parts, the same permutation applied inside each.
 ``hidden_groups`` knows the library's ``mlp``, ``cnn`` and ``vit``; other nets are refused by name.
-
-``canonical_permutations`` (ours, G.pt's ``canonical_order``) picks one ordering of each
-network instead of a random one: every layer's units sorted by the squared norm of the values
-they index, so all permuted copies of a network map to the same point.
 """
 from __future__ import annotations
 
@@ -47,6 +43,8 @@ class Axis:
 
 @dataclass(frozen=True)
 class HiddenGroup:
+    """One hidden layer's units and every axis its permutation moves."""
+
     size: int  # units in the hidden layer
     axes: tuple[Axis, ...]
 
@@ -107,8 +105,8 @@ def _vit_groups(shapes: dict[str, tuple[int, ...]], heads: int) -> list[HiddenGr
     # 3. Each block's attention heads: a head's query, key and value rows and its columns of the
     #    output projection move together. Permutations inside a head (its query/key dimensions,
     #    its value dimensions) are exact too but left out: nested in the heads' permutation they
-    #    would not be independent groups, and matched once after alignment they took only 9% more
-    #    off attention's distance between runs (docs/results.md, "Between two runs").
+    #    would not be independent groups, and matching them as well barely shortens attention's
+    #    distance between aligned runs (docs/results.md, 'What did not work').
     if "patch_embed.weight" not in shapes:
         names = sorted(shapes)
         raise PermutationError("vit: no entry 'patch_embed.weight', which gives the residual width; "
@@ -205,33 +203,6 @@ def unit_values(x: Tensor, axis: Axis, size: int) -> Tensor:
     its row in each ``outer`` part together."""
     units, _ = _by_unit(x, axis, size)
     return units.reshape(len(units), size, -1)
-
-
-def canonical_permutations(states: dict[str, Tensor], groups: list[HiddenGroup]) -> list[Tensor]:
-    """One ``(B, size)`` tensor per group: row b's units of that layer sorted by the squared norm
-    of every parameter value they index (incoming weights, bias, BatchNorm affine, the next layer's
-    input columns; buffers left out), ascending. Permuting another layer only reorders values
-    inside a unit's slices, which leaves its norm alone, so each layer's order is found from the
-    states as given, and any permuted copy of a network gets the same canonical form (barring
-    ties). Apply with ``permute_batch``; undo with ``inverse_permutations``."""
-    perms = []
-    for group in groups:
-        key = None
-        for axis in group.axes:
-            if axis.buffer or axis.name not in states:
-                continue
-            norms = unit_values(states[axis.name], axis, group.size).pow(2).sum(-1)  # a unit's block folded in
-            key = norms if key is None else key + norms
-        if key is None:
-            raise PermutationError(f"no parameter of a hidden layer of {group.size} units is in the states "
-                                   f"(its entries: {', '.join(a.name for a in group.axes)})")
-        perms.append(key.argsort(dim=1, stable=True))
-    return perms
-
-
-def inverse_permutations(perms: list[Tensor]) -> list[Tensor]:
-    """The permutations that put ``permute_batch(states, groups, perms)`` back in the original order."""
-    return [p.argsort(1) for p in perms]
 
 
 def matching_permutations(state: dict[str, Tensor], reference: dict[str, Tensor], groups: list[HiddenGroup],
