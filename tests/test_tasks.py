@@ -135,11 +135,8 @@ def test_mnist1d_keeps_numpy_global_rng():
 
 
 def test_mnist1d_keeps_python_global_rng():
-    """LIBRARY BUG (weightgen/tasks/mnist1d.py, _mnist1d_arrays): mnist1d's make_dataset calls
-    mnist1d.utils.set_seed, which seeds *both* numpy's and Python's ``random`` global RNGs;
-    only numpy's state is saved and restored, so building the task reseeds ``random`` to
-    ``seed``. Fix: also ``py_state = random.getstate()`` before and ``random.setstate(py_state)``
-    in the ``finally`` block."""
+    """Building the task leaves Python's ``random`` as it was: mnist1d's make_dataset seeds
+    both numpy's and Python's global RNGs, and the task restores both."""
     mnist1d_mod._mnist1d_arrays.cache_clear()
     random.seed(1234)
     expected = [random.random() for _ in range(3)]

@@ -174,12 +174,9 @@ def test_fit_zoo_buffers_flag(tail_zoo):
 
 
 def test_fit_zoo_keeps_state_dict_order(tail_zoo):
-    """Regression test for a library bug (weightgen/zoo/store.py, Zoo.load): ``safetensors.torch.load``
-    returns tensors in hash-map order, which changes from process to process. Passed on as is,
-    Tokenizer.fit_zoo took its tensor order (the token layout: segment order, the positions'
-    layer index) from it, so the same zoo gave a different layout in every process, and not the
-    state_dict (layer) order that select_names documents. Zoo.load must return the manifest's
-    (state_dict) order: ``{k: tensors[k] for k in member.tensors}``."""
+    """Zoo.load returns tensors in the manifest's (state_dict) order, not safetensors' hash-map
+    order, which changes from process to process: the token layout (segment order, the positions'
+    layer index) of one zoo is the same in every process, in layer order."""
     zoo = Zoo.open(tail_zoo)
     member = zoo.members()[0]
     net_order = list(zoo.build_net().state_dict())
@@ -316,14 +313,8 @@ def test_save_load_round_trip(tmp_path, token_size):
     ("tokenizer.json", "empty-object"),
 ])
 def test_load_broken_tokenizer_names_the_file(tmp_path, broken, how):
-    """LIBRARY BUG for every case but the first (weightgen/tokens/tokenizer.py, Tokenizer.load):
-    a missing tokenizer.safetensors is reported as ``None: missing tokenizer file``
-    (safetensors' FileNotFoundError has no ``filename``); a corrupt file is reported with the
-    directory only, not which of the two files is broken; a JSON file without the expected
-    keys escapes as a bare KeyError. Fix: load each file in its own try block and raise
-    ``TokenizerError(f"{file}: missing tokenizer file")`` / ``TokenizerError(f"{file}: unreadable
-    tokenizer file ({e})")`` with that file's path, and include the ``meta[...]`` / ``stats[...]``
-    look-ups (KeyError, TypeError) in the guarded block."""
+    """A missing, corrupt or incomplete tokenizer file raises a TokenizerError naming that file
+    (which of the two is broken), never a bare KeyError or safetensors' own error."""
     states, params = _states("mlp", [0, 1], hidden=[8])
     d = tmp_path / "tok"
     Tokenizer.fit(states, token_size=8, parameter_names=params).save(d)

@@ -527,13 +527,8 @@ def test_truncated_manifest_open(zoo_copy):
 
 
 def test_build_over_garbage_manifest(tmp_path):
-    """LIBRARY BUG (weightgen/zoo/store.py, ZooWriter.__init__ / _connect): a manifest that is
-    not an SQLite database makes ``PRAGMA journal_mode = WAL`` raise a bare
-    ``sqlite3.DatabaseError: file is not a database`` out of build_zoo (and so a traceback
-    from ``weightgen zoo build``, whose handler catches ConfigError/RegistryError/ZooError/
-    ValueError only). Fix: in ZooWriter.__init__ wrap ``_connect`` + ``executescript`` in
-    ``try/except sqlite3.DatabaseError as e: raise ZooCorruptError(f"{manifest}: unreadable
-    manifest ({e})") from None``, as Zoo.open already does."""
+    """Building over a file that is not an SQLite database raises a ZooError naming the manifest
+    (``weightgen zoo build`` prints it as one line), never a bare ``sqlite3.DatabaseError``."""
     (tmp_path / "z").mkdir()
     manifest = tmp_path / "z" / "manifest.sqlite"
     manifest.write_bytes(b"this is not a database" * 300)

@@ -19,6 +19,7 @@ class RegistryError(ValueError):
 
 
 def did_you_mean(word: str, choices: list[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``choices``, or nothing when none is close."""
     close = difflib.get_close_matches(word, choices, n=1)
     return f" (did you mean '{close[0]}'?)" if close else ""
 
@@ -37,6 +38,8 @@ def check_kwargs(fn: Callable, kwargs: dict[str, Any], what: str, skip: tuple[st
 
 
 class Registry(Generic[T]):
+    """Factories of one ``kind`` (task, net) by name; ``get`` names the available ones on a miss."""
+
     def __init__(self, kind: str):
         self.kind = kind
         self._items: dict[str, Callable[..., T]] = {}

@@ -70,6 +70,7 @@ class StreamingSafetensorsWriter:
         self.written[name] += values.numel()
 
     def write_tensor(self, name: str, tensor: torch.Tensor) -> None:
+        """Write all of tensor ``name`` at once; its shape must be the declared one."""
         shape = self.entries[name][0]
         if tuple(tensor.shape) != shape:
             raise ValueError(f"tensor '{name}': shape {tuple(tensor.shape)}, the file declares {shape}")

@@ -43,6 +43,7 @@ class Scores:
 
     @staticmethod
     def cat(parts: list["Scores"]) -> "Scores":
+        """The rows of several ``Scores`` in order, as one."""
         parts = list(parts)
         if not parts:
             raise ValueError("Scores.cat: no scores to concatenate (zero models were evaluated)")

@@ -25,6 +25,7 @@ def _points(group: dict) -> tuple[list[float], list[float]]:
 
 
 def novelty_plot(groups: dict[str, dict], path: str | Path, title: str = "") -> None:
+    """The scatter of every judged group (``judging.judge``'s ``groups``), written to ``path`` as an image."""
     fig = Figure(figsize=(8, 5.2))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()

@@ -2,10 +2,8 @@
 
 A BatchNorm network carries running means and variances of its own activations. A network made
 by averaging, by adding noise or by a generator has weights whose activations no stored statistic
-describes unless the generator got them right too, and the mean of aligned runs (see
-``weightgen.zoo.align``) fails for that reason alone (the 20-run digits CNN zoo aligned: 0.0972 test
-accuracy with averaged statistics, 0.9278 with recomputed ones; docs/results.md, rpg_whole-aligned
-and -aligned-bn). Recomputing
+describes unless the generator got them right too. The mean of aligned runs (see
+``weightgen.zoo.align``) fails for that reason alone (docs/results.md, 'Whole networks'). Recomputing
 them is one forward pass over the training inputs, no gradient and no label: what SWA's
 ``torch.optim.swa_utils.update_bn`` and REPAIR do for averaged networks. It uses data at
 generation time, which p-diff, G.pt and RPG do not, so it is off by default, and when on it is
@@ -23,6 +21,7 @@ from .batched import stack_states
 
 
 def has_batchnorm(net: nn.Module) -> bool:
+    """Whether ``net`` holds any BatchNorm, so whether there is anything to recalibrate."""
     return any(isinstance(m, BATCHNORMS) for m in net.modules())
 
 

@@ -1,4 +1,4 @@
-"""The regression baseline for task-conditioned generation (issue 5 A).
+"""The regression baseline for task-conditioned generation (docs/results.md, 'Unseen tasks').
 
 A deterministic MLP from a task's code bits to its network's tokens, fitted by mean squared
 error on the training checkpoints of a ``tasks`` zoo, with the generator's tokenizer (so the

@@ -1,3 +1,4 @@
+"""``cnn``: a small conv net for the digits task (``channels``, ``batchnorm``)."""
 from __future__ import annotations
 
 from torch import nn
@@ -32,4 +33,5 @@ class CNN(nn.Module):
 
 @NETS.register("cnn")
 def cnn(input_shape, num_classes: int, channels: list[int] = (16, 32, 32), batchnorm: bool = False) -> nn.Module:
+    """``CNN`` with one conv block per entry of ``channels``."""
     return CNN(input_shape, num_classes, tuple(channels), batchnorm)

@@ -9,11 +9,9 @@ into the same module.
 
 Why a generator wants it: RPG generates every tensor, BatchNorm statistics included, each token with
 its own noise, so a generated running mean need not match the mean of the activations its generated
-weights make. On the 20-seed digits CNN (benchmarks/rpg_whole.py, four fits of 4,000 steps) the samples
-reach 0.64-0.86 mean accuracy with their generated statistics, 0.86-0.97 with only the running means
-recomputed on the training inputs, 0.74-0.86 with only the variances, 0.97-0.98 with both
-(benchmarks/bn_statistics.py). Folded, a network has no statistics to contradict its weights; the
-BatchNorm entries are the same constants in every checkpoint, for the tokenizer to leave out.
+weights make. Samples lose accuracy to both generated statistics, the means and the variances
+(docs/results.md, 'Whole networks'). Folded, a network has no statistics to contradict its weights;
+the BatchNorm entries are the same constants in every checkpoint, for the tokenizer to leave out.
 
 Only the eval-mode function is kept: a folded network put back in training mode normalizes with
 batch statistics and learns a fresh gamma/beta from 1/0, not the original's.
@@ -37,6 +35,8 @@ class FoldError(ValueError):
 
 @dataclass(frozen=True)
 class FoldPair:
+    """One foldable (layer, BatchNorm) pair of a net, as the zoo's ``bn_folded`` metadata stores it."""
+
     layer: str  # the conv / linear module's name
     bn: str  # the BatchNorm reading only that layer's output
     eps: float

@@ -1,3 +1,4 @@
+"""``mlp``: a multilayer perceptron on flattened inputs (``hidden``, ``activation``)."""
 from __future__ import annotations
 
 import math

@@ -1,3 +1,4 @@
+"""The registry of net factories; ``@NETS.register(name)`` adds one."""
 from torch import nn
 
 from weightgen.registry import Registry

@@ -9,6 +9,8 @@ from .registry import NETS
 
 
 class Block(nn.Module):
+    """A pre-norm transformer block: attention, then an MLP, each with a residual."""
+
     def __init__(self, dim: int, heads: int, mlp_ratio: float):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
@@ -24,6 +26,8 @@ class Block(nn.Module):
 
 
 class TinyViT(nn.Module):
+    """Patch embedding, a class token, learned positions, ``depth`` blocks and a Linear head."""
+
     def __init__(self, input_shape, num_classes: int, patch: int, dim: int, depth: int, heads: int, mlp_ratio: float):
         super().__init__()
         if len(input_shape) != 3 or input_shape[1] % patch or input_shape[2] % patch:
@@ -47,4 +51,5 @@ class TinyViT(nn.Module):
 @NETS.register("vit")
 def vit(input_shape, num_classes: int, patch: int = 2, dim: int = 32, depth: int = 2, heads: int = 4,
         mlp_ratio: float = 2.0) -> nn.Module:
+    """``TinyViT`` with ``patch`` x ``patch`` patches, width ``dim`` and ``depth`` blocks of ``heads`` heads."""
     return TinyViT(input_shape, num_classes, patch, dim, depth, heads, mlp_ratio)

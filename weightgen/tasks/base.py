@@ -34,12 +34,14 @@ class Task:
         return tuple(self.x_train.shape[1:])
 
     def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x, y)`` of split ``name``: train, val or test."""
         if name not in ("train", "val", "test"):
             raise ValueError(f"unknown split '{name}'; allowed: train, val, test")
         return getattr(self, f"x_{name}"), getattr(self, f"y_{name}")
 
     @staticmethod
     def loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The training loss: cross-entropy."""
         return F.cross_entropy(logits, y)
 
     @staticmethod
@@ -50,6 +52,7 @@ class Task:
         return {"loss": loss, "accuracy": acc, "error": 1.0 - acc}
 
     def summary(self) -> dict:
+        """Name, classes, input shape, split sizes and condition, as JSON-ready values."""
         return {
             "name": self.name,
             "num_classes": self.num_classes,

@@ -31,8 +31,8 @@ def digits(standardize: bool = False) -> Task:
     """``standardize``: pixels shifted and scaled by the training split's one mean and one standard
     deviation (zero mean, unit variance), instead of the raw 0..1. One scalar pair, not one per pixel:
     the corner pixels are 0 in every image, so a per-pixel deviation would divide by zero. Why: a conv
-    net without BatchNorm on raw 0..1 inputs sits at the initial loss for ~200 SGD steps, and when it
-    leaves depends on the initialization (benchmarks/gpt_prompt.py, `cnn-std`)."""
+    net without BatchNorm on raw 0..1 inputs stays at its initial loss for many SGD steps, and when it
+    leaves depends on the initialization (docs/results.md, 'Prompted metrics')."""
     x_tr, y_tr, x_va, y_va, x_te, y_te = _digits_arrays()
     if standardize:
         mean, std = float(x_tr.mean()), float(x_tr.std())

@@ -31,6 +31,6 @@ def _mnist1d_arrays(num_samples: int, seed: int) -> tuple[np.ndarray, ...]:
 
 @TASKS.register("mnist1d")
 def mnist1d(num_samples: int = 5000, seed: int = 42) -> Task:
-    """MNIST-1D: 40-sample 1D signals, 10 classes; 80/20 of ``train_split`` into train/val."""
+    """MNIST-1D: 40-sample 1D signals, 10 classes; its generated training set split 80/20 into train/val."""
     arrays = [torch.from_numpy(np.ascontiguousarray(a)) for a in _mnist1d_arrays(num_samples, seed)]
     return Task("mnist1d", *arrays, num_classes=10)

@@ -49,6 +49,7 @@ def code_bits(code: str) -> torch.Tensor:
 
 
 def binary_subset(task: Task, code: str) -> Task:
+    """``task`` relabelled by ``code``: the same inputs, label 1 for the classes whose bit is 1."""
     code = parse_code(code, task.num_classes)
     positive = torch.tensor([b == "1" for b in code])
 

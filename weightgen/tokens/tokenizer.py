@@ -77,10 +77,10 @@ def constant_element_scale(std: torch.Tensor, sizes: list[int]) -> torch.Tensor:
     when none of the tensor's change; left as they are when nothing changes).
 
     Such a value's tokens are always 0, so its scale only decides what the generator's error
-    there costs. A scale of 1 made that error the size of a weight: in the resnet18 zoo at
-    32x32 inputs, 7.1M of 11.2M values never change (layer4 sees 1x1 feature maps, so 8 of its
-    3x3 kernels' 9 taps get no gradient), and samples landed 700 (L2) from every checkpoint of
-    a zoo whose checkpoints are 5 apart. At its neighbours' scale the error costs what it does there.
+    there costs. A scale of 1 makes that error the size of a weight, and a zoo can hold many such
+    values: a ResNet-18 on 32x32 inputs sees 1x1 feature maps in layer4, so 8 of its 3x3 kernels'
+    9 taps get no gradient. Samples then land far from every checkpoint (docs/results.md, 'Scale').
+    At its neighbours' scale the error costs what it does there.
     """
     varying = std > CONSTANT
     if varying.all() or not varying.any():
@@ -94,6 +94,8 @@ def constant_element_scale(std: torch.Tensor, sizes: list[int]) -> torch.Tensor:
 
 
 class Tokenizer:
+    """The token grid of one zoo's selected tensors and their normalization; see the module doc."""
+
     def __init__(self, segments: list[Segment], token_size: int | str, mean: torch.Tensor, std: torch.Tensor,
                  normalize: str = "tensor"):
         self.segments = segments
@@ -119,6 +121,7 @@ class Tokenizer:
     # -- construction -----------------------------------------------------------------
     @classmethod
     def layout(cls, shapes: dict[str, tuple[int, ...]], dtypes: dict[str, str], token_size: int | str) -> list[Segment]:
+        """Where each tensor's tokens sit, in ``shapes`` order; a token never spans two tensors."""
         if token_size != FLAT:
             if not isinstance(token_size, int) or token_size < 1:
                 raise TokenizerError(f"token_size must be a positive integer or '{FLAT}', got {token_size!r}")
@@ -189,6 +192,7 @@ class Tokenizer:
     @classmethod
     def fit_zoo(cls, zoo, include=None, exclude=None, token_size: int | str = 64, buffers: bool = False,
                 normalize: str | bool = "tensor", split: str = "train") -> "Tokenizer":
+        """``fit`` on a zoo's ``split`` checkpoints, read one at a time; buffers only with ``buffers``."""
         members = zoo.members(split)
         if not members:
             raise TokenizerError(f"{zoo.root}: no finished '{split}' checkpoints to fit a tokenizer on")
@@ -317,6 +321,7 @@ class Tokenizer:
 
     # -- persistence (JSON + safetensors; nothing pickled) ------------------------------
     def save(self, directory: str | Path) -> None:
+        """tokenizer.json (layout) and tokenizer.safetensors (mean and std) in ``directory``."""
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         meta = {"token_size": self.token_size, "normalize": self.normalize,
@@ -326,6 +331,7 @@ class Tokenizer:
 
     @classmethod
     def load(cls, directory: str | Path) -> "Tokenizer":
+        """What ``save`` wrote; a missing or unreadable file is named in the error."""
         d = Path(directory)
         meta_file, stats_file = d / "tokenizer.json", d / "tokenizer.safetensors"
         for f in (meta_file, stats_file):

@@ -5,10 +5,9 @@ checkpoints of a seeds zoo lie in as many permuted copies of the solution as the
 mean of two runs is a broken network, and a generator conditioned on nothing must learn a mixture
 of 20 modes (``weightgen.nets.permute`` explains the symmetry). Weight matching (Ainsworth et al.
 2023, "Git Re-Basin") permutes each run to agree with one reference network, leaving what every
-network computes unchanged. On the 20-run digits zoos of ``benchmarks/rpg_whole.py`` the mean of
-all runs goes from 0.2556 to 0.9417 test accuracy (MLP) and, with its BatchNorm statistics
-recomputed, from 0.1361 to 0.9278 (CNN) (docs/results.md, "Aligned zoos"): the runs become one
-basin that a generator can move around in.
+network computes unchanged. The mean of all runs of an aligned zoo is then an accurate network
+(for a CNN, once its BatchNorm statistics are recomputed; docs/results.md, 'Whole networks'):
+the runs become one basin that a generator can move around in.
 
 One permutation per run, found on its last checkpoint and applied to all of them, so a run's
 trajectory (and a G.pt pair drawn from it) stays one trajectory. The reference is the last

@@ -34,6 +34,8 @@ ZOO_SECTIONS = ("seed", "task", "net", "train", "zoo")
 
 @dataclass
 class RunPlan:
+    """One run of a zoo: its number, its seed, its task code (``tasks`` mode) and its split."""
+
     run: int
     seed: int
     code: str | None = None
@@ -65,6 +67,7 @@ def task_codes(cfg: ExperimentConfig) -> tuple[list[str], list[str]]:
 
 
 def plan_runs(cfg: ExperimentConfig) -> list[RunPlan]:
+    """Every run of ``cfg``'s zoo, in order; run i is seeded with the config's seed + i."""
     z = cfg.zoo
     if z.mode == "tasks":
         train, heldout = task_codes(cfg)
@@ -97,6 +100,7 @@ def trajectory_steps(main: int, k: int, spacing: str) -> list[int]:
 
 
 def make_schedule(cfg: ExperimentConfig, spe: int) -> Schedule:
+    """Which steps of a run the zoo keeps, for ``zoo.mode``; ``spe`` is the steps per epoch."""
     z, main = cfg.zoo, cfg.train.epochs * spe
     if z.mode == "trajectory":
         if z.checkpoints == 1:
@@ -134,6 +138,7 @@ def start_from(model, pretrained: dict) -> None:
 
 
 def _check_same_config(writer: ZooWriter, cfg: ExperimentConfig, path: Path) -> None:
+    """Refuse to resume a zoo built from other ``ZOO_SECTIONS``, naming the first that differs."""
     stored = writer.get_meta("config")
     if stored is None:
         return

@@ -8,9 +8,9 @@ Layout of a zoo directory::
 Crash safety comes from the order of writes: a shard is written to a temporary name,
 fsynced, renamed into place, and only then is its row inserted (with its sha256). A
 row therefore never points at a missing or half-written file; a file without a row
-(killed between rename and insert) is an orphan that the next writer deletes. Runs
-are marked ``done`` in the same transaction as nothing else: a run that was
-interrupted is still ``running`` and is redone from scratch on resume, while
+(killed between rename and insert) is an orphan that the next writer deletes. A run
+is marked ``done`` by a statement of its own after its last checkpoint: a run that
+was interrupted is still ``running`` and is redone from scratch on resume, while
 readers only ever see checkpoints of ``done`` runs.
 """
 from __future__ import annotations
@@ -126,6 +126,7 @@ class Zoo:
 
     # -- metadata -------------------------------------------------------------------
     def meta(self, key: str, default=None):
+        """One value the builder stored (``config``, ``net_build``, ``aligned``, ...)."""
         return _read_meta(self._con, key, default)
 
     @property
@@ -162,6 +163,7 @@ class Zoo:
         ]
 
     def runs(self) -> list[dict]:
+        """Every run's row (finished or not), in run order, with its optimizer time."""
         rows = self._con.execute(
             "SELECT run, seed, task, condition, split, status, train_seconds FROM runs ORDER BY run").fetchall()
         return [dict(run=r[0], seed=r[1], task=r[2], condition=json.loads(r[3]), split=r[4], status=r[5],
@@ -244,6 +246,7 @@ class ZooWriter:
         return _read_meta(self._con, key, default)
 
     def done_runs(self) -> set[int]:
+        """The runs a resumed build skips."""
         return {r[0] for r in self._con.execute("SELECT run FROM runs WHERE status = 'done'")}
 
     def remove_orphans(self) -> int:
@@ -317,6 +320,7 @@ class ZooWriter:
         return name
 
     def finish_run(self, run: int, train_seconds: float | None = None) -> None:
+        """Mark ``run`` done: from now on readers see its checkpoints."""
         self._con.execute("UPDATE runs SET status = 'done', finished = ?, train_seconds = ? WHERE run = ?",
                           (time.time(), train_seconds, run))
 

@@ -18,6 +18,7 @@ from weightgen.tasks import Task
 
 
 def resolve_device(device: str = "auto") -> torch.device:
+    """``auto``: the GPU when torch sees one, else the CPU; ``cuda`` without a GPU is an error."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
@@ -26,6 +27,7 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 def make_optimizer(params, spec: TrainSpec) -> torch.optim.Optimizer:
+    """The optimizer ``spec.optimizer`` names, with the recipe's learning rate and weight decay."""
     if spec.optimizer == "sgd":
         return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
     if spec.optimizer == "adam":
@@ -34,6 +36,7 @@ def make_optimizer(params, spec: TrainSpec) -> torch.optim.Optimizer:
 
 
 def match_any(name: str, patterns: list[str]) -> bool:
+    """Whether ``name`` matches any of the glob ``patterns``."""
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
@@ -67,6 +70,7 @@ class Schedule:
 
 
 def steps_per_epoch(task: Task, batch_size: int) -> int:
+    """Batches in one pass over the training split (the last one may be short)."""
     return -(-len(task.y_train) // batch_size)
 
 
