@@ -27,9 +27,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY = {
     "name": "tiny",
     "seed": 0,
+    "device": "cpu",
     "task": {"name": "digits"},
     "net": {"name": "mlp", "hidden": [8]},
-    "train": {"optimizer": "adam", "lr": 0.01, "batch_size": 64, "epochs": 1, "device": "cpu"},
+    "train": {"optimizer": "adam", "lr": 0.01, "batch_size": 64, "epochs": 1},
     "zoo": {"mode": "seeds", "runs": 2, "checkpoints": 2, "every": 2},
 }
 
@@ -168,7 +169,7 @@ def tail_zoo(tmp_path_factory) -> Path:
 PDIFF_GEN = {
     "method": "pdiff", "fold_rate": 3, "kernel_size": 3, "enc_channels": [2, 2], "dec_channels": [2, 8],
     "denoiser_channels": [8, 16], "ae_steps": 30, "diffusion_steps": 30, "batch_size": 16,
-    "device": "cpu", "diffusion": {"timesteps": 50},
+    "diffusion": {"timesteps": 50},
 }
 
 # p-diff's own setting: a BatchNorm CNN, then only head.* (8*10 + 10 = 90 values) keeps

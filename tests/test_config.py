@@ -41,7 +41,7 @@ def test_unknown_top_level_key_names_key_and_allowed():
 
 
 @pytest.mark.parametrize("section,bad,allowed", [
-    ("train", "epoch", ["optimizer", "lr", "batch_size", "epochs", "device"]),
+    ("train", "epoch", ["optimizer", "lr", "batch_size", "epochs"]),
     ("zoo", "checkpoint", ["mode", "runs", "checkpoints", "every", "tail", "codes", "heldout"]),
     ("tokenizer", "token_sise", ["include", "exclude", "token_size", "buffers"]),
 ])
@@ -91,7 +91,6 @@ def test_seed_wrong_type():
 
 @pytest.mark.parametrize("section,field,value,choices", [
     ("train", "optimizer", "rmsprop", ["sgd", "adam", "adamw"]),
-    ("train", "device", "tpu", ["auto", "cpu", "cuda"]),
     ("zoo", "mode", "ensembles", ["seeds", "trajectory", "tail", "tasks"]),
 ])
 def test_bad_literal_value(section, field, value, choices):
@@ -196,3 +195,25 @@ def test_evaluate_split_is_gone_and_named_as_removed():
     assert "split" not in type(parse_config({}).evaluate).model_fields
     msg = _error(tiny_cfg(evaluate={"split": "val"}))
     assert "evaluate" in msg and "'split' was removed" in msg and "test split" in msg
+
+
+def test_device_is_one_top_level_key():
+    msg = _error({**tiny_cfg(), "device": "tpu"})
+    assert "device" in msg and all(c in msg for c in ("auto", "cpu", "cuda"))
+    data = tiny_cfg()
+    data["train"] = {**data["train"], "device": "cpu"}
+    assert "'device' is one top-level key" in _error(data)
+
+
+def test_a_stored_config_from_an_earlier_version_loads_without_its_removed_keys():
+    """A zoo's or run's stored config keeps per-section devices and removed keys at their old
+    defaults; read as stored, it loads as the library behaves now, and a removed option that was on is named."""
+    data = tiny_cfg()
+    data["train"] = {**data["train"], "device": "cpu"}
+    data["evaluate"] = {"split": "test"}
+    data["generator"] = {"method": "rpg", "state_mix": 0.0, "device": "auto", "diffusion": {"beta_schedule": "linear"}}
+    cfg = parse_config(data, "zoo.sqlite", stored=True)
+    assert cfg.generator.method == "rpg"
+    data["generator"]["state_mix"] = 0.5
+    with pytest.raises(ConfigError, match=r"'generator.state_mix' is 0.5, and 'state_mix' was removed"):
+        parse_config(data, "zoo.sqlite", stored=True)

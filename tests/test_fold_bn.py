@@ -118,7 +118,7 @@ def test_a_folded_zoo_holds_the_same_networks_and_generates_no_batchnorm_entry(t
         cfg = parse(tiny_cfg(net=net, zoo={**zoo, "fold_bn": True},
                              tokenizer={"include": ["*"], "buffers": True, "token_size": 16},
                              generator={"method": "rpg", "d_model": 16, "layers": 1, "steps": 2, "batch_size": 2,
-                                        "tokens_per_step": 4, "unet_channels": [4, 8], "device": "cpu"}))
+                                        "tokens_per_step": 4, "unet_channels": [4, 8]}))
         gen, _ = fit_generator(cfg, folded, show_progress=False)
         assert gen.tokenizer.names == tok.names
         made = next(gen.sample(2, None, 0, 2, "ddim", 2))

@@ -23,7 +23,7 @@ from weightgen.zoo import Zoo
 
 # A tiny G.pt: it learns little, it exercises every code path in a fraction of a second.
 TINY_GPT = {"method": "gpt", "d_model": 16, "layers": 1, "heads": 2, "steps": 3, "batch_size": 4, "ema": None,
-            "device": "cpu", "diffusion": {"timesteps": 20, "prediction": "sample"}}
+            "diffusion": {"timesteps": 20, "prediction": "sample"}}
 TOKENS16 = TokenizerSpec(token_size=16)
 # Digits MLP (64 -> 8 -> 10), 3 runs (the last held out) x 4 checkpoints from the init to the end.
 TRAJECTORY_CFG = TRAJECTORY_ZOO_CFG

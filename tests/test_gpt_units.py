@@ -18,7 +18,7 @@ from weightgen.tokens import Tokenizer
 from weightgen.zoo import Zoo
 
 UNITS = {"method": "gpt", "architecture": "units", "d_model": 16, "layers": 1, "heads": 2,
-         "steps": 3, "batch_size": 4, "ema": None, "device": "cpu",
+         "steps": 3, "batch_size": 4, "ema": None,
          "diffusion": {"timesteps": 20, "prediction": "sample"}}
 
 

@@ -190,9 +190,9 @@ def test_a_generator_saved_with_removed_keys_loads_at_their_defaults_and_is_refu
 
     gen = load_generator(saved_with(latent_norm="none", noise_mode="mix"))
     assert _equal_states(_one(gen, 2, seed=3), _one(load_generator(pdiff_saved[0]), 2, seed=3))
-    with pytest.raises(GeneratorError, match="spec key 'latent_norm' is 'standardize'.*removed.*What did not work"):
+    with pytest.raises(GeneratorError, match="spec: 'latent_norm' is 'standardize'.*removed.*What did not work"):
         load_generator(saved_with(latent_norm="standardize"))
-    with pytest.raises(GeneratorError, match="spec key 'noise_mode' is 'add'"):
+    with pytest.raises(GeneratorError, match="spec: 'noise_mode' is 'add'"):
         load_generator(saved_with(noise_mode="add"))
 
 
@@ -204,8 +204,8 @@ def test_save_load_round_trip_is_bit_identical(pdiff_saved, tmp_path):
     assert type(b) is PDiff and b.spec == a.spec and b.net_build == a.net_build
     assert b.tokenizer.names == a.tokenizer.names
     assert _equal_states(a.reference, b.reference)
-    for name, module in a.modules().items():
-        assert _equal_states(module.state_dict(), b.modules()[name].state_dict()), name
+    for name, module in a.components().items():
+        assert _equal_states(module.state_dict(), b.components()[name].state_dict()), name
     for sampler in ("ddpm", "ddim"):
         assert _equal_states(_one(a, 3, seed=11, sampler=sampler, steps=10),
                              _one(b, 3, seed=11, sampler=sampler, steps=10))
@@ -292,7 +292,7 @@ def test_seeds(fitted):
 def test_ema_is_used_saved_and_loaded(zoo, tmp_path):
     torch.manual_seed(0)
     gen = _new(zoo, ema=0.9, ae_steps=5, diffusion_steps=20)
-    assert "ema" in gen.modules()
+    assert "ema" in gen.components()
     gen.fit(zoo, show_progress=False)
     ema_w, live_w = gen.ema.module.out.weight, gen.denoiser.out.weight
     assert not torch.equal(ema_w, live_w)  # an average, not a copy
@@ -300,7 +300,7 @@ def test_ema_is_used_saved_and_loaded(zoo, tmp_path):
     d = gen.save(tmp_path / "g")
     assert any(k.startswith("ema.") for k in load_file(str(d / "weights.safetensors")))
     loaded = load_generator(d)
-    assert loaded.ema is not None and "ema" in loaded.modules()
+    assert loaded.ema is not None and "ema" in loaded.components()
     assert _equal_states(loaded.ema.state_dict(), gen.ema.state_dict())
     before = _one(loaded, 2, seed=4, sampler="ddim", steps=5)
     with torch.no_grad():  # sampling reads the EMA weights, not the live denoiser's
@@ -311,7 +311,7 @@ def test_ema_is_used_saved_and_loaded(zoo, tmp_path):
         loaded.ema.module.out.weight.add_(1.0)
     assert not torch.equal(_one(loaded, 2, seed=4, sampler="ddim", steps=5)["head.weight"], before["head.weight"])
     # and without EMA nothing of the kind is saved
-    assert "ema" not in load_generator(_new(zoo).save(tmp_path / "plain")).modules()
+    assert "ema" not in load_generator(_new(zoo).save(tmp_path / "plain")).components()
     # ema_warmup is part of the spec: a loaded generator averages with the schedule it was fitted with
     assert not loaded.ema.warmup
     assert load_generator(_new(zoo, ema=0.9, ema_warmup=True).save(tmp_path / "warm")).ema.warmup

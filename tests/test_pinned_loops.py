@@ -35,21 +35,21 @@ PDIFF = tiny_cfg(
     tokenizer={"include": ["head.*"], "token_size": "flat"},
     generator={"method": "pdiff", "fold_rate": 3, "kernel_size": 3, "enc_channels": [2, 2], "dec_channels": [2, 8],
                "denoiser_channels": [8, 16], "ae_steps": 30, "diffusion_steps": 30, "batch_size": 8,
-               "device": "cpu", "diffusion": {"timesteps": 20}},
+               "diffusion": {"timesteps": 20}},
 )
 # Whole digits MLPs (64 -> 8 -> 10) from 3 seeded runs, 2 checkpoints each.
 RPG = tiny_cfg(
     zoo={"mode": "seeds", "runs": 3, "checkpoints": 2, "every": 2},
     tokenizer={"token_size": 16},
     generator={"method": "rpg", "d_model": 16, "layers": 1, "unet_channels": [4, 8], "kernel_size": 3, "steps": 30,
-               "batch_size": 2, "tokens_per_step": 5, "device": "cpu", "diffusion": {"timesteps": 20}},
+               "batch_size": 2, "tokens_per_step": 5, "diffusion": {"timesteps": 20}},
 )
 # G.pt's trajectories: 3 runs, 4 checkpoints each from the initialization to the end.
 GPT = tiny_cfg(
     zoo={"mode": "trajectory", "runs": 3, "checkpoints": 4},
     tokenizer={"token_size": 16},
     generator={"method": "gpt", "d_model": 16, "layers": 1, "heads": 2, "steps": 30, "batch_size": 4, "ema": None,
-               "device": "cpu", "diffusion": {"timesteps": 20, "prediction": "sample"}},
+               "diffusion": {"timesteps": 20, "prediction": "sample"}},
 )
 CONFIGS = {"pdiff": PDIFF, "rpg": RPG, "gpt": GPT}
 

@@ -23,7 +23,7 @@ from weightgen.zoo import Zoo, ZooWriter
 
 # A tiny RPG: it learns little, it exercises every code path in a fraction of a second.
 TINY_RPG = {"method": "rpg", "d_model": 16, "layers": 1, "unet_channels": [4, 8], "kernel_size": 3, "steps": 3,
-            "batch_size": 2, "tokens_per_step": 5, "sample_chunk": 1000, "device": "cpu",
+            "batch_size": 2, "tokens_per_step": 5, "sample_chunk": 1000,
             "diffusion": {"timesteps": 20}}
 TOKENS16 = TokenizerSpec(token_size=16)
 
@@ -391,7 +391,7 @@ def test_a_generator_saved_with_removed_keys_at_their_defaults_loads(fitted, tmp
     ({}, {"beta_schedule": "squaredcos_cap_v2"}, "diffusion.beta_schedule"),
 ])
 def test_a_generator_saved_with_a_removed_option_on_is_refused_naming_the_key(fitted, tmp_path, extra, diffusion, key):
-    with pytest.raises(GeneratorError, match=rf"generator.json: spec key '{key}' is .*was removed.*What did not work"):
+    with pytest.raises(GeneratorError, match=rf"generator.json: spec: '{key}' is .*was removed.*What did not work"):
         load_generator(_saved_with(fitted, tmp_path, extra, diffusion))
 
 

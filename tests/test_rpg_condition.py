@@ -17,7 +17,7 @@ from weightgen.tokens import Tokenizer
 from weightgen.zoo import Zoo
 
 TINY = {"method": "rpg", "d_model": 16, "layers": 1, "unet_channels": [4, 8], "kernel_size": 3, "steps": 3,
-        "batch_size": 2, "tokens_per_step": 5, "sample_chunk": 1000, "device": "cpu",
+        "batch_size": 2, "tokens_per_step": 5, "sample_chunk": 1000,
         "diffusion": {"timesteps": 20}, "condition": "task_code"}
 A, B = "0100100001", "1010000000"
 

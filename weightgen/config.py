@@ -27,7 +27,7 @@ REMOVED_KEYS: dict[str, tuple[Any, str]] = {
     "scale_augmentation": (None, "G.pt's per-unit scale augmentation made the CNN's prompts worse"),
     "canonical_order": (False, "sorting G.pt's hidden units did not make the CNN fit"),
     "pair_sampling": ("uniform_gap", "G.pt draws pairs as its released code does (uniform gap)"),
-    "max_gap": (None, "capping G.pt's pair gap did not help"),
+    "max_gap": (None, "capping G.pt's pair gap was never shown to help"),
     "frequencies": (32, "G.pt's metric embedding uses fixed constants: 32 frequencies up to 2^8"),
     "max_freq_log2": (8.0, "G.pt's metric embedding uses fixed constants: 32 frequencies up to 2^8"),
     "condition_dropout": (0.0, "classifier-free guidance did not help RPG's task codes and hurt G.pt's prompts"),
@@ -42,7 +42,33 @@ REMOVED_KEYS: dict[str, tuple[Any, str]] = {
     "beta_end": (2e-2, "the noise schedule is DDPM's linear 1e-4..2e-2, as in every published method"),
     "beta_schedule": ("linear", "the noise schedule is DDPM's linear 1e-4..2e-2, as in every published method"),
     "split": ("test", "evaluation always judges on the task's test split"),
+    "ae_lr": (1e-3, "p-diff's autoencoder and latent diffusion share one lr, as in the paper's code"),
 }
+
+
+def without_removed_keys(model: type[BaseModel], data: dict, source: str, where: str = "") -> dict:
+    """A stored config or spec (a zoo's, a run's, a saved generator's) without the keys this version
+    no longer has. A key at its old default behaved as the library does now and is dropped, and so is
+    a section's ``device`` (now one top-level key, chosen where the work runs); any other value of a
+    removed key made something this version cannot rebuild, and is refused by name."""
+    out = {}
+    for key, value in data.items():
+        field = model.model_fields.get(key)
+        if field is None and key == "device":
+            continue
+        if field is None and key in REMOVED_KEYS:
+            default, why = REMOVED_KEYS[key]
+            if value != default:
+                raise ConfigError(f"{source}: '{where}{key}' is {value!r}, and '{key}' was removed ({why}; "
+                                  f"see docs/results.md, 'What did not work'): make it again without it")
+            continue
+        inner = field.annotation if field is not None else None
+        if key == "generator" and model.__name__ == "ExperimentConfig" and isinstance(value, dict):
+            inner = GENERATOR_SPECS.get(value.get("method", "pdiff"))
+        if isinstance(value, dict) and isinstance(inner, type) and issubclass(inner, BaseModel):
+            value = without_removed_keys(inner, value, source, f"{where}{key}.")
+        out[key] = value
+    return out
 
 
 class StrictModel(BaseModel):
@@ -56,6 +82,9 @@ class StrictModel(BaseModel):
         if isinstance(data, dict):
             allowed = list(cls.model_fields)
             for key in data:
+                if key not in allowed and key == "device":
+                    raise ValueError("'device' is one top-level key of the config now (device: auto, cpu or cuda), "
+                                     "not a key of this section")
                 if key not in allowed and key in REMOVED_KEYS:
                     raise ValueError(f"'{key}' was removed: {REMOVED_KEYS[key][1]} "
                                      "(docs/results.md, 'What did not work')")
@@ -67,10 +96,10 @@ class StrictModel(BaseModel):
 
 
 class FactorySpec(BaseModel):
-    """``name`` plus the factory's keyword arguments, given beside it in the YAML."""
+    """A registered factory's ``name`` (each subclass declares it, with its default) plus the
+    factory's keyword arguments, given beside it in the YAML."""
 
     model_config = ConfigDict(extra="allow")
-    name: str
 
     @property
     def kwargs(self) -> dict[str, Any]:
@@ -122,7 +151,6 @@ class TrainSpec(StrictModel):
     weight_decay: float = Field(0.0, ge=0)
     batch_size: int = Field(64, ge=1)
     epochs: int = Field(30, ge=0)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
 class ZooSpec(StrictModel):
@@ -250,16 +278,14 @@ class PDiffSpec(EMASpec):
     input_noise: float = Field(0.001, ge=0)
     latent_noise: float = Field(0.1, ge=0)
     ae_steps: int = Field(30000, ge=0)
-    ae_lr: float = Field(1e-3, gt=0)
     diffusion_steps: int = Field(30000, ge=0)
-    lr: float = Field(1e-3, gt=0)
+    lr: float = Field(1e-3, gt=0)  # both loops, as in the paper's code
     weight_decay: float = Field(2e-6, ge=0)
     batch_size: int = Field(200, ge=1)
     denoiser_channels: list[int] = Field(default_factory=lambda: [64, 128, 256])
     ema: float | None = None  # p-diff trains without EMA; e.g. 0.999 turns it on
     lr_schedule: LRSchedule = "constant"  # both loops; published: constant
     diffusion: DiffusionSpec = Field(default_factory=DiffusionSpec)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
 
     @model_validator(mode="after")
     def _check(self) -> "PDiffSpec":
@@ -304,7 +330,7 @@ class RPGSpec(EMASpec):
     kernel_size: int = Field(7, ge=1)
     # Ours, speed: the denoiser's training passes under bfloat16 autocast; its weights, the
     # optimizer, the EMA, the recurrent model and sampling stay float32. Faster where the
-    # hardware has bfloat16 (AMX, a GPU), slower where it is emulated (docs/results.md, "Speed").
+    # hardware has bfloat16 (AMX, a GPU; measured on AMX only, docs/results.md, "Speed").
     denoiser_precision: Literal["float32", "bfloat16"] = "float32"
     # task_code: conditioned on the class-subset code of each checkpoint's task (a ``tasks``
     # zoo) through a learned embedding added to the recurrent input; sample with a code.
@@ -327,7 +353,6 @@ class RPGSpec(EMASpec):
     # The released code keeps the rate constant; cosine (ours) decays it to 0 over ``steps``.
     lr_schedule: LRSchedule = "constant"
     sample_chunk: int = Field(1024, ge=1)  # tokens (over all samples) denoised at once
-    device: Literal["auto", "cpu", "cuda"] = "auto"
 
     @model_validator(mode="after")
     def _check(self) -> "RPGSpec":
@@ -389,7 +414,6 @@ class GPTSpec(EMASpec):
     # this many equal-width bins of the zoo's range (weightgen/generators/gpt_pairs.py); None: the
     # zoo's own spread, as published, where most targets are trained networks.
     balance_targets: int | None = Field(None, ge=2)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
 
     @model_validator(mode="after")
     def _check(self) -> "GPTSpec":
@@ -422,7 +446,8 @@ class EvaluateSpec(StrictModel):
     recalibrate_bn: bool = False
 
 
-GENERATOR_METHODS = ("pdiff", "rpg", "gpt")
+GENERATOR_SPECS: dict[str, type[BaseModel]] = {"pdiff": PDiffSpec, "rpg": RPGSpec, "gpt": GPTSpec}
+GENERATOR_METHODS = tuple(GENERATOR_SPECS)
 
 
 def _generator_method(value: Any) -> Any:
@@ -449,6 +474,7 @@ GeneratorSpec = Annotated[
 class ExperimentConfig(StrictModel):
     name: str = "experiment"
     seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # where zoos train and generators fit and sample
     task: TaskSpec = Field(default_factory=TaskSpec)
     net: NetSpec = Field(default_factory=NetSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
@@ -478,14 +504,18 @@ def format_validation_error(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def parse_config(data: dict, source: str = "<config>") -> ExperimentConfig:
+def parse_config(data: dict, source: str = "<config>", stored: bool = False) -> ExperimentConfig:
+    """``data`` as a validated config. ``stored``: written by the library (a zoo's or a run's config),
+    so keys an earlier version wrote are dropped where they meant what the library does now."""
+    if stored and data:
+        data = without_removed_keys(ExperimentConfig, data, source)
     try:
         return ExperimentConfig.model_validate(data or {})
     except ValidationError as e:
         raise ConfigError(format_validation_error(e, source)) from None
 
 
-def load_config(path: str | Path) -> ExperimentConfig:
+def load_config(path: str | Path, stored: bool = False) -> ExperimentConfig:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
@@ -495,7 +525,7 @@ def load_config(path: str | Path) -> ExperimentConfig:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if data is not None and not isinstance(data, dict):
         raise ConfigError(f"{path}: a config is a mapping of sections, got {type(data).__name__}")
-    return parse_config(data, str(path))
+    return parse_config(data, str(path), stored)
 
 
 def dump_config(cfg: ExperimentConfig) -> str:

@@ -37,9 +37,9 @@ def fit_generator(cfg: ExperimentConfig, zoo: Zoo, show_progress: bool = True) -
     cls = GENERATORS.get(cfg.generator.method)
     seed = cfg.seed if cfg.generator.seed is None else cfg.generator.seed
     torch.manual_seed(seed)  # the generator's initial weights come from the global RNG
-    gen = cls.from_zoo(cfg.generator, zoo, cfg.tokenizer)
+    gen = cls.from_zoo(cfg.generator, zoo, cfg.tokenizer, cfg.device)
     if cfg.generator.init_from:
-        gen.start_from(load_generator(cfg.generator.init_from), cfg.generator.init_from)
+        gen.start_from(load_generator(cfg.generator.init_from, cfg.device), cfg.generator.init_from)
     start = time.perf_counter()
     stats = gen.fit(zoo, show_progress=show_progress, seed=seed)
     stats["fit_seconds"] = time.perf_counter() - start

@@ -88,9 +88,13 @@ class ConvDenoiser1d(nn.Module):
 
 
 class FrequencyEmbedding(nn.Module):
-    """A scalar ``(B,)`` -> ``(B, D)``: [x, sin(f x), cos(f x)] at log-spaced f = 2^0..2^max, then linear."""
+    """A scalar ``(B,)`` -> ``(B, D)``: [x, sin(f x), cos(f x)] at log-spaced f = 2^0..2^max, then linear.
 
-    def __init__(self, frequencies: int, max_freq_log2: float, dim: int):
+    This is G.pt's ``FrequencyEmbedder`` (Gpt/models/transformer.py). Its MNIST config takes 128
+    frequencies up to 2^14; the metrics here (losses and errors of small nets) use 32 up to 2^8.
+    """
+
+    def __init__(self, dim: int, frequencies: int = 32, max_freq_log2: float = 8.0):
         super().__init__()
         self.register_buffer("freqs", 2.0 ** torch.linspace(0.0, max_freq_log2, frequencies), persistent=False)
         self.proj = nn.Linear(1 + 2 * frequencies, dim)

@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import weightgen
+from weightgen.config import ConfigError, without_removed_keys
 from weightgen.tensorfile import StreamingSafetensorsWriter
 from weightgen.tokens import Tokenizer, TokenizerError
 from weightgen.zoo import Zoo
@@ -83,30 +84,31 @@ class Generator(ABC):
     spec_class: ClassVar[type[BaseModel]]
 
     def __init__(self, spec: BaseModel, tokenizer: Tokenizer, reference: dict[str, torch.Tensor], net_build: dict,
-                 layout: dict[str, tuple[tuple[int, ...], torch.dtype]] | None = None):
+                 layout: dict[str, tuple[tuple[int, ...], torch.dtype]] | None = None, device: str = "auto"):
         """``reference``: a checkpoint of the net; only the entries the tokenizer does not
         generate are kept (a large network's generated tensors would double its memory).
         ``layout``: every entry's shape and dtype in state_dict order, when ``reference``
-        holds only the fixed entries (a loaded generator)."""
+        holds only the fixed entries (a loaded generator). ``device``: where it fits and samples
+        (``auto``: a GPU when torch sees one); the experiment's ``device``, not part of the spec."""
         self.spec = spec
         self.tokenizer = tokenizer
         self.net_build = net_build
-        self.device = resolve_device(getattr(spec, "device", "auto"))
+        self.device = resolve_device(device)
         if layout is None:
             tokenizer.check(reference, "reference checkpoint")
             layout = {k: (tuple(v.shape), v.dtype) for k, v in reference.items()}
         self.layout = layout
         generated = set(tokenizer.names)
         self.reference = {k: v.cpu() for k, v in reference.items() if k not in generated}
-        self.build_modules()
+        self.build_components()
 
     # -- what subclasses provide ----------------------------------------------------------
     @abstractmethod
-    def build_modules(self) -> None:
+    def build_components(self) -> None:
         """Create the networks from ``self.spec`` and the tokenizer's geometry."""
 
     @abstractmethod
-    def modules(self) -> dict[str, nn.Module]:
+    def components(self) -> dict[str, nn.Module]:
         """Every module whose weights make up the generator (saved and loaded by name)."""
 
     @abstractmethod
@@ -120,14 +122,14 @@ class Generator(ABC):
 
     # -- shared machinery -----------------------------------------------------------------
     @classmethod
-    def from_zoo(cls, spec: BaseModel, zoo: Zoo, tokenizer_spec, **kwargs) -> "Generator":
+    def from_zoo(cls, spec: BaseModel, zoo: Zoo, tokenizer_spec, device: str = "auto", **kwargs) -> "Generator":
         """A generator for ``zoo``'s training checkpoints, built once at its real sizes; ``kwargs``:
         what a subclass's constructor takes from the zoo besides the tokenizer and reference."""
         members = zoo.members("train")
         if not members:
             raise GeneratorError(f"{zoo.root}: no finished training checkpoints to fit on")
         tokenizer = Tokenizer.from_spec(zoo, tokenizer_spec)
-        gen = cls(spec, tokenizer, zoo.load(members[0]), zoo.meta("net_build"), **kwargs)
+        gen = cls(spec, tokenizer, zoo.load(members[0]), zoo.meta("net_build"), device=device, **kwargs)
         warn_fixed_entries_vary(zoo, members, gen.reference)  # gen.reference: the entries not generated
         return gen
 
@@ -184,7 +186,7 @@ class Generator(ABC):
 
         The same seed gives the same weights on the same machine.
         """
-        for m in self.modules().values():
+        for m in self.components().values():
             m.eval()
         batch_size = self.memory_capped_batch(batch_size)
         gen = torch.Generator().manual_seed(seed)
@@ -217,7 +219,7 @@ class Generator(ABC):
         leaves only a ``.partial`` file, never one that looks complete. Returns how many
         values were not finite.
         """
-        for m in self.modules().values():
+        for m in self.components().values():
             m.eval()
         gen = torch.Generator().manual_seed(seed)
         meta = {"weightgen_version": weightgen.__version__, "method": self.method, "seed": str(seed),
@@ -272,7 +274,7 @@ class Generator(ABC):
             what = (f"entry '{diff}' is {show(diff, other.layout)} there, {show(diff, self.layout)} here" if diff
                     else f"it generates {len(other.tokenizer.names)} tensors, this tokenizer {len(self.tokenizer.names)}")
             raise GeneratorError(f"init_from {source}: fitted for another net or tokenizer ({what})")
-        mine, theirs = self.modules(), other.modules()
+        mine, theirs = self.components(), other.components()
         if set(mine) != set(theirs):
             raise GeneratorError(f"init_from {source}: has modules {', '.join(sorted(theirs))}, this fit needs "
                                  f"{', '.join(sorted(mine))} (an EMA on in one fit and off in the other?)")
@@ -290,7 +292,7 @@ class Generator(ABC):
         self.tokenizer.save(d)
         save_file({k: v.contiguous() for k, v in self.reference.items()}, str(d / REFERENCE))
         weights = {f"{name}.{k}": v.detach().cpu().contiguous()
-                   for name, m in self.modules().items() for k, v in m.state_dict().items()}
+                   for name, m in self.components().items() for k, v in m.state_dict().items()}
         save_file(weights, str(d / WEIGHTS))
         meta = {"method": self.method, "spec": self.spec.model_dump(mode="json"), "net_build": self.net_build,
                 "layout": [[k, list(shape), str(dtype).removeprefix("torch.")] for k, (shape, dtype) in self.layout.items()],
@@ -323,30 +325,8 @@ def set_sampling(spec, temperature: float | None = None) -> None:
         spec.diffusion.temperature = temperature
 
 
-def without_removed_keys(spec_class: type[BaseModel], data: dict, source: str, where: str = "") -> dict:
-    """A saved spec ``data`` without the keys the library no longer has (``config.REMOVED_KEYS``):
-    one that holds its old default value behaved as the library does now and is dropped; any
-    other value made a generator that cannot be rebuilt, and is refused, naming the key."""
-    from weightgen.config import REMOVED_KEYS
-
-    out = {}
-    for key, value in data.items():
-        field = spec_class.model_fields.get(key)
-        if field is None and key in REMOVED_KEYS:
-            default, why = REMOVED_KEYS[key]
-            if value != default:
-                raise GeneratorError(f"{source}: spec key '{where}{key}' is {value!r}, and '{key}' was removed ({why}; "
-                                     f"see docs/results.md, 'What did not work'): refit the generator without it")
-            continue
-        inner = field.annotation if field is not None else None
-        if isinstance(value, dict) and isinstance(inner, type) and issubclass(inner, BaseModel):
-            value = without_removed_keys(inner, value, source, f"{where}{key}.")
-        out[key] = value
-    return out
-
-
-def load_generator(directory: str | Path) -> Generator:
-    """Rebuild a saved generator of any registered method."""
+def load_generator(directory: str | Path, device: str = "auto") -> Generator:
+    """Rebuild a saved generator of any registered method, on ``device`` (``auto``: a GPU if any)."""
     from .registry import GENERATORS
 
     d = Path(directory)
@@ -361,8 +341,10 @@ def load_generator(directory: str | Path) -> Generator:
         raise GeneratorError(f"{d / GENERATOR_JSON}: unknown method {method!r}; known: {', '.join(GENERATORS.names())}")
     cls = GENERATORS.get(method)
     try:
-        saved = without_removed_keys(cls.spec_class, meta["spec"], str(d / GENERATOR_JSON))
+        saved = without_removed_keys(cls.spec_class, meta["spec"], f"{d / GENERATOR_JSON}: spec")
         spec = cls.spec_class.model_validate(saved)
+    except ConfigError as e:
+        raise GeneratorError(str(e)) from None
     except (ValidationError, KeyError, AttributeError) as e:
         raise GeneratorError(f"{d / GENERATOR_JSON}: bad spec: {e}") from None
     try:
@@ -389,8 +371,8 @@ def load_generator(directory: str | Path) -> Generator:
     # safetensors sorts keys; the layout keeps the net's state_dict order.
     gen = cls.__new__(cls)
     gen.load_extra_meta(meta)
-    Generator.__init__(gen, spec, tokenizer, {k: reference[k] for k in fixed}, meta["net_build"], layout)
-    for name, module in gen.modules().items():
+    Generator.__init__(gen, spec, tokenizer, {k: reference[k] for k in fixed}, meta["net_build"], layout, device)
+    for name, module in gen.components().items():
         prefix = f"{name}."
         state = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
         try:

@@ -35,12 +35,6 @@ from .registry import GENERATORS
 
 log = logging.getLogger(__name__)
 
-# A metric is embedded as in G.pt's released code (``FrequencyEmbedder``, Gpt/models/transformer.py):
-# [x, sin(f x), cos(f x)] at log-spaced frequencies f = 2^0 .. 2^max, then a linear map. Its MNIST config
-# takes 128 frequencies up to 2^14; this library uses 32 up to 2^8.
-METRIC_FREQUENCIES = 32
-METRIC_MAX_FREQ_LOG2 = 8.0
-
 PROMPT_KEYS = ("start", "start_metric", "target_metric")
 PROMPT_HELP = ("G.pt generates from a prompt: pass condition={'start': a state_dict of the zoo's net (full, or "
                "only the generated tensors), 'start_metric': its metric, 'target_metric': the metric wanted, "
@@ -86,8 +80,8 @@ class GPTNet(nn.Module):
         if units is None:  # published: per-chunk encoders (made first: the order the seed gives weights in)
             self.noisy_in = TokenLinear(tokens, width, d)
             self.start_in = TokenLinear(tokens, width, d)
-        self.start_metric_in = FrequencyEmbedding(METRIC_FREQUENCIES, METRIC_MAX_FREQ_LOG2, d)
-        self.target_metric_in = FrequencyEmbedding(METRIC_FREQUENCIES, METRIC_MAX_FREQ_LOG2, d)
+        self.start_metric_in = FrequencyEmbedding(d)
+        self.target_metric_in = FrequencyEmbedding(d)
         self.time_in = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
         if units is not None:  # ``architecture: units`` or ``graph``: weightgen/generators/gpt_units.py
             self.units = UnitGPTNet(units, d, spec.heads, spec.layers, tokens, width,
@@ -150,11 +144,11 @@ class GPT(Generator):
     needs_prompt: ClassVar[str] = PROMPT_HELP  # read by pipeline.run_experiment, which has no prompt to give
 
     def __init__(self, spec, tokenizer, reference, net_build, layout=None,
-                 metric_range: tuple[float, float] | None = None):
+                 metric_range: tuple[float, float] | None = None, device: str = "auto"):
         self.metric_range = tuple(metric_range) if metric_range is not None else None
-        super().__init__(spec, tokenizer, reference, net_build, layout)
+        super().__init__(spec, tokenizer, reference, net_build, layout, device)
 
-    def build_modules(self) -> None:
+    def build_components(self) -> None:
         s = self.spec
         # The permutable hidden layers, found now so that an unsupported net fails before any fitting.
         # Where the units architecture is exactly equivariant to them, augmenting would change nothing
@@ -169,7 +163,7 @@ class GPT(Generator):
                               self.diffusion.train_scheduler.alphas_cumprod, units).to(self.device)
         self.ema = make_ema(self.net, s.ema, s.ema_warmup)
 
-    def modules(self) -> dict[str, nn.Module]:
+    def components(self) -> dict[str, nn.Module]:
         return {"net": self.net, **({"ema": self.ema} if self.ema is not None else {})}
 
     def extra_meta(self) -> dict:
@@ -227,8 +221,8 @@ class GPT(Generator):
         return members
 
     @classmethod
-    def from_zoo(cls, spec, zoo, tokenizer_spec) -> "GPT":
-        gen = super().from_zoo(spec, zoo, tokenizer_spec)
+    def from_zoo(cls, spec, zoo, tokenizer_spec, device: str = "auto") -> "GPT":
+        gen = super().from_zoo(spec, zoo, tokenizer_spec, device)
         gen.use_zoo(zoo)
         return gen
 

@@ -8,7 +8,7 @@ here never builds them. It walks the tokens one by one, forms each token's
 ``(batch, 2*d_model, d_state)`` slice, which stays in cache, and keeps only the states h_t
 for the backward. The backward runs the reverse recurrence by hand, as a
 ``torch.autograd.Function``, rather than recording one autograd node per token, which makes
-a CPU fit step several times faster (docs/results.md, "Speed"). mambapy's own sequential
+a CPU fit step faster (docs/results.md, "Speed"). mambapy's own sequential
 mode is no help: it indexes ``deltaA[:, t]``, and the backward of each index writes a zero
 tensor the size of the whole sequence.
 

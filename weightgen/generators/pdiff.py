@@ -75,7 +75,7 @@ class PDiff(Generator):
     spec_class = PDiffSpec
     spec: PDiffSpec
 
-    def build_modules(self) -> None:
+    def build_components(self) -> None:
         if not self.tokenizer.flat:
             raise GeneratorError("p-diff models the flat parameter vector: set tokenizer.token_size to 'flat'")
         s = self.spec
@@ -89,7 +89,7 @@ class PDiff(Generator):
         if self.ema is not None:
             self.ema.to(self.device)
 
-    def modules(self) -> dict[str, nn.Module]:
+    def components(self) -> dict[str, nn.Module]:
         mods = {"ae": self.ae, "denoiser": self.denoiser}
         if self.ema is not None:
             mods["ema"] = self.ema
@@ -117,7 +117,7 @@ class PDiff(Generator):
             z = self.ae.encode(augment(xb, s.input_noise))
             return nn.functional.mse_loss(self.ae.decode(augment(z, s.latent_noise)), xb)
 
-        ae_losses = train_steps(self.ae, ae_loss, s.ae_steps, s.ae_lr, s.weight_decay, desc="p-diff autoencoder",
+        ae_losses = train_steps(self.ae, ae_loss, s.ae_steps, s.lr, s.weight_decay, desc="p-diff autoencoder",
                                 show_progress=show_progress, lr_schedule=s.lr_schedule)
         self.ae.eval()
         with torch.no_grad():

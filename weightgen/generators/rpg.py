@@ -148,7 +148,7 @@ class RPGNet(nn.Module):
         if spec.condition != "none":
             # task codes: (B, bits) -> linear; metrics: (B,) scalars -> frequency features (as G.pt)
             first = (nn.Linear(code_length, spec.d_model) if spec.condition == "task_code"
-                     else FrequencyEmbedding(METRIC_FREQUENCIES, METRIC_MAX_FREQ_LOG2, spec.d_model))
+                     else FrequencyEmbedding(spec.d_model))
             self.condition_in = nn.Sequential(first, nn.SiLU(), nn.Linear(spec.d_model, spec.d_model))
             t = len(positions)
             last = t if spec.condition_tokens == "all" else min(spec.condition_tokens, t)
@@ -202,9 +202,6 @@ def _condition_in_was_code_in(module, state_dict, prefix, *_) -> None:
         state_dict[prefix + "condition_in." + key[len(old):]] = state_dict.pop(key)
 
 
-# How a metric condition is embedded: the frequencies G.pt's metrics use here (generators/gpt.py).
-METRIC_FREQUENCIES, METRIC_MAX_FREQ_LOG2 = 32, 8.0
-
 # Memory for the denoiser's activations while sampling one chunk of tokens.
 SAMPLE_ACTIVATION_BYTES = 256 * 2**20
 
@@ -216,7 +213,7 @@ class RPG(Generator):
     spec: RPGSpec
 
     def __init__(self, spec, tokenizer, reference, net_build, runs: list[int] | None = None, layout=None,
-                 code_length: int | None = None):
+                 code_length: int | None = None, device: str = "auto"):
         """``runs``: the zoo run ids, one permutation state each; ``code_length``: the bits of the
         task codes a ``task_code`` generator reads. ``from_zoo`` takes both from the zoo."""
         self.runs = list(runs or [0])
@@ -225,9 +222,9 @@ class RPG(Generator):
         self.run_seeds: list[int] | None = None
         self.code_length = code_length
         self.metric_range: list[float] | None = None  # the metric values seen in training (condition: metric)
-        super().__init__(spec, tokenizer, reference, net_build, layout)
+        super().__init__(spec, tokenizer, reference, net_build, layout, device)
 
-    def build_modules(self) -> None:
+    def build_components(self) -> None:
         if self.tokenizer.flat:
             raise GeneratorError("RPG generates tokens of a fixed size: set tokenizer.token_size to an integer "
                                  "(the paper uses 8192), not 'flat'")
@@ -247,7 +244,7 @@ class RPG(Generator):
         self.valid = self.tokenizer.valid_counts
         self.diffusion = Diffusion.from_spec(s.diffusion)
 
-    def modules(self) -> dict[str, nn.Module]:
+    def components(self) -> dict[str, nn.Module]:
         return {"net": self.net, **({"ema": self.ema} if self.ema is not None else {})}
 
     def extra_meta(self) -> dict:
@@ -262,9 +259,9 @@ class RPG(Generator):
 
     # -- what the zoo decides: one permutation state per training run, the task codes' length ------
     @classmethod
-    def from_zoo(cls, spec, zoo, tokenizer_spec) -> "RPG":
+    def from_zoo(cls, spec, zoo, tokenizer_spec, device: str = "auto") -> "RPG":
         facts = zoo_facts(spec, zoo)
-        gen = super().from_zoo(spec, zoo, tokenizer_spec, runs=facts["runs"], code_length=facts["code_length"])
+        gen = super().from_zoo(spec, zoo, tokenizer_spec, device, runs=facts["runs"], code_length=facts["code_length"])
         gen.run_seeds, gen.metric_range = facts["run_seeds"], facts["metric_range"]
         return gen
 

@@ -125,7 +125,7 @@ def pretrain(cfg: ExperimentConfig, base_task, spe: int) -> tuple[dict, dict]:
     base task (all its classes), from the zoo seed's weights. Returns (state_dict, metrics)."""
     model = build_net(cfg.net.name, base_task.input_shape, base_task.num_classes, seed=cfg.seed, **cfg.net.kwargs)
     main = cfg.train.epochs * spe
-    (_, state, metrics), = train_member(model, base_task, cfg.train, Schedule(main, [main]), cfg.seed)
+    (_, state, metrics), = train_member(model, base_task, cfg.train, Schedule(main, [main]), cfg.seed, device=cfg.device)
     return state, metrics
 
 
@@ -143,7 +143,7 @@ def _check_same_config(writer: ZooWriter, cfg: ExperimentConfig, path: Path) -> 
     if stored is None:
         return
     try:  # read with today's defaults: a setting added since, at its default, changes nothing
-        stored = parse_config(stored, f"{path} (stored config)").model_dump(mode="json")
+        stored = parse_config(stored, f"{path} (stored config)", stored=True).model_dump(mode="json")
     except ConfigError:
         pass  # a setting since removed or renamed: compared as stored, so the error names the section
     new = cfg.model_dump(mode="json")
@@ -230,7 +230,7 @@ def _build(cfg: ExperimentConfig, path: Path, writer: ZooWriter, show_progress: 
                 start_from(model, pretrained)
             writer.begin_run(plan.run, plan.seed, task.name, plan.condition, plan.split)
             timing: dict = {}
-            for i, (step, state, metrics) in enumerate(train_member(model, task, cfg.train, schedule, plan.seed, timing)):
+            for i, (step, state, metrics) in enumerate(train_member(model, task, cfg.train, schedule, plan.seed, timing, cfg.device)):
                 writer.add_checkpoint(plan.run, i, step, state, metrics)
             writer.finish_run(plan.run, timing["train_seconds"])
             bar.advance(job)

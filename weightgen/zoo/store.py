@@ -133,7 +133,7 @@ class Zoo:
     def config(self):
         from weightgen.config import parse_config
 
-        return parse_config(self.meta("config"), f"{self.root}/{MANIFEST}")
+        return parse_config(self.meta("config"), f"{self.root}/{MANIFEST}", stored=True)
 
     @property
     def parameter_names(self) -> list[str]:

@@ -75,15 +75,16 @@ def steps_per_epoch(task: Task, batch_size: int) -> int:
 
 
 def train_member(model: nn.Module, task: Task, spec: TrainSpec, schedule: Schedule, seed: int,
-                 timing: dict | None = None) -> Iterator[tuple[int, dict[str, torch.Tensor], dict[str, float]]]:
-    """Train ``model`` and yield the kept checkpoints.
+                 timing: dict | None = None, device: str = "auto"
+                 ) -> Iterator[tuple[int, dict[str, torch.Tensor], dict[str, float]]]:
+    """Train ``model`` on ``device`` (``auto``: a GPU if torch sees one) and yield the kept checkpoints.
 
     ``timing["train_seconds"]`` accumulates optimizer time only (not scoring or storage):
     the honest cost of SGD that generation is compared with.
     """
     timing = timing if timing is not None else {}
     timing["train_seconds"] = 0.0
-    device = resolve_device(spec.device)
+    device = resolve_device(device)
     model.to(device)
     x_train, y_train = task.x_train.to(device), task.y_train.to(device)
     gen = torch.Generator().manual_seed(seed)
