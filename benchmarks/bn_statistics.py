@@ -8,7 +8,7 @@ DDIM 50) with their statistics as generated, with both recomputed on the trainin
 (``evaluate.recalibrate_bn``), with only the running means recomputed and with only the running
 variances recomputed; and, per BatchNorm, the median relative gap between each generated statistic and the one
 recomputed for the same network. The zoo's own checkpoints, their statistics recomputed the same way, show
-what recomputing alone changes. Writes benchmarks/results/bn_statistics.json and a section of docs/results.md.
+what recomputing alone changes. Writes benchmarks/results/bn_statistics/ and a section of docs/benchmarks/bn_statistics.md.
 """
 from __future__ import annotations
 
@@ -100,7 +100,7 @@ statistics (what recomputing alone changes).
 
 {chr(10).join(lines)}
 """)
-    print("wrote benchmarks/results/bn_statistics.json")
+    print("wrote benchmarks/results/bn_statistics/default.json")
 
 
 if __name__ == "__main__":

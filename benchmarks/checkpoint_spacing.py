@@ -4,8 +4,8 @@ each run's mean (issue 4, the whole-network best target).
     python benchmarks/checkpoint_spacing.py [--nets vit cnn] [--spacings 17 8 4 2 1]
 
 Fitted long enough, RPG on rpg_whole's seeds zoos makes about one network per permutation state, close to
-that run's own weight average (docs/results.md, "The 256-token fit continued to 10,000 steps"). Its best is
-then bounded by the best run average. On the sixth session's build of the tiny ViT's zoo that ceiling (0.9833)
+that run's own weight average (docs/results.md, "Whole networks"). Its best is
+then bounded by the best run average. On one build of the tiny ViT's zoo that ceiling (0.9833)
 lay below the original best (0.9861). This asks, with nothing learned, whether the zoo's recipe sets the
 ceiling. rpg_whole's zoo keeps the last 5 checkpoints of each run 17 steps
 (one epoch) apart. This builds each net's zoo once more with every one of the last 69 steps kept (the same 30
@@ -13,7 +13,7 @@ seeded runs, the same training; rpg_whole's checkpoints are every 17th of these)
 20 training runs' last 5 checkpoints s steps apart as the originals, and each run's average of those 5 as
 the networks a per-run-mean generator would make. Closer checkpoints make a run's average nearer each of them
 and the original best a maximum over less independent draws.
-Writes benchmarks/results/checkpoint_spacing.json and a section of docs/results.md.
+Writes benchmarks/results/checkpoint_spacing/ and a section of docs/benchmarks/checkpoint_spacing.md.
 """
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""What every benchmark shares: the machine it ran on, JSON results, and its section of docs/results.md."""
+"""What every benchmark shares: the machine it ran on, its JSON results and its page of tables.
+
+A benchmark writes one folder of results and one page: ``benchmarks/results/<benchmark>/<tag>.json``
+(``default.json`` without a tag) and a section of ``docs/benchmarks/<benchmark>.md`` per tag. A name
+such as ``rpg_whole-gpu`` (``tagged``) is the benchmark ``rpg_whole`` with the tag ``gpu``."""
 from __future__ import annotations
 
 import hashlib
@@ -15,9 +19,9 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
+RESULTS = ROOT / "benchmarks" / "results"  # <benchmark>/<tag>.json
 WORK = ROOT / "benchmarks" / "work"  # zoos and runs: gitignored
-DOC = ROOT / "docs" / "results.md"
+PAGES = ROOT / "docs" / "benchmarks"  # <benchmark>.md: every table a benchmark wrote
 
 
 def cpuinfo_field(name: str) -> str | None:
@@ -48,7 +52,7 @@ def bf16_hardware() -> list[str]:
 
 def machine() -> dict:
     # The CPU and the vector kernels torch picks for it are recorded because the same seeded zoo trains to
-    # slightly different networks on different CPUs (docs/results.md, "Checkpoint spacing ...").
+    # slightly different networks on different CPUs (docs/benchmarks/checkpoint_spacing.md).
     return {
         "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
         "cpu": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_bf16": bf16_hardware(),
@@ -63,19 +67,31 @@ def command() -> str:
     return "python " + shlex.join([str(Path(sys.argv[0]).resolve().relative_to(ROOT)), *sys.argv[1:]])
 
 
+def benchmark_and_tag(name: str) -> tuple[str, str]:
+    """("rpg_whole", "gpu") for "rpg_whole-gpu", ("pdiff", "") for "pdiff": benchmark names hold no hyphen."""
+    benchmark, _, tag = name.partition("-")
+    return benchmark, tag
+
+
+def result_path(name: str) -> Path:
+    """The results file of ``name`` (a benchmark, or one ``tagged``): ``benchmarks/results/<benchmark>/<tag>.json``."""
+    benchmark, tag = benchmark_and_tag(name)
+    return RESULTS / benchmark / f"{tag or 'default'}.json"
+
+
 def write_json(name: str, payload: dict) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
+    path = result_path(name)
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=1))
     return path
 
 
 def keep_earlier(name: str, results: list[dict], key, fill: tuple[str, ...] = (), same=lambda earlier: True) -> list[dict]:
-    """``results`` plus the rows of ``benchmarks/results/<name>.json`` that none of them replaces
-    (rows are matched by ``key(row)``), so that settings measured by separate invocations share
+    """``results`` plus the rows of ``name``'s earlier results file (``result_path``) that none of them
+    replaces (rows are matched by ``key(row)``), so that settings measured by separate invocations share
     one table. An earlier file that ``same(payload)`` rejects (another zoo) is not kept. Rows
     written before a field ``fill`` names existed take it from the earlier payload's top level."""
-    old = RESULTS / f"{name}.json"
+    old = result_path(name)
     if not old.is_file():
         return results
     earlier = json.loads(old.read_text())
@@ -108,17 +124,28 @@ def row_commands(rows: list[dict]) -> str:
     return "\n".join(f"- {where}: {', '.join(names)}" for where, names in made.items())
 
 
-def write_section(name: str, markdown: str) -> None:
-    """Replace (or append) the section between ``<!-- name:start -->`` and ``<!-- name:end -->``."""
+def page_header(benchmark: str) -> str:
+    """The opening of a new ``docs/benchmarks/<benchmark>.md``, before its first section."""
+    return (f"# {benchmark}\n\nEvery table here was written by `benchmarks/{benchmark}.py`, one section per tag; each "
+            f"section names its command and machine. The numbers are in `benchmarks/results/{benchmark}/`. "
+            "`docs/results.md` reads them as answers.\n")
+
+
+def write_section(name: str, markdown: str) -> Path:
+    """Replace (or append) the section between ``<!-- name:start -->`` and ``<!-- name:end -->`` of
+    ``docs/benchmarks/<benchmark>.md``, the page of ``name``'s benchmark; returns the page."""
+    benchmark = benchmark_and_tag(name)[0]
+    page = PAGES / f"{benchmark}.md"
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     block = f"{start}\n{markdown.rstrip()}\n{end}"
-    text = DOC.read_text() if DOC.exists() else "# Measured results\n\nEvery number here was written by a script in `benchmarks/`; each section names its command and machine.\n"
+    text = page.read_text() if page.exists() else page_header(benchmark)
     if start in text and end in text:
         text = re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _: block, text, flags=re.S)
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    DOC.write_text(text)
+    page.parent.mkdir(parents=True, exist_ok=True)
+    page.write_text(text)
+    return page
 
 
 def fmt(v, spec: str = ".4f") -> str:
@@ -155,6 +182,7 @@ def scale_of(args, name: str) -> float:
 
 
 def tagged(name: str, tag: str) -> str:
+    """``name-tag`` (``name`` without a tag): a run folder, or a benchmark's results file and page section."""
     return f"{name}-{tag}" if tag else name
 
 
@@ -181,7 +209,7 @@ def same_config(path: Path, cfg, sampling: bool = True) -> bool:
     try:
         if not path.is_file():
             return False
-        stored = load_config(path)
+        stored = load_config(path, stored=True)
     except ConfigError:
         return False
     if not sampling:
@@ -197,7 +225,7 @@ def config_differences(path: Path, cfg) -> list[str]:
     from weightgen.config import ConfigError, dump_config, load_config
 
     try:
-        stored = load_config(path) if path.is_file() else None
+        stored = load_config(path, stored=True) if path.is_file() else None
     except ConfigError:
         return ["(unreadable config.yaml)"]
     if stored is None:
@@ -224,13 +252,13 @@ def refuse_to_overwrite_fit(run_dir: Path, cfg) -> None:
 
 
 def at_default_sampling(cfg):
-    """``cfg`` with the generator's sampling settings (temperature, guidance, state mix), the
-    sample section (how many, which sampler) and the evaluate section (how samples are judged)
-    at their defaults: what decides the fit."""
+    """``cfg`` with the generator's sampling setting (temperature), the sample section (how many,
+    which sampler) and the evaluate section (how samples are judged) at their defaults: what
+    decides the fit."""
     from weightgen.generators import set_sampling
 
     plain = cfg.model_copy(deep=True)
-    set_sampling(plain.generator, 1.0, 1.0, 0.0)
+    set_sampling(plain.generator, 1.0)
     plain.sample = type(plain.sample)()
     plain.evaluate = type(plain.evaluate)()
     return plain
@@ -245,7 +273,7 @@ def run_or_reuse(cfg, zoo_dir: Path, run_dir: Path, reuse: bool, fitted_in: Sequ
     ``fitted_in``: runs that may hold a generator fitted with ``cfg`` at other sampling settings; with
     ``reuse`` the first that does is sampled at ``cfg``'s instead of fitting again (its fit time and
     machine kept); so is a generator saved in ``run_dir`` itself by a fit-only run."""
-    from weightgen.evaluate.report import notes
+    from weightgen.evaluate.judging import notes
     from weightgen.pipeline import run_experiment
 
     done, made_on = run_dir / "report.json", run_dir / "machine.json"
@@ -326,27 +354,20 @@ def fitted_generators(generators: dict[str, tuple[str, str]], only: list[str] | 
 
 
 def gpt_pair_tokens(gen, zoo, firsts: list, lasts: list) -> tuple[torch.Tensor, torch.Tensor]:
-    """G.pt's tokens ``(B, T, W)`` of theta (``firsts``) and theta' (``lasts``) on the generator's
-    device: as stored, or under ``canonical_order`` both in theta's sorted order, as the model was
-    trained (a permutation of hidden units, which no metric sees)."""
+    """G.pt's tokens ``(B, T, W)`` of theta (``firsts``) and theta' (``lasts``), as stored, on the generator's device."""
     tok = gen.tokenizer
-    if not gen.spec.canonical_order:
-        return tuple(tok.tokenize_batch(zoo.load(m, tok.names) for m in ms).to(gen.device) for ms in (firsts, lasts))
-    states = [zoo.load(m, tok.names) for m in (*firsts, *lasts)]
-    stacked = {k: torch.stack([s[k] for s in states]) for k in states[0]}
-    n = len(firsts)
-    pairs = torch.stack([torch.arange(n), torch.arange(n) + n], 1)
-    start, target = gen.pair_tokens(stacked, pairs, torch.Generator().manual_seed(0))
-    return start.to(gen.device), target.to(gen.device)
+    return tuple(tok.tokenize_batch(zoo.load(m, tok.names) for m in ms).to(gen.device) for ms in (firsts, lasts))
 
 
 def teacher_forced_networks(gen, zoo, members, steps: int = 50) -> dict:
     """Stacked state dicts of ``members`` made again by a ``recurrent_input: tokens`` RPG, each
     token's prototype read from that member's true previous tokens (and its own condition), as in
-    training; DDIM with ``steps``."""
+    training (``weightgen.diagnostics.teacher_forced_tokens``); DDIM with ``steps``."""
+    from weightgen.diagnostics import teacher_forced_tokens
+
     tokens = gen.tokenizer.tokenize_batch(zoo.load(m, gen.tokenizer.names) for m in members)
-    return gen.to_states(gen.teacher_forced_tokens(tokens, gen.state_index(members), gen.member_codes(members),
-                                                   steps=steps))
+    return gen.to_states(teacher_forced_tokens(gen, tokens, gen.state_index(members), gen.member_conditions(members),
+                                               steps=steps))
 
 
 def teacher_forced_accuracy(run_dir: Path, zoo_dir: Path, k: int = 5) -> float | None:
@@ -360,7 +381,7 @@ def teacher_forced_accuracy(run_dir: Path, zoo_dir: Path, k: int = 5) -> float |
     from weightgen.pipeline import zoo_task
     from weightgen.zoo import Zoo
 
-    if getattr(load_config(run_dir / "config.yaml").generator, "recurrent_input", None) != "tokens":
+    if getattr(load_config(run_dir / "config.yaml", stored=True).generator, "recurrent_input", None) != "tokens":
         return None
     cached = run_dir / "teacher_forced.json"
     # the generator as saved: a refit (or a re-save) of the run makes the cached numbers stale

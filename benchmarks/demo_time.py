@@ -1,5 +1,5 @@
 """Wall time of the default demo, `weightgen run` with no argument, from an empty directory
-(the zoo is built too, nothing reused). Target (issue 3): under 3 minutes on 2 cores.
+(the zoo is built too, nothing reused). Target: under 3 minutes on 2 cores.
 
     python benchmarks/demo_time.py
 """
@@ -31,7 +31,7 @@ def main() -> None:
               "generated": {k: g["generated"][k] for k in ("best", "mean", "median", "n_nonfinite")}}
     write_json("demo_time", result)
     m, o, gen = result["machine"], result["original"], result["generated"]
-    write_section("demo_time", f"""## The default demo (issue 3)
+    write_section("demo_time", f"""## The default demo
 
 Command: `{result['command']}` (runs `weightgen run` in an empty directory) on {m['platform']}, {m['cpu_count']} CPUs,
 torch {m['torch']} ({m['date']}).

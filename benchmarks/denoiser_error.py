@@ -6,12 +6,12 @@ RPG: for 64 training checkpoints of the generator's zoo, each token is noised to
 denoised once, given its prototype. G.pt: for 64 training runs, the last checkpoint (theta') is
 noised and denoised once given the run's initialization (theta), its metric and theta''s
 metric, the pair a prompt from an initialization asks for. The table gives the mean squared error of the clean
-tokens the model implies (``Diffusion.predict_x0``, whatever it predicts) against the
+tokens the model implies (``weightgen.diagnostics.predict_x0``, whatever it predicts) against the
 error of the input alone (x_t / sqrt(abar)). Tokens are standardized per tensor, so 1 is
 the error of always answering the mean. Where the model's error is above the input's, the
 last sampling steps blur what the first ones found: the reason for v prediction
-(docs/results.md, unseen tasks, and G.pt). Reads generators fitted by benchmarks/unseen_tasks.py and
-benchmarks/gpt_prompt.py; writes benchmarks/results/denoiser_error.json and a section of docs/results.md.
+(docs/results.md, "Unseen tasks" and "Prompted metrics"). Reads generators fitted by benchmarks/unseen_tasks.py and
+benchmarks/gpt_prompt.py; writes benchmarks/results/denoiser_error/ and a section of docs/benchmarks/denoiser_error.md.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ import torch
 
 from common import (command, fitted_generators, gpt_pair_tokens, keep_earlier, machine, row_commands, write_json,
                     write_section)
+from weightgen.diagnostics import predict_x0
 from weightgen.generators.base import member_metric
 from weightgen.generators.gpt import training_runs
 from weightgen.zoo import Zoo
@@ -35,9 +36,10 @@ GENERATORS = {
     "unseen tasks, v, 8000 steps": ("bench-unseen-all, no permutation state, v prediction-pretrained-init-8000",
                                     "unseen-tasks-pretrained"),
 }
-# G.pt: (run folder, zoo folder), each judged on two kinds of pair (see GPT_PAIRS).
+# G.pt: (run folder, zoo folder), each judged on two kinds of pair (see GPT_PAIRS). The rows of
+# "x0, posterior" (the removed `preconditioning: posterior`) stay as recorded; those fits no longer load.
 for _steps in (1500, 6000):
-    for _label, _suffix in (("x0", ""), ("v", "-v"), ("x0, posterior", "-posterior")):
+    for _label, _suffix in (("x0", ""), ("v", "-v")):
         GENERATORS[f"G.pt test loss, {_label}, {_steps} steps"] = (
             f"bench-gpt-test_loss-{_steps}-uniform_gap-cosine{_suffix}", "gpt-mlp-200")
 # The CNN [16, 32] (1,000 runs), whose prompt R² stays negative: is its model's miss at high noise?
@@ -68,7 +70,7 @@ def noised_errors(gen, x0: torch.Tensor, mask: torch.Tensor, denoise) -> dict[in
         noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(t)).to(gen.device)
         tt = torch.full((len(x0),), t, device=gen.device, dtype=torch.long)
         x_t = gen.diffusion.train_scheduler.add_noise(x0, noise, tt)
-        model = gen.diffusion.predict_x0(denoise(x_t, tt), x_t, tt)
+        model = predict_x0(gen.diffusion, denoise(x_t, tt), x_t, tt)
         a = gen.diffusion.train_scheduler.alphas_cumprod[t]
         out[t] = {"model": masked_mse(model, x0, mask), "input": masked_mse(x_t / a.sqrt(), x0, mask)}
     return out
@@ -99,7 +101,7 @@ def errors(gen, zoo: Zoo) -> dict[int, dict[str, float]]:
     members = random.Random(0).sample(train, min(MEMBERS, len(train)))
     x0 = tok.tokenize_batch(zoo.load(m, tok.names) for m in members).to(gen.device)  # (B, T, W)
     b, t_count, w = x0.shape
-    codes = gen.member_codes(members)
+    codes = gen.member_conditions(members)
     proto = net.prototypes(gen.state_index(members).to(gen.device), None,
                            codes.to(gen.device) if codes is not None else None)
     cond, flat = proto.reshape(b * t_count, -1), x0.reshape(b * t_count, 1, w)
@@ -111,7 +113,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--only", nargs="*", choices=list(GENERATORS))
     ap.add_argument("--table-only", action="store_true",
-                    help="measure nothing: write the table again from benchmarks/results/denoiser_error.json")
+                    help="measure nothing: write the table again from benchmarks/results/denoiser_error/default.json")
     args = ap.parse_args()
     rows = []
     for name, run, zoo_dir, gen in ([] if args.table_only else fitted_generators(GENERATORS, args.only)):
@@ -155,7 +157,7 @@ sampling steps at that noise level blur the network.
 
 {chr(10).join(lines)}
 """)
-    print("wrote benchmarks/results/denoiser_error.json", flush=True)
+    print("wrote benchmarks/results/denoiser_error/default.json", flush=True)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ the EMA, the recurrent model and sampling stay float32 either way; what bfloat16
 generator's networks is judged by rpg_whole.py's ``-bf16`` rows, not here. The speed depends on the
 hardware: a CPU with AMX (or a GPU) runs bfloat16 convolutions natively, elsewhere they are emulated.
 Each measurement alternates the precisions ``--rounds`` times and keeps the fastest round of each.
-Writes benchmarks/results/denoiser_precision.json and a section of docs/results.md.
+Writes benchmarks/results/denoiser_precision/ and a section of docs/benchmarks/denoiser_precision.md.
 """
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ last training loss. What it does to the generated networks: rpg_whole.py's `-bf1
 
 {chr(10).join(lines)}
 """)
-    print("wrote benchmarks/results/denoiser_precision.json")
+    print("wrote benchmarks/results/denoiser_precision/default.json")
 
 
 if __name__ == "__main__":

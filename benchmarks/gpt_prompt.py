@@ -17,7 +17,7 @@ all prompts and starts (1: every network lands on its prompt). One step: the net
 best prompt, against the number of SGD steps the held-out run itself needed to reach that
 metric. Recursive prompting: the generated network is fed back as the start, 5 times.
 Targets (issue 5): R² >= 0.9; one step reaches what SGD reaches in >= 100 steps.
-Writes benchmarks/results/gpt_prompt.json, docs/figures/gpt_prompt.png and a section of docs/results.md.
+Writes benchmarks/results/gpt_prompt/, docs/figures/gpt_prompt.png and a section of docs/benchmarks/gpt_prompt.md.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ import torch
 from common import ROOT, WORK, command, made_on, fit_or_reuse, fmt, keep_earlier, machine, teacher_forced_networks, write_json, write_section
 from weightgen.config import parse_config
 from weightgen.evaluate import Evaluator
-from weightgen.generators.base import member_metric, set_sampling
+from weightgen.generators.base import member_metric
 from weightgen.pipeline import zoo_task
 from weightgen.zoo import Zoo
 from weightgen.zoo.distributed import build_zoo_processes
@@ -81,12 +81,6 @@ GENERATORS = {
     "rpg-v": {"method": "rpg", "d_model": 128, "layers": 2, "batch_size": 16, "tokens_per_step": 16,
               "condition": "metric", "backbone": "transformer", "diffusion": {"prediction": "v_prediction"},
               "ema": 0.999, "lr_schedule": "cosine"},
-    # ... and with the recurrent input that let RPG make whole MLPs from its own tokens (ours: x0, the paper's
-    # `recurrent_input: tokens`, teacher noise 0.2, EMA 0.999, cosine lr; 0.9666 mean on the ablation zoo):
-    # each token is drawn knowing the ones before it, so one network's tokens agree with each other.
-    "rpg-tn": {"method": "rpg", "d_model": 128, "layers": 2, "batch_size": 16, "tokens_per_step": 16,
-               "condition": "metric", "diffusion": {"prediction": "sample"}, "recurrent_input": "tokens",
-               "teacher_noise": 0.2, "ema": 0.999, "lr_schedule": "cosine"},
     # ... without permutation states (ours: x0, Mamba, EMA 0.999 warmed up, cosine lr), meant for a zoo aligned
     # by weight matching (`--align`): every run's hidden units in one order, so the loss alone can say which
     # network, and what the model learns of one run's trajectory serves all the others.
@@ -94,9 +88,12 @@ GENERATORS = {
                     "condition": "metric", "diffusion": {"prediction": "sample"}, "permutation_state": False,
                     "ema": 0.999, "ema_warmup": True, "lr_schedule": "cosine"},
 }
-SETTINGS = ["gpt test_loss", "gpt test_error", "gpt-L test_loss", "gpt-units test_loss", "gpt-units test_error",
-            "gpt-graph test_loss", "gpt-graph test_error", "gpt-graph-bilinear test_loss", "rpg test_loss", "rpg-v test_loss", "rpg-tn test_loss",
-            "rpg-nostate test_loss", "rpg-nostate test_error"]
+# The table's order. `rpg-tn` (RPG reading its previous tokens, noised in training by the removed
+# `teacher_noise`) keeps its recorded row but can no longer be fitted.
+ROW_ORDER = ["gpt test_loss", "gpt test_error", "gpt-L test_loss", "gpt-units test_loss", "gpt-units test_error",
+             "gpt-graph test_loss", "gpt-graph test_error", "gpt-graph-bilinear test_loss", "rpg test_loss",
+             "rpg-v test_loss", "rpg-tn test_loss", "rpg-nostate test_loss", "rpg-nostate test_error"]
+SETTINGS = [s for s in ROW_ORDER if s.split()[0] in GENERATORS]
 PROMPTS, ROUNDS, DDIM_STEPS = 20, 5, 50
 # G.pt is judged from each held-out run's initialization (as published; the targets). A second
 # start, the run's first checkpoint at or after SGD step 100 (the 11th of a linear zoo), tells
@@ -298,18 +295,12 @@ def main() -> None:
     ap.add_argument("--align", action="store_true",
                     help="zoo.align: weight_matching (ours): every run's hidden units put in the first training run's "
                          "order, one permutation per run from its last checkpoint (a separate zoo folder, -aligned)")
-    ap.add_argument("--pairs", choices=["uniform_gap", "uniform_pair"], default="uniform_gap",
-                    help="G.pt's pair_sampling (uniform_gap: the released code's)")
     ap.add_argument("--balance", type=int, default=None, metavar="BINS",
                     help="G.pt's balance_targets (ours): targets spread evenly over BINS bins of the metric")
     ap.add_argument("--lr-schedule", choices=["cosine", "constant"], default="cosine",
                     help="G.pt's lr_schedule (cosine: the released config's)")
     ap.add_argument("--prediction", choices=["sample", "v_prediction"], default="sample",
                     help="G.pt's diffusion.prediction (sample: x0, as published; v_prediction: ours)")
-    ap.add_argument("--preconditioning", choices=["residual", "posterior"], default="residual",
-                    help="G.pt's preconditioning of an x0 prediction (residual: as published; posterior: ours)")
-    ap.add_argument("--canonical", action="store_true",
-                    help="G.pt's canonical_order (ours): hidden units sorted by norm instead of augmented")
     ap.add_argument("--starts", type=int, default=JUDGED_RUNS,
                     help="how many held-out runs to judge from (the first ones; more give an R² less tied to a few starts)")
     ap.add_argument("--judge-runs", type=int, default=None, metavar="RUNS",
@@ -320,15 +311,6 @@ def main() -> None:
     ap.add_argument("--ema-warmup", action="store_true",
                     help="G.pt's ema_warmup (ours): the EMA's decay follows min(0.999, (1 + n) / (10 + n)), so a short "
                          "fit does not sample from an average still holding its first weights")
-    ap.add_argument("--scale-aug", type=float, default=None, metavar="F",
-                    help="G.pt: rescale each pair's hidden units by one random factor per unit in [1/F, F], theta and "
-                         "theta' alike (scale_augmentation, ours; ReLU nets without BatchNorm)")
-    ap.add_argument("--target-dropout", type=float, default=0.0, metavar="P",
-                    help="G.pt's condition_dropout (ours): each pair's target metric replaced by a learned null one with "
-                         "probability P, so that sampling can use classifier-free guidance (--guidance)")
-    ap.add_argument("--guidance", type=float, nargs="+", default=[1.0], metavar="W",
-                    help="G.pt's guidance_scale at sampling, one judged row per value of one fit (needs --target-dropout "
-                         "> 0 for any W other than 1)")
     ap.add_argument("--width", type=int, default=None, metavar="D",
                     help="G.pt's d_model instead of the setting's (a capacity check: does a wider model fit its own "
                          "training runs' pairs, and does that carry to held-out starts?)")
@@ -358,13 +340,10 @@ def main() -> None:
         if args.only and setting not in args.only:
             continue
         method, metric = setting.split()
-        extra = {"pair_sampling": args.pairs, "balance_targets": args.balance, "lr_schedule": args.lr_schedule,
+        extra = {"balance_targets": args.balance, "lr_schedule": args.lr_schedule,
                  "diffusion": {"prediction": args.prediction},
-                 "preconditioning": args.preconditioning,
                  "permutation_augmentation": not args.no_augmentation,
-                 "canonical_order": args.canonical, "ema_warmup": args.ema_warmup,
-                 "scale_augmentation": args.scale_aug,
-                 "condition_dropout": args.target_dropout} if method.startswith("gpt") else {}
+                 "ema_warmup": args.ema_warmup} if method.startswith("gpt") else {}
         size = {k: v for k, v in (("d_model", args.width), ("layers", args.layers)) if v is not None and extra}
         cfg = parse_config({**zoo_cfg, "generator": {**GENERATORS[method], "metric": metric, "steps": args.steps,
                                                      **extra, **size}}, setting)
@@ -374,15 +353,11 @@ def main() -> None:
                                    + ("" if args.net == "mlp" else f"-{args.net}")
                                    + ("" if args.spacing == "linear" else f"-{args.spacing}")
                                    + ("-aligned" if args.align else "")
-                                   + (f"-{args.pairs}-{args.lr_schedule}" if extra else "")
+                                   + (f"-uniform_gap-{args.lr_schedule}" if extra else "")
                                    + (f"-balance{args.balance}" if extra and args.balance else "")
                                    + ("-v" if extra and args.prediction == "v_prediction" else "")
-                                   + ("-posterior" if extra and args.preconditioning == "posterior" else "")
                                    + ("-noaug" if extra and args.no_augmentation else "")
-                                   + ("-canonical" if extra and args.canonical else "")
                                    + ("-emawarmup" if extra and args.ema_warmup else "")
-                                   + (f"-scale{args.scale_aug:g}" if extra and args.scale_aug else "")
-                                   + (f"-cfg{args.target_dropout:g}" if extra and args.target_dropout else "")
                                    + "".join(f"-{k}{v}" for k, v in size.items()))
         gen, stats = fit_or_reuse(cfg, zoo, run_dir, args.reuse)
         if args.fit_only:
@@ -392,22 +367,18 @@ def main() -> None:
         fitted = {"method": method, "metric": metric, "steps": args.steps, "zoo": zoo_info, "fit": stats,
                   "judged_on_runs": args.judge_runs if judge_zoo is not zoo else None,
                   "prediction": cfg.generator.diffusion.prediction,
-                  "preconditioning": getattr(cfg.generator, "preconditioning", None),
                   "permutation_augmentation": getattr(cfg.generator, "permutation_augmentation", None),
-                  "pairs": args.pairs if extra else None, "balance_targets": args.balance if extra else None,
+                  "pairs": "uniform_gap" if extra else None, "balance_targets": args.balance if extra else None,
                   "lr_schedule": cfg.generator.lr_schedule, "ema_warmup": cfg.generator.ema_warmup,
                   "d_model": cfg.generator.d_model, "layers": cfg.generator.layers}
-        for scale in args.guidance if extra else [1.0]:  # guidance is a sampling setting: one fit, a row per scale
-            set_sampling(gen.spec, guidance_scale=scale)
-            t1 = time.time()
-            judged = judge(gen, judge_zoo, metric, args.starts)
-            results.append({**fitted, "guidance_scale": scale, "judge_seconds": time.time() - t1, "judged": judged,
-                            "targets": {"r2_ge_0.9": judged["r2"] >= 0.9,
-                                        "one_step_ge_100_sgd_steps": judged["sgd_steps_matched_median"] >= 100}})
-            print(f"   guidance {scale:g}: R² {judged['r2']:.3f}; one step matches SGD's "
-                  f"{judged['sgd_steps_matched_median']} steps (median); "
-                  f"recursive {[round(v, 4) for v in judged['recursive_mean']]}", flush=True)
-            write(args, zoo_info, results, started)
+        t1 = time.time()
+        judged = judge(gen, judge_zoo, metric, args.starts)
+        results.append({**fitted, "judge_seconds": time.time() - t1, "judged": judged,
+                        "targets": {"r2_ge_0.9": judged["r2"] >= 0.9,
+                                    "one_step_ge_100_sgd_steps": judged["sgd_steps_matched_median"] >= 100}})
+        print(f"   R² {judged['r2']:.3f}; one step matches SGD's {judged['sgd_steps_matched_median']} steps (median); "
+              f"recursive {[round(v, 4) for v in judged['recursive_mean']]}", flush=True)
+        write(args, zoo_info, results, started)
 
 
 def heldout_count(runs: int) -> int:
@@ -459,8 +430,9 @@ def spacing_of(row: dict) -> str:
 
 
 def pairs_of(row: dict) -> str | None:
-    """G.pt's pair sampling and lr schedule; rows from before those options drew every pair
-    alike (uniform_pair) at a constant rate."""
+    """G.pt's pair sampling, lr schedule and training options. Rows from before those options drew every
+    pair alike (uniform_pair) at a constant rate; rescaled units, a dropped target with guidance, and
+    canonical order are options since removed, kept in the rows that measured them."""
     if not row["method"].startswith("gpt"):
         return None
     text = f"{row.get('pairs', 'uniform_pair')}, {row.get('lr_schedule', 'constant')}"
@@ -497,7 +469,7 @@ def retrieval_of(judged: dict) -> str:
 
 def prediction_of(row: dict) -> str:
     """What the denoiser predicts: x0 (``sample``: G.pt as published, and every row from before
-    the option) or v (ours), and, for x0, ``posterior`` preconditioning (ours)."""
+    the option) or v (ours), and, for x0, the removed ``posterior`` preconditioning of recorded rows."""
     name = {"sample": "x0", "v_prediction": "v"}.get(row.get("prediction", "sample"), row.get("prediction"))
     return name + (", posterior" if row.get("preconditioning") == "posterior" else "")
 
@@ -508,7 +480,7 @@ def write(args, zoo_info: dict, results: list[dict], started: float) -> None:
     key = lambda r: (r["method"], r["metric"], net_of(r), r["zoo"]["runs"], r["steps"], spacing_of(r),  # noqa: E731
                      pairs_of(r), prediction_of(r), r.get("judged_on_runs"), len(r["judged"]["per_start"]))
     results = keep_earlier("gpt_prompt", results, key, fill=("steps", "zoo"))
-    results.sort(key=lambda r: (net_of(r), SETTINGS.index(f"{r['method']} {r['metric']}"), r["zoo"]["runs"], spacing_of(r),
+    results.sort(key=lambda r: (net_of(r), ROW_ORDER.index(f"{r['method']} {r['metric']}"), r["zoo"]["runs"], spacing_of(r),
                                 str(pairs_of(r)), prediction_of(r), r["steps"]))
     payload = {"benchmark": "gpt_prompt", "command": command(), "machine": machine(), "steps": args.steps,
                "zoo": zoo_info, "seconds": time.time() - started, "results": results}
@@ -547,19 +519,22 @@ the last 10% of the runs held out, the first {JUDGED_RUNS} of them judged unless
 Zoo builds: {builds}.
 G.pt: d_model 128, 4 layers, 64-value tokens, x0 prediction as published (`v`: v prediction with theta kept in the
 output, ours: an untrained model gives the posterior mean of theta' around theta under a unit prior; `x0, posterior`:
-x0 prediction and loss with that posterior mean built in, its prior scale the zoo's mean squared update, ours),
+x0 prediction and loss with that posterior mean built in, its prior scale the zoo's mean squared update, ours,
+the removed `preconditioning: posterior`),
 permutation augmentation, the table's steps of 64
 pairs drawn as the table's `pairs` says (`uniform_gap`: a run, a gap, then a start, as G.pt's released code, so an
 initialization-to-trained pair is as likely as a one-checkpoint step; `uniform_pair`: every pair alike, which
 makes gap g of a 50-checkpoint run (50 - g) times likelier than gap 49: the rows from before
-`gpt.pair_sampling`) and at the table's learning-rate schedule (`cosine` to 0 with gradients clipped at 0.75, as
+the released code's draw) and at the table's learning-rate schedule (`cosine` to 0 with gradients clipped at 0.75, as
 the released MNIST config; `constant` with a clip of 1.0, the rows from before that default); sampled from an EMA
 (0.999) of the weights, its decay warmed up as min(0.999, (1 + n) / (10 + n)) where the pairs column says `EMA warmup`
 (`ema_warmup`, ours); "units rescaled by up to Fx": each pair's hidden units multiplied by one random factor per unit,
 log-uniform in [1/F, F], the same for theta and theta' (incoming weights and bias times s, outgoing weights over s, which
-keeps a ReLU net's function; `scale_augmentation`, ours); "target dropped P, guidance w": classifier-free guidance on
+keeps a ReLU net's function; the removed `scale_augmentation`, ours); "target dropped P, guidance w": classifier-free guidance on
 the target metric (ours, G.pt has none): in training each pair's target replaced by a learned null one with probability P
-(`condition_dropout`), at sampling the x0 prediction null + w (conditional - null) (`guidance_scale`; 1: plain); one generator per metric; `gpt-L`: 512 wide, 8 layers, 8 heads, batch 128 (sized for a GPU); `gpt-units`:
+(the removed `condition_dropout`), at sampling the x0 prediction null + w (conditional - null) (the removed
+`guidance_scale`; 1: plain); "canonical order": hidden units sorted by norm instead of augmented (the removed
+`canonical_order`, ours); one generator per metric; `gpt-L`: 512 wide, 8 layers, 8 heads, batch 128 (sized for a GPU); `gpt-units`:
 the same transformer reading one token per hidden unit (its input row, bias and output column, of theta and
 the noisy theta'; `architecture: units`, ours), equivariant to permutations of the hidden units by
 construction for a net with one hidden layer (`mlp`), so augmentation is redundant and skipped
@@ -573,7 +548,7 @@ update of a weight is its input unit's activation times its output unit's error.
 d_model 128, x0 prediction, the table's steps x 16 checkpoints x 16 tokens; `rpg-v`: the same with v prediction, a
 causal transformer, EMA 0.999 and a cosine lr (the unseen-task recipe); `rpg-tn`: x0, Mamba, each token's
 prototype reading the tokens before it (`recurrent_input: tokens`, autoregressive at sampling) noised in training
-(`teacher_noise: 0.2`, ours), EMA 0.999, cosine lr; `rpg-nostate`: x0, Mamba, EMA 0.999 warmed up, cosine lr, no
+(the removed `teacher_noise: 0.2`, ours), EMA 0.999, cosine lr; `rpg-nostate`: x0, Mamba, EMA 0.999 warmed up, cosine lr, no
 permutation states (ours); no start, so no recursion. Zoo spacing `aligned`: every run's hidden units put in the
 first training run's order by weight matching, one permutation per run from its last checkpoint (`zoo.align`, ours). From each held-out run's initialization: {PROMPTS} prompts between the best
 training value and the start's value (R² against the identity line), the best prompt as one step (compared
@@ -590,7 +565,7 @@ Targets: R² ≥ 0.9; one step ≥ 100 SGD steps. Plot: docs/figures/gpt_prompt.
 
 {chr(10).join(lines)}
 """)
-    print(f"wrote benchmarks/results/gpt_prompt.json ({time.time() - started:.0f} s)", flush=True)
+    print(f"wrote benchmarks/results/gpt_prompt/default.json ({time.time() - started:.0f} s)", flush=True)
 
 
 if __name__ == "__main__":

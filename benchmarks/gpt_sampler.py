@@ -9,7 +9,7 @@ steps do not move them, the sampler is not what misses. One step from clean: rea
 held-out runs whose metric lies in the middle of the zoo's range, noised to timestep t and denoised
 once given their run's initialization, their metric as the target; the metric of what comes out
 against theirs. If a nearly clean input loses nothing, the last sampling steps do not blur a network.
-Writes benchmarks/results/gpt_sampler.json and a section of docs/results.md.
+Writes benchmarks/results/gpt_sampler/ and a section of docs/benchmarks/gpt_sampler.md.
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ import torch
 from common import (command, fitted_generators, gpt_pair_tokens, keep_earlier, machine, row_commands, write_json,
                     write_section)
 from gpt_prompt import PROMPTS, heldout_runs, prompt_targets, r_squared, values
+from weightgen.diagnostics import predict_x0
 from weightgen.evaluate import Evaluator
 from weightgen.generators.base import member_metric
 from weightgen.pipeline import zoo_task
@@ -77,7 +78,7 @@ def one_step_rows(gen, zoo: Zoo, ev, runs: list[list], metric: str) -> dict:
         noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(t)).to(gen.device)
         tt = torch.full((len(x0),), t, device=gen.device, dtype=torch.long)
         x_t = gen.diffusion.train_scheduler.add_noise(x0, noise, tt)
-        guess = gen.diffusion.predict_x0(net(x_t, tt, start, sm, tm), x_t, tt)
+        guess = predict_x0(gen.diffusion, net(x_t, tt, start, sm, tm), x_t, tt)
         out[t] = statistics.fmean(values(ev(gen.to_states(guess)), metric))
     print(f"   {len(picked)} middle checkpoints, {metric} {true:.4f}; denoised once: "
           + ", ".join(f"t={t} {v:.4f}" for t, v in out.items()), flush=True)
@@ -89,7 +90,7 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", choices=list(GENERATORS))
     ap.add_argument("--starts", type=int, default=6, help="held-out initializations prompted")
     ap.add_argument("--table-only", action="store_true",
-                    help="measure nothing: write the table again from benchmarks/results/gpt_sampler.json")
+                    help="measure nothing: write the table again from benchmarks/results/gpt_sampler/default.json")
     args = ap.parse_args()
     rows = []
     for name, run, zoo_dir, gen in ([] if args.table_only else fitted_generators(GENERATORS, args.only)):
@@ -131,7 +132,7 @@ metric of what comes out, against theirs in brackets.
 
 {chr(10).join(lines)}
 """)
-    print("wrote benchmarks/results/gpt_sampler.json", flush=True)
+    print("wrote benchmarks/results/gpt_sampler/default.json", flush=True)
 
 
 if __name__ == "__main__":

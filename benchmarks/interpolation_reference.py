@@ -2,17 +2,17 @@
 
     python benchmarks/interpolation_reference.py [--only cnn-aligned mlp vit-aligned ...] [--weights 0.1 0.25 0.5]
 
-``weightgen.evaluate.interpolated`` (ours) draws 50 pairs of training checkpoints from two different runs
+``weightgen.diagnostics.interpolated`` (ours) draws 50 pairs of training checkpoints from two different runs
 and returns ``(1 - w) a + w b``. On the rpg_whole seeds zoos as trained (``cnn``, ``mlp``, ``vit``) the runs'
 hidden units are in unrelated orders; on the same zoos aligned by weight matching (``-aligned``,
-``zoo.align``) they share one. This is what a generator that mixes two runs' permutation states
-(``state_mix``) can be compared with, and it tells whether issue 4's three targets (mean >= 99% of the
+``zoo.align``) they share one. This is what a generator that makes networks between runs can be
+compared with, and it tells whether issue 4's three targets (mean >= 99% of the
 originals' mean, best >= original best, lower max IoU than noise-added originals at the same accuracy)
 can be met by a network no run holds that nothing learned. The CNN's made networks (interpolations,
 noise-added originals) get BatchNorm statistics recomputed on the training inputs (``evaluate.recalibrate_bn``)
 where the setting says so, as the weight average of an aligned zoo needs.
 Rows of earlier invocations that this one does not redo are kept (one table for all).
-Writes benchmarks/results/interpolation_reference.json and a section of docs/results.md.
+Writes benchmarks/results/interpolation_reference/ and a section of docs/benchmarks/interpolation_reference.md.
 """
 from __future__ import annotations
 
@@ -25,8 +25,8 @@ from common import (WORK, command, fmt, keep_earlier, machine, more_novel_than_n
                     write_json, write_section)
 from rpg_whole import SEEDS_ZOO, TOKENS, ZOOS
 from weightgen.config import parse_config
-from weightgen.evaluate import interpolated
-from weightgen.evaluate.report import novelty_note
+from weightgen.diagnostics import interpolated
+from weightgen.evaluate.judging import novelty_note
 from weightgen.pipeline import evaluate_samples, train_stack
 from weightgen.tokens.tokenizer import Tokenizer
 from weightgen.zoo import Zoo, build_zoo
@@ -93,11 +93,11 @@ def main() -> None:
     payload = {"benchmark": "interpolation_reference", **made_by, "seconds": time.time() - started, "results": rows}
     write_json("interpolation_reference", payload)
     write_doc(rows)
-    print(f"wrote benchmarks/results/interpolation_reference.json ({time.time() - started:.0f} s)")
+    print(f"wrote benchmarks/results/interpolation_reference/default.json ({time.time() - started:.0f} s)")
 
 
 def write_doc(rows: list[dict]) -> None:
-    """The docs/results.md section from the rows of benchmarks/results/interpolation_reference.json."""
+    """The section of docs/benchmarks/interpolation_reference.md, from the rows of benchmarks/results/interpolation_reference/."""
     lines = ["| zoo | w | BatchNorm statistics | original best / mean | weight avg | interpolated best / mean / median (worst) "
              "| max IoU orig / interpolated | nearest dist orig / interpolated | targets |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -117,7 +117,7 @@ Commands, and the rows each made:
 
 The rpg_whole seeds zoos (20 training runs x last 5 checkpoints of the digits CNN with BatchNorm, of the
 MLP [32] and of the tiny ViT), as trained and aligned by weight matching (`zoo.align`, ours). {N} networks (1 − w) a + w b, a and b
-checkpoints of two different runs drawn at random (`weightgen.evaluate.interpolated`, ours), judged exactly
+checkpoints of two different runs drawn at random (`weightgen.diagnostics.interpolated`, ours), judged exactly
 as a generator's samples: {N} noise-added originals per σ, BatchNorm statistics of every made network
 (these, the weight average, noise-added originals) recomputed on the training inputs where the column says
 so. Targets as issue 4's for generated networks.

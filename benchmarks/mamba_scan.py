@@ -1,16 +1,15 @@
-"""What the sequential Mamba scan buys on a CPU (ours: ``generator.mamba_scan``).
+"""What the sequential Mamba scan buys on a CPU (ours: ``weightgen/generators/mamba_scan.py``).
 
     python benchmarks/mamba_scan.py [--steps 40] [--rounds 2] [--threads 2]
 
-Two measurements, each with mambapy's parallel scan and with the token-by-token one
-(``weightgen/generators/mamba_scan.py``; ``auto``, the default, takes the sequential one off
-the GPU). (1) The recurrent model alone (2 Mamba layers, d_state 16), forward and backward, at
+Two measurements, each with mambapy's parallel scan and with the token-by-token one, set here
+with ``use_scan`` (the library itself scans in parallel on a GPU and token by token elsewhere). (1) The recurrent model alone (2 Mamba layers, d_state 16), forward and backward, at
 the shapes our RPG configs train with. (2) Whole RPG fit steps of rpg_whole.py's
 ``cnn-rpg+x0+ema-cos-warm`` and ``vit-rpg+x0+ema-cos-warm`` settings on their 20-seed digits
 zoos (built if missing), the same seed for both scans: seconds per step and the last training
 loss, which must agree to float rounding (the two scans multiply in different orders). Each
 measurement alternates the scans ``--rounds`` times and keeps the fastest round of each.
-Writes benchmarks/results/mamba_scan.json and a section of docs/results.md.
+Writes benchmarks/results/mamba_scan/ and a section of docs/benchmarks/mamba_scan.md.
 """
 from __future__ import annotations
 
@@ -25,6 +24,7 @@ from common import WORK, command, fmt, machine, write_json, write_section
 from rpg_whole import settings
 from weightgen.config import parse_config
 from weightgen.generators.mamba_scan import use_scan
+from weightgen.generators.rpg import RPG
 from weightgen.pipeline import fit_generator
 from weightgen.zoo import Zoo, build_zoo
 
@@ -48,9 +48,10 @@ def backbone_seconds(scan: str, batch: int, tokens: int, d_model: int, repeats: 
     return (time.perf_counter() - start) / repeats
 
 
-def fit_seconds(setting: str, overrides: dict, steps: int) -> tuple[float, float]:
+def fit_seconds(setting: str, overrides: dict, steps: int, scan: str | None = None) -> tuple[float, float]:
     """(seconds per step, last training loss) of a ``steps``-step fit of rpg_whole.py's ``setting``, its
-    generator spec updated with ``overrides``, on its zoo (built if missing)."""
+    generator spec updated with ``overrides``, on its zoo (built if missing); ``scan``: the Mamba scan
+    the fit trains with (None: the library's choice for the device)."""
     s = next(s for s in settings() if s["name"] == setting)
     raw = copy.deepcopy(s["config"])
     raw["generator"] = {**raw["generator"], "steps": steps, **overrides}
@@ -58,8 +59,17 @@ def fit_seconds(setting: str, overrides: dict, steps: int) -> tuple[float, float
     zoo_dir = WORK / "zoos" / s["zoo"]
     build_zoo(cfg, zoo_dir, show_progress=False)
     with Zoo.open(zoo_dir) as zoo:
-        _, stats = fit_generator(cfg, zoo, show_progress=False)
-    return stats["fit_seconds"] / steps, stats["diffusion_loss"]
+        if scan is None:
+            _, stats = fit_generator(cfg, zoo, show_progress=False)
+            return stats["fit_seconds"] / steps, stats["diffusion_loss"]
+        # fit_generator's fit, with the recurrent model's scan set before training
+        seed = cfg.seed if cfg.generator.seed is None else cfg.generator.seed
+        torch.manual_seed(seed)
+        gen = RPG.from_zoo(cfg.generator, zoo, cfg.tokenizer)
+        use_scan(gen.net.backbone.net, scan)
+        start = time.perf_counter()
+        stats = gen.fit(zoo, show_progress=False, seed=seed)
+    return (time.perf_counter() - start) / steps, stats["diffusion_loss"]
 
 
 def fastest(measure, options, rounds: int) -> dict:
@@ -93,7 +103,7 @@ def main() -> None:
                      "parallel_s": t["parallel"][0], "sequential_s": t["sequential"][0]})
         print(f"== {rows[-1]['what']}: parallel {t['parallel'][0]:.3f} s, sequential {t['sequential'][0]:.3f} s", flush=True)
     for setting in FIT_SETTINGS:
-        t = fastest(lambda scan: fit_seconds(setting, {"mamba_scan": scan}, args.steps), SCANS, args.rounds)
+        t = fastest(lambda scan: fit_seconds(setting, {}, args.steps, scan), SCANS, args.rounds)
         rows.append({"what": f"whole RPG fit step, rpg_whole.py {setting} ({args.steps} steps)", "shape": None,
                      "parallel_s": t["parallel"][0], "sequential_s": t["sequential"][0],
                      "parallel_loss": t["parallel"][1], "sequential_loss": t["sequential"][1]})
@@ -111,14 +121,14 @@ def main() -> None:
     write_section("mamba_scan", f"""## The Mamba scan on a CPU: parallel or token by token (issue 4)
 
 Command: `{command()}` on {m['platform']}, {m['cpu_count']} CPUs, {m['torch_threads']} torch threads, torch {m['torch']} ({m['date']}).
-`generator.mamba_scan` (ours, speed only): mambapy's parallel scan, or the recurrence token by token
-(`weightgen/generators/mamba_scan.py`); `auto`, the default, scans in parallel on a GPU and token by token
-elsewhere. Seconds per forward + backward (the recurrent model alone) or per fit step (the whole RPG: recurrent
+The Mamba scan (ours, speed only): mambapy's parallel scan, or the recurrence token by token
+(`weightgen/generators/mamba_scan.py`); the library scans in parallel on a GPU and token by token
+elsewhere, this benchmark sets each in turn. Seconds per forward + backward (the recurrent model alone) or per fit step (the whole RPG: recurrent
 model, U-Net denoiser, optimizer, EMA), the fastest of {args.rounds} alternating rounds each.
 
 {chr(10).join(lines)}
 """)
-    print("wrote benchmarks/results/mamba_scan.json")
+    print("wrote benchmarks/results/mamba_scan/default.json")
 
 
 if __name__ == "__main__":

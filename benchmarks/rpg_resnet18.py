@@ -18,7 +18,7 @@ generator's reference). Either writes its own section (``rpg_resnet18-element``,
 ``-buffers``, ...). ``--temperature`` T (ours) scales DDIM's starting noise; with ``--reuse`` it
 samples the generator fitted for the same variant at temperature 1 (suffix ``-tT``). Targets: generated accuracy within 1 point of the original, the fit
 under one hour on this 2-core CPU. Needs the ``timm`` extra. Writes
-benchmarks/results/rpg_resnet18[-variant].json and that section of docs/results.md.
+benchmarks/results/rpg_resnet18/<variant>.json and that section of docs/benchmarks/rpg_resnet18.md.
 """
 from __future__ import annotations
 

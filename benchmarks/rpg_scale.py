@@ -13,8 +13,8 @@ address-space limit so a failure is an error, not a frozen machine.
 
 Generation time is measured with ``--ddim-steps`` DDIM steps (the U-Net part grows
 linearly with steps; memory does not). Needs the ``timm`` extra.
-Writes benchmarks/results/rpg_scale.json, docs/figures/rpg_scale.png and a section of
-docs/results.md.
+Writes benchmarks/results/rpg_scale/, docs/figures/rpg_scale.png and a section of
+docs/benchmarks/rpg_scale.md.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 
-from common import RESULTS, ROOT, WORK, command, made_on, fmt, machine, write_json, write_section
+from common import ROOT, WORK, command, made_on, fmt, machine, result_path, write_json, write_section
 
 ARCHS = [  # name, timm kwargs
     ("resnet18", {"input_size": 32}),
@@ -146,7 +146,7 @@ def failure(error: str) -> str:
 
 
 def render(payload: dict) -> None:
-    """The figure and the docs/results.md section, from the JSON."""
+    """The figure and the docs/benchmarks/rpg_scale.md section, from the JSON."""
     rows = payload["results"]
     figure = ROOT / "docs" / "figures" / "rpg_scale.png"
     plot([r for r in rows if r["params"]], figure)
@@ -174,7 +174,7 @@ the CPU shared with another job (indicative only). Target: the 198M-parameter ne
 
 {chr(10).join(lines)}
 
-![peak RSS against parameters](figures/rpg_scale.png)
+![peak RSS against parameters](../figures/rpg_scale.png)
 """)
 
 
@@ -187,8 +187,8 @@ def main() -> None:
     ap.add_argument("--render", action="store_true", help="only redraw the figure and table from the JSON")
     args = ap.parse_args()
     if args.render:
-        return render(json.loads((RESULTS / "rpg_scale.json").read_text()))
-    old = RESULTS / "rpg_scale.json"
+        return render(json.loads(result_path("rpg_scale").read_text()))
+    old = result_path("rpg_scale")
     previous = {r["arch"]: r for r in json.loads(old.read_text())["results"]} if args.reuse and old.is_file() else {}
     rows, started = [], time.time()
     for arch, kwargs in ARCHS:
@@ -225,7 +225,7 @@ def main() -> None:
                "seconds": time.time() - started, "results": rows}
     write_json("rpg_scale", payload)
     render(payload)
-    print(f"wrote benchmarks/results/rpg_scale.json ({time.time() - started:.0f} s)")
+    print(f"wrote benchmarks/results/rpg_scale/default.json ({time.time() - started:.0f} s)")
 
 
 if __name__ == "__main__":

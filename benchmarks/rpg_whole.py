@@ -1,13 +1,12 @@
 """Whole networks from many seeds: RPG against p-diff on the same zoo (issue 4, item 3).
 
-    python benchmarks/rpg_whole.py [--only cnn-rpg ...] [--scale 1.0] [--reuse] [--temperature 0.5] [--state-mix 0.25] [--samples 100] [--fit-seed 1] [--fold-bn] [--fit-only] [--rejudge]
+    python benchmarks/rpg_whole.py [--only cnn-rpg ...] [--scale 1.0] [--reuse] [--temperature 0.5] [--samples 100] [--fit-seed 1] [--fold-bn] [--fit-only] [--rejudge]
 
 Each zoo holds 20 independent training runs (seeds) of one digits net, the last 5 checkpoints of
 each, 17 steps (one epoch) apart: 100 whole networks (BatchNorm running statistics
 included, so a generated CNN is complete). RPG and p-diff are fitted on the same zoo and
 judged by the same evaluator. ``--scale`` multiplies generator training steps. ``--temperature``
-samples at that temperature (ours; the run folders and the table get a ``-tT`` suffix), ``--state-mix``
-with permutation states mixed two runs at a time (ours, ``-mixM``), ``--samples``
+samples at that temperature (ours; the run folders and the table get a ``-tT`` suffix), ``--samples``
 draws that many networks (``-nN``); with ``--reuse`` the generator of the run at the default sampling
 settings is sampled again instead of refitted (or, where the fit itself drew N networks, that of the ``-nN`` run).
 ``--fit-only`` fits and saves the generators and judges nothing; a later ``--reuse`` run
@@ -15,7 +14,7 @@ samples and judges them (fit on a lent GPU, judge on the CPU).
 
 Targets (issue 4): generated mean accuracy >= 99% of the originals' mean, generated best
 >= original best, and lower max IoU than noise-added originals at the same accuracy.
-Writes benchmarks/results/rpg_whole.json and a section of docs/results.md.
+Writes benchmarks/results/rpg_whole/ and a section of docs/benchmarks/rpg_whole.md.
 """
 from __future__ import annotations
 
@@ -57,8 +56,8 @@ def settings() -> list[dict]:
     out = []
     for net, z in ZOOS.items():
         x0 = {**RPG, "diffusion": {"prediction": "sample"}}
-        # ours: x0 with an EMA (0.999) of the denoiser sampled and the lr decayed to 0, which took
-        # the step noise out of the unseen-task generator (0.9588 -> 0.9633)
+        # ours: x0 with an EMA (0.999) of the denoiser sampled and the lr decayed to 0, against the
+        # noise of the last steps (docs/results.md, "Unseen tasks")
         x0_ema_cos = {**x0, "ema": 0.999, "lr_schedule": "cosine"}
         # for a GPU: 16 checkpoints x 256 tokens per step (16x the values of a 4 x 64 step)
         b16 = {"batch_size": 16, "tokens_per_step": 256}
@@ -68,24 +67,23 @@ def settings() -> list[dict]:
                     # ... without permutation states: on an aligned zoo (--align) the runs share one order,
                     # so noise alone may pick a network that is no run's
                     ("rpg+x0-nostate", {**x0, "permutation_state": False}, {"token_size": 64}),
-                    # ours, for a GPU: 16 checkpoints x every token per step (on the H100 alone
-                    # 68 ms a step; 4 x 64 tokens took 25-32 ms while sharing it)
+                    # ours, for a GPU: 16 checkpoints x every token per step
                     ("rpg+x0+b16", {**x0, **b16}, {"token_size": 64}),
                     ("rpg+x0+ema-cos", x0_ema_cos, {"token_size": 64}),
                     # ... for a GPU: b16
                     ("rpg+x0+ema-cos-b16", {**x0_ema_cos, **b16}, {"token_size": 64}),
-                    # ... with the EMA warmed up (ema_warmup, ours): at 2,500 steps the plain 0.999 average
-                    # still held the first steps' weights and sampled at chance where the model made 0.94
+                    # ... with the EMA warmed up (ema_warmup, ours): over a fit of a few thousand steps the plain
+                    # 0.999 average still holds the first steps' weights
                     ("rpg+x0+ema-cos-b16-warm", {**x0_ema_cos, **b16, "ema_warmup": True}, {"token_size": 64}),
                     # ... and at 4 x 64 (a CPU fit of a few thousand steps, which a plain 0.999 EMA would still tie to its start)
                     ("rpg+x0+ema-cos-warm", {**x0_ema_cos, "ema_warmup": True}, {"token_size": 64}),
-                    # ... denoising 256 tokens of each checkpoint per step (the ViT's 295 nearly all): since the
-                    # sequential scan's backward was written out the recurrent pass no longer dominates a CPU step, so
-                    # 4x the denoised values cost 1.7x the step; compared at equal fit time
+                    # ... denoising 256 tokens of each checkpoint per step (the ViT's 295 nearly all): with the
+                    # sequential scan the recurrent pass does not dominate a CPU step, so 4x the denoised values
+                    # cost less than 2x the step; compared at equal fit time
                     ("rpg+x0+ema-cos-warm-t256", {**x0_ema_cos, "ema_warmup": True, "tokens_per_step": 256},
                      {"token_size": 64}),
                     # ... with the denoiser trained under bfloat16 autocast (denoiser_precision, ours; speed): on
-                    # a CPU with AMX a step costs 0.66x (benchmarks/denoiser_precision.py), so more steps fit in the same time
+                    # a CPU with AMX a step is cheaper (benchmarks/denoiser_precision.py), so more steps fit in the same time
                     ("rpg+x0+ema-cos-warm-t256-bf16", {**x0_ema_cos, "ema_warmup": True, "tokens_per_step": 256,
                                                        "denoiser_precision": "bfloat16"}, {"token_size": 64}),
                     # ... and without permutation states: every network from noise alone, none tied to a run
@@ -99,15 +97,9 @@ def settings() -> list[dict]:
                                                        "tokens_per_step": 256}, {"token_size": 64}),
                     ("rpg+x0+ema-cos-tokens", {**x0_ema_cos, "recurrent_input": "tokens", "tokens_per_step": 256},
                      {"token_size": 64}),
-                    # ... with the tokens it reads noised in training (teacher_noise 0.2, ours: the best of
-                    # 0.05 / 0.2 / 0.5 on the MLP ablation zoo), against drifting when it reads its own
-                    ("rpg+x0+ema-cos-tokens-tn-nostate", {**x0_ema_cos, "permutation_state": False, "recurrent_input": "tokens",
-                                                          "tokens_per_step": 256, "teacher_noise": 0.2}, {"token_size": 64}),
-                    ("rpg+x0+ema-cos-tokens-tn", {**x0_ema_cos, "recurrent_input": "tokens", "tokens_per_step": 256,
-                                                  "teacher_noise": 0.2}, {"token_size": 64}),
                     ("pdiff", PDIFF, {"token_size": "flat", "normalize": "none"}),
-                    # ours: per-value normalization, which took p-diff on one run's whole CNN from chance to
-                    # 0.9704 (benchmarks/pdiff.py)
+                    # ours: per-value normalization, which lifts p-diff on one run's whole CNN from chance
+                    # (benchmarks/pdiff.py)
                     ("pdiff+element-norm", PDIFF, {"token_size": "flat", "normalize": "element"}))
         for method, gen, tok in variants:
             out.append({"name": f"{net}-{method}", "zoo": f"rpg-whole-{net}", "config": {
@@ -131,13 +123,6 @@ def temperature_note(t: float) -> str:
             "fitted for the table at temperature 1 (fit s: theirs); sampled and judged on this machine's CPU.")
 
 
-def state_mix_note(m: float) -> str:
-    if m == 0:
-        return ""
-    return (f" Sampled with `state_mix: {m:g}` (ours): each network's permutation state is {1 - m:g} x one training "
-            f"run's state + {m:g} x another's, from the generators fitted at state mix 0 (fit s: theirs).")
-
-
 def fit_seed_note(seed: int | None) -> str:
     if seed is None:
         return ""
@@ -156,8 +141,6 @@ def init_note(source: str | None, lr: float | None) -> str:
 def main() -> None:
     def extra(ap):
         ap.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (scale of DDIM's starting noise)")
-        ap.add_argument("--state-mix", type=float, default=0.0,
-                        help="RPG: each sample's permutation state mixes two runs' learned states by this weight")
         ap.add_argument("--samples", type=int, default=SAMPLE["n"],
                         help="networks sampled per setting (the paper's p-diff evaluation draws 100; run folders "
                              "and the table get a -nN suffix when not the default)")
@@ -191,7 +174,6 @@ def main() -> None:
         args.tag = "-".join(filter(None, [args.tag, f"fs{args.fit_seed}"]))
     n_samples = f"n{args.samples}" if args.samples != SAMPLE["n"] else ""
     tag = "-".join(filter(None, [args.tag, f"t{args.temperature:g}" if args.temperature != 1 else "",
-                                 f"mix{args.state_mix:g}" if args.state_mix else "",
                                  "bn" if args.recalibrate_bn else "", n_samples]))
     fit_tag = "-".join(filter(None, [args.tag, n_samples]))
     rows, started = [], time.time()
@@ -212,10 +194,6 @@ def main() -> None:
             if k in raw["generator"]:
                 raw["generator"][k] = max(1, int(raw["generator"][k] * scale_of(args, s["name"])))
         raw["generator"]["diffusion"] = {**raw["generator"].get("diffusion", {}), "temperature": args.temperature}
-        if args.state_mix:
-            if raw["generator"]["method"] != "rpg" or raw["generator"].get("permutation_state") is False:
-                continue  # nothing to mix
-            raw["generator"]["state_mix"] = args.state_mix
         raw["sample"] = {**raw["sample"], "n": args.samples}
         if args.fit_seed is not None:
             raw["generator"]["seed"] = args.fit_seed
@@ -291,13 +269,13 @@ states, epsilon prediction, steps (in the table) x 4 checkpoints x 64 tokens (th
 (`diffusion.prediction: v_prediction`, ours); `+ema-cos`: x0, sampled from an EMA (0.999) of the weights, the
 learning rate decayed to 0 by a cosine (ours); `-nostate`: the same without permutation states; `-tokens`: the
 recurrent model reads the previous tokens too (the paper's text; autoregressive at sampling), 256 tokens denoised per
-step; `-tn`: those tokens noised in training (`teacher_noise: 0.2`, ours); `b16`: 16 checkpoints x 256 tokens
+step; `b16`: 16 checkpoints x 256 tokens
 per step (sized for a GPU); `-warm`: the EMA's decay warmed up as min(0.999, (1 + n) / (10 + n)) (`ema_warmup`, ours). `-t256`: 256 tokens of each checkpoint denoised per step (ours). Teacher-forced mean (`-tokens` rows): the mean accuracy of 5 networks made with each token's prototype read
 from the true previous tokens of a training checkpoint, as in training. p-diff: its autoencoder on
 the flattened network, autoencoder + diffusion steps in the table; `+element-norm`: each value standardized over the
 zoo (ours). {align_note if args.align else ""}{fold_note if args.fold_bn else ""}{args.samples} samples each, DDIM
 {SAMPLE['steps']} steps. Targets: mean ≥ 99% of the originals' mean, best ≥ original best, lower max IoU than
-noise-added originals at the same accuracy.{temperature_note(args.temperature)}{bn_note if args.recalibrate_bn else ""}{state_mix_note(args.state_mix)}{fit_seed_note(args.fit_seed)}{init_note(args.init_from, args.lr)}{apart}
+noise-added originals at the same accuracy.{temperature_note(args.temperature)}{bn_note if args.recalibrate_bn else ""}{fit_seed_note(args.fit_seed)}{init_note(args.init_from, args.lr)}{apart}
 
 {chr(10).join(lines)}
 
@@ -305,7 +283,7 @@ Notes written by the evaluator:
 
 {notes}
 """)
-    print(f"wrote benchmarks/results/{tagged('rpg_whole', tag)}.json ({time.time() - started:.0f} s)")
+    print(f"wrote benchmarks/results/rpg_whole/{tag or 'default'}.json ({time.time() - started:.0f} s)")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ For each held-out code and 50 seen ones: 10 generated networks scored on the cod
 against the zoo's networks trained on that code with its recipe and against a copy of the
 networks of the nearest seen code (the retrieval baseline). Targets (issue 5): mean over
 held-out codes >= 99% of the trained mean; worst held-out code >= 90%.
-Writes benchmarks/results/unseen_tasks.json and a section of docs/results.md.
+Writes benchmarks/results/unseen_tasks/ and a section of docs/benchmarks/unseen_tasks.md.
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ import torch
 from common import WORK, command, fit_or_reuse, fmt, keep_earlier, machine, where, write_json, write_section
 from weightgen.config import parse_config
 from weightgen.evaluate.regression import CodeRegression
-from weightgen.evaluate.tasks import evaluate_codes, summarize_codes
+from weightgen.evaluate.per_code import evaluate_codes, summarize_codes
 from weightgen.generators import set_sampling
 from weightgen.zoo import Zoo, build_zoo
 
@@ -56,23 +56,18 @@ VARIANTS = {"all": {"condition_tokens": "all"}, "last-8": {"condition_tokens": 8
             # an average of the denoiser's weights (EMA) and a learning rate decayed to 0 take out
             # the noise of the last steps ...
             "all, no permutation state, EMA + cosine lr": {**NO_STATE, "ema": 0.999, "lr_schedule": "cosine"},
-            # ... or v prediction: with x0 prediction the denoiser, given a nearly clean token (t = 20),
-            # returns it less precisely (x0 MSE 0.023) than the input already is (0.006), so the last
-            # sampling steps blur the network; with v the input passes through near the data.
+            # ... or v prediction: with x0 prediction the denoiser, given a nearly clean token, returns it
+            # less precisely than the input already is, so the last sampling steps blur the network; with
+            # v the input passes through near the data (benchmarks/denoiser_error.py).
             "all, no permutation state, v prediction": V,
-            # ... and 9x the data per step, 64 checkpoints x all 35 tokens: for a GPU (on the H100,
-            # sharing it with one other fit, 70 ms a step; on one core of the 2-core CPU, 2.5 s).
+            # ... and 9x the data per step, 64 checkpoints x all 35 tokens: for a GPU.
             "all, no permutation state, v prediction, batch 64": {**V, "batch_size": 64, "tokens_per_step": 64},
-            # ... or, on the CPU, a cheaper recurrent model (~170 ms a step on one core against
-            # Mamba's ~300): more steps in the same time, and the backbone ablation for this task.
+            # ... or, on the CPU, a cheaper recurrent model than Mamba: more steps in the same time, and
+            # the backbone ablation for this task.
             "all, no permutation state, v prediction, lstm": {**V, "backbone": "lstm"},
             "all, no permutation state, v prediction, transformer": {**V, "backbone": "transformer"},
-            # ... and classifier-free guidance (ours): the code dropped for 10% of the checkpoints in
-            # training, judged at the guidance scales of --guidance (1: the plain conditional model).
-            "all, no permutation state, v prediction, transformer, guidance":
-                {**V, "backbone": "transformer", "condition_dropout": 0.1},
-            # ... and, since 32,000 steps gave what 16,000 did, the step noise taken out (EMA 0.999 and
-            # a learning rate decayed to 0) ...
+            # ... and, since a longer fit does not gain, the step noise taken out (EMA 0.999 and a
+            # learning rate decayed to 0) ...
             "all, no permutation state, v prediction, transformer, EMA + cosine lr":
                 {**V, "backbone": "transformer", "ema": 0.999, "lr_schedule": "cosine"},
             # ... and with it a denoiser of twice the width (U-Net channels 64/128/256 for 32/64/128).
@@ -96,9 +91,6 @@ def main() -> None:
     ap.add_argument("--reuse", action="store_true", help="reuse a fitted generator of the same config")
     ap.add_argument("--fit-only", action="store_true",
                     help="fit and save the generators, judge nothing (e.g. fit on a lent GPU, judge later with --reuse)")
-    ap.add_argument("--guidance", type=float, nargs="+", default=[1.0],
-                    help="classifier-free guidance scales to judge a variant fitted with condition_dropout at "
-                         "(one row each; the others are judged at 1)")
     ap.add_argument("--temperature", type=float, nargs="+", default=[1.0],
                     help="sampling temperatures (scale of DDIM's starting noise) to judge every fit at (one row each)")
     ap.add_argument("--fit-seed", type=int, default=0,
@@ -136,21 +128,18 @@ def main() -> None:
             t0 = time.time()
             regression = CodeRegression.fit(zoo, gen.tokenizer, gen.reference, **REGRESSION)
             zoo_info["regression_fit_seconds"] = time.time() - t0
-        settings = [(g, temp) for g in (args.guidance if cfg.generator.condition_dropout > 0 else [1.0])
-                    for temp in args.temperature]
-        for scale, temp in settings:  # sampling settings: one fit serves every one
-            set_sampling(gen.spec, temp, scale)
+        for temp in args.temperature:  # a sampling setting: one fit serves every one
+            set_sampling(gen.spec, temp)
             rows = {split: evaluate_codes(gen, zoo, codes, SAMPLES_PER_CODE, seed=0, steps=DDIM_STEPS, regression=regression)
                     for split, codes in (("heldout", heldout), ("seen", seen))}
             summary = {split: summarize_codes(r) for split, r in rows.items()}
             h = summary["heldout"]
             targets = {"heldout_mean_ge_99pct_trained": h["ratio"] is not None and h["ratio"] >= 0.99,
                        "worst_heldout_code_ge_90pct": h["worst_code_mean"] is not None and h["worst_code_mean"] >= 0.90}
-            results.append({"name": name, "init": args.init, "steps": args.steps, "guidance": scale,
-                            "temperature": temp, "fit_seed": args.fit_seed, "zoo": zoo_info,
+            results.append({"name": name, "init": args.init, "steps": args.steps, "temperature": temp, "fit_seed": args.fit_seed, "zoo": zoo_info,
                             "generator": gen.spec.model_dump(mode="json"), "fit": stats,
                             "summary": summary, "targets": targets, "rows": rows, "machine": stats.get("machine")})
-            print(f"   guidance {scale}, temperature {temp}: held-out: generated {fmt(h['generated_mean'])} vs trained {fmt(h['trained_mean'])} "
+            print(f"   temperature {temp}: held-out: generated {fmt(h['generated_mean'])} vs trained {fmt(h['trained_mean'])} "
                   f"(ratio {fmt(h['ratio'], '.3f')}), nearest-seen copy {fmt(h['nearest_seen_mean'])}, "
                   f"worst code {h['worst_code']} {fmt(h['worst_code_mean'])}; {targets}", flush=True)
             write(args, zoo_info, results, started)
@@ -159,11 +148,13 @@ def main() -> None:
 def write(args, zoo_info: dict, results: list[dict], started: float) -> None:
     """JSON and the docs section, rewritten after each variant (a later failure keeps the earlier
     ones); variants measured by an earlier invocation (on either zoo, at any steps) are kept."""
-    # Rows from before --init are "run" rows; rows from before --guidance / --temperature were judged at 1.
+    # Rows from before --init are "run" rows; rows from before --temperature were judged at 1, and only the
+    # rows of the guidance variant (an option since removed) were judged at another guidance scale.
     key = lambda r: (r.get("init", "run"), r["name"], r["steps"], r.get("guidance", 1.0),  # noqa: E731
                      r.get("temperature", 1.0), r.get("fit_seed", 0))
     results = keep_earlier("unseen_tasks", results, key, fill=("zoo", "steps"))
-    results.sort(key=lambda r: (INITS.index(key(r)[0]), list(VARIANTS).index(r["name"]), r["steps"], key(r)[3],
+    order = [*VARIANTS, "all, no permutation state, v prediction, transformer, guidance"]
+    results.sort(key=lambda r: (INITS.index(key(r)[0]), order.index(r["name"]), r["steps"], key(r)[3],
                                 -key(r)[4], key(r)[5]))
     payload = {"benchmark": "unseen_tasks", "command": command(), "machine": machine(), "steps": args.steps, "zoo": zoo_info,
                "seconds": time.time() - started, "results": results}
@@ -199,7 +190,8 @@ RPG: 64-value tokens, 2 Mamba layers (d_model 128), permutation states, x0 predi
 average (0.999) of the denoiser's weights, the learning rate decayed from 1e-3 to 0 over the fit; `v prediction`:
 the denoiser predicts v (diffusers' `v_prediction`) instead of x0; `batch 64`: 64 checkpoints x all 35 tokens
 per step instead of 16 x 16, fitted on the H100 named above (its fit s are GPU seconds); `lstm`, `transformer`:
-that recurrent model (2 layers, causal) in place of Mamba; `guidance`: classifier-free guidance, the code replaced
+that recurrent model (2 layers, causal) in place of Mamba; `guidance`: classifier-free guidance (a removed option,
+docs/results.md, "What did not work"), the code replaced
 by a learned null code for 10% of the checkpoints in training, sampled as null + scale x (code - null) at the
 table's guidance scale; `EMA + cosine lr` on the transformer: as above; `wide denoiser`: U-Net channels
 64/128/256 instead of 32/64/128 (all ours).
@@ -214,7 +206,7 @@ trained mean; worst code ≥ 0.90.
 
 {chr(10).join(lines)}
 """)
-    print(f"wrote benchmarks/results/unseen_tasks.json ({time.time() - started:.0f} s)", flush=True)
+    print(f"wrote benchmarks/results/unseen_tasks/default.json ({time.time() - started:.0f} s)", flush=True)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ How far the update is from the first gradient (third table): the cosine between 
 at each kept step and minus the gradient of the training loss (the whole training split) at theta_0. Near 1,
 training follows its first gradient and the update is read off the initialization almost linearly; near 0,
 where a run ends depends on the initialization through the whole path, which is what G.pt must learn.
-Writes benchmarks/results/update_determinism.json and a section of docs/results.md.
+Writes benchmarks/results/update_determinism/ and a section of docs/benchmarks/update_determinism.md.
 """
 from __future__ import annotations
 
@@ -154,7 +154,7 @@ initializations, in brackets the lowest and highest): how nearly each recipe's r
 
 {chr(10).join(cos_lines)}
 """)
-    print("wrote benchmarks/results/update_determinism.json", flush=True)
+    print("wrote benchmarks/results/update_determinism/default.json", flush=True)
 
 
 if __name__ == "__main__":

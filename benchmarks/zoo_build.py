@@ -1,4 +1,4 @@
-"""How long a zoo takes to build: the 20-seed digits MLP zoo of issue 2 (target: under a minute on 2 cores),
+"""How long a zoo takes to build: the 20-seed digits MLP zoo (target: under a minute on 2 cores),
 and with ``--procs`` the same zoo and a 20-run CNN trajectory zoo (benchmarks/gpt_prompt.py's `cnn` recipe)
 built by one process and by several (``weightgen zoo build --procs``, torchrun on this machine).
 
@@ -69,7 +69,7 @@ def main() -> None:
         lines.append(f"| {r['zoo']} | {r['procs']} | {r['runs']} | {r['checkpoints']} | {r['seconds']:.1f} s | "
                      f"{r['optimizer_seconds']:.1f} s | {fmt(r['test_accuracy_min'])} / {fmt(r['test_accuracy_median'])} / "
                      f"{fmt(r['test_accuracy_max'])} | {target} |")
-    write_section("zoo_build", f"""## Zoo build time (issue 2)
+    write_section("zoo_build", f"""## Zoo build time
 
 Command: {made_on(result)}.
 Each zoo built from nothing in a fresh directory, then every shard verified. Several processes: `weightgen zoo
