@@ -1,4 +1,4 @@
-"""RPG conditioned on a task code (issue 5 A): the code reaches every token or only the last N
+"""RPG conditioned on a task code: the code reaches every token or only the last N
 (as released), fitting on a ``tasks`` zoo, sampling for a code no checkpoint had (batched,
 streamed, after save/load), and every bad code refused with a message."""
 from __future__ import annotations
