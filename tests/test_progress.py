@@ -1,4 +1,6 @@
 """Progress in a log file: plain lines at each tenth, or once a minute when a tenth takes longer."""
+import pytest
+
 from weightgen import progress
 from weightgen.progress import _Lines
 
@@ -13,14 +15,20 @@ class _Clock:
         return self.now
 
 
+@pytest.fixture
+def clock(monkeypatch) -> _Clock:
+    """The progress module's clock, replaced by one the test moves."""
+    fake = _Clock()
+    monkeypatch.setattr(progress.time, "monotonic", fake)
+    return fake
+
+
 def _lines(capsys) -> list[str]:
     return capsys.readouterr().out.strip().splitlines()
 
 
-def test_a_fast_task_gets_one_line_per_tenth(monkeypatch, capsys):
+def test_a_fast_task_gets_one_line_per_tenth(clock, capsys):
     """Steps faster than a minute a tenth give ten lines, one per tenth, the last at 100% with nothing left."""
-    clock = _Clock()
-    monkeypatch.setattr(progress.time, "monotonic", clock)
     bar = _Lines()
     task = bar.add_task("fit", total=25)
     for _ in range(25):
@@ -32,11 +40,9 @@ def test_a_fast_task_gets_one_line_per_tenth(monkeypatch, capsys):
     assert lines[-1] == "fit: 25/25 (100%), 50 s spent, ~0 s left"
 
 
-def test_a_slow_task_gets_a_line_each_minute(monkeypatch, capsys):
+def test_a_slow_task_gets_a_line_each_minute(clock, capsys):
     """A tenth of 6,000 steps at 2 s a step takes 20 minutes: a line comes once 60 s have passed
     since the last one, with done/total, the time spent and the time left."""
-    clock = _Clock()
-    monkeypatch.setattr(progress.time, "monotonic", clock)
     bar = _Lines()
     task = bar.add_task("fit", total=6000)
     for _ in range(29):
@@ -52,10 +58,8 @@ def test_a_slow_task_gets_a_line_each_minute(monkeypatch, capsys):
     assert _lines(capsys) == ["fit: 60/6000 (1%), 120 s spent, ~11880 s left"]
 
 
-def test_a_tenth_resets_the_minute(monkeypatch, capsys):
+def test_a_tenth_resets_the_minute(clock, capsys):
     """A tenth's line counts as the last line: the next time-line waits a full minute after it."""
-    clock = _Clock()
-    monkeypatch.setattr(progress.time, "monotonic", clock)
     bar = _Lines(every=60)
     task = bar.add_task("fit", total=10)
     clock.now += 50
@@ -67,10 +71,8 @@ def test_a_tenth_resets_the_minute(monkeypatch, capsys):
     assert [line.split(",")[0] for line in _lines(capsys)] == ["fit: 1/10 (10%)", "fit: 1.75/10 (18%)"]
 
 
-def test_no_total_prints_nothing(monkeypatch, capsys):
+def test_no_total_prints_nothing(clock, capsys):
     """A task without a total has no tenths and nothing to time against."""
-    clock = _Clock()
-    monkeypatch.setattr(progress.time, "monotonic", clock)
     bar = _Lines()
     task = bar.add_task("scan")
     clock.now += 600
