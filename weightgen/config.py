@@ -11,8 +11,9 @@ from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, ValidationError,
-                      model_validator)
+                      ValidationInfo, model_validator)
 
+from weightgen.plugins import canonical
 from weightgen.registry import RegistryError, check_kwargs, did_you_mean
 
 
@@ -107,38 +108,47 @@ class FactorySpec(BaseModel):
 
 
 class TaskSpec(FactorySpec):
-    """What the zoo's networks learn: a registered task (``weightgen.tasks``) and its keyword arguments."""
+    """What the zoo's networks learn: a task (``weightgen.tasks``: registered, an entry point, or a factory by
+    path such as ``"./my_tasks.py:make_task"``) and its keyword arguments. A factory by path is imported here,
+    so a bad one is named before any training, and a file path is stored absolute (``plugins.canonical``)."""
 
     name: str = "digits"
     code: str | None = None  # a class-subset code makes the task binary
 
     @model_validator(mode="after")
-    def _check(self) -> "TaskSpec":
+    def _check(self, info: ValidationInfo) -> "TaskSpec":
         from weightgen.tasks import TASKS, parse_code
 
+        base = (info.context or {}).get("base")
         try:
-            check_kwargs(TASKS.get(self.name), self.kwargs, f"task '{self.name}'")
+            check_kwargs(TASKS.get(self.name, base), self.kwargs, f"task '{self.name}'")
             if self.code is not None:
                 parse_code(self.code, 10)
         except (RegistryError, ValueError) as e:
             raise ValueError(str(e)) from None
+        self.name = canonical(self.name, base)
         return self
 
 
 class NetSpec(FactorySpec):
-    """The zoo's architecture: a registered net (``weightgen.nets``) or ``timm:<model>``, and its keyword arguments."""
+    """The zoo's architecture: a registered net (``weightgen.nets``), an entry point, a factory by path such as
+    ``"./my_nets.py:make_net"`` (imported and stored as ``TaskSpec`` says), or ``timm:<model>``; and its keyword
+    arguments."""
 
     name: str = "mlp"
 
     @model_validator(mode="after")
-    def _check(self) -> "NetSpec":
+    def _check(self, info: ValidationInfo) -> "NetSpec":
         from weightgen.nets import NETS, TIMM_PREFIX
 
         if not self.name.startswith(TIMM_PREFIX):
+            base = (info.context or {}).get("base")
             try:
-                check_kwargs(NETS.get(self.name), self.kwargs, f"net '{self.name}'", skip=("input_shape", "num_classes"))
+                check_kwargs(NETS.get(self.name, base), self.kwargs, f"net '{self.name}'",
+                             skip=("input_shape", "num_classes"))
             except RegistryError as e:
                 raise ValueError(str(e)) from None
+            self.name = canonical(self.name, base)
         return self
 
 
@@ -191,7 +201,8 @@ class ZooSpec(StrictModel):
     spacing: Literal["linear", "quadratic"] = "linear"
     # Ours (``weightgen.zoo.align``): once every run is trained, permute each run's hidden units
     # (one permutation per run, found by weight matching on its last checkpoint) into the order of
-    # the first training run, so independent runs share one ordering; nets: mlp, cnn, vit.
+    # the first training run, so independent runs share one ordering; any net whose hidden units
+    # weightgen.nets.symmetry finds (hand-written, declared or traced).
     align: Literal["none", "weight_matching"] = "none"
     # Ours (``weightgen.zoo.fold``): once every run is trained, fold each BatchNorm into the conv or
     # linear layer before it and leave the BatchNorm an identity (same eval-mode function), so no
@@ -298,10 +309,19 @@ class PDiffSpec(EMASpec):
         return self
 
 
-# A checkpoint metric a generator can be conditioned on: <split>_<loss|accuracy|error>, where
-# error = 1 - accuracy.
-MetricName = Literal["test_loss", "test_error", "test_accuracy", "val_loss", "val_error", "val_accuracy",
-                     "train_loss", "train_error", "train_accuracy"]
+def _metric_name(value: Any) -> Any:
+    """A checkpoint metric's name as a zoo records it, ``<split>_<metric>``: the metric is any of the task's
+    (classification: loss, accuracy and error = 1 - accuracy; regression: loss, psnr). Whether the zoo
+    records it is checked when a generator is built from the zoo (``generators.base.member_metric``)."""
+    split, _, metric = value.partition("_") if isinstance(value, str) else ("", "", "")
+    if split not in ("train", "val", "test") or not metric or metric.strip("abcdefghijklmnopqrstuvwxyz0123456789_"):
+        raise ValueError("a metric is <split>_<metric> with split train, val or test and the metric in lower case, "
+                         f"e.g. test_loss, test_accuracy, test_error or test_psnr; got {value!r}")
+    return value
+
+
+# A checkpoint metric a generator can be conditioned on.
+MetricName = Annotated[str, BeforeValidator(_metric_name)]
 
 
 class RPGSpec(EMASpec):
@@ -380,8 +400,8 @@ class GPTSpec(EMASpec):
     d_model: int = Field(256, ge=2)
     layers: int = Field(4, ge=1)
     heads: int = Field(4, ge=1)
-    # Which checkpoint metric conditions generation: <split>_<loss|accuracy|error>, where
-    # error = 1 - accuracy (the paper prompts test loss or test error).
+    # Which checkpoint metric conditions generation: <split>_<metric>, any metric the zoo records
+    # (classification: loss, accuracy, error = 1 - accuracy; the paper prompts test loss or test error).
     metric: MetricName = "test_loss"
     # Published: x0 prediction ("sample"): theta plus zero-started heads, so an untrained model predicts
     # "no update". v_prediction (ours) keeps theta in the output too (``GPTNet.forward``); epsilon has no
@@ -408,7 +428,7 @@ class GPTSpec(EMASpec):
     # graph metanetworks do; ``bilinear`` (ours) adds their elementwise product too, the form of SGD's
     # update of a weight (input activation times output error).
     edge_input: Literal["sum", "bilinear"] = "sum"
-    # The same random permutation of hidden units applied to theta and theta' (mlp, cnn and vit nets).
+    # The same random permutation of hidden units applied to theta and theta' (weightgen.nets.symmetry).
     permutation_augmentation: bool = True
     # Ours, optional: reweight the pairs so the metric of theta' falls equally often into each of
     # this many equal-width bins of the zoo's range (weightgen/generators/gpt_pairs.py); None: the
@@ -504,13 +524,15 @@ def format_validation_error(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def parse_config(data: dict, source: str = "<config>", stored: bool = False) -> ExperimentConfig:
+def parse_config(data: dict, source: str = "<config>", stored: bool = False,
+                 base: str | Path | None = None) -> ExperimentConfig:
     """``data`` as a validated config. ``stored``: written by the library (a zoo's or a run's config),
-    so keys an earlier version wrote are dropped where they meant what the library does now."""
+    so keys an earlier version wrote are dropped where they meant what the library does now.
+    ``base``: the folder that relative file paths of factories are read from (default: the current one)."""
     if stored and data:
         data = without_removed_keys(ExperimentConfig, data, source)
     try:
-        return ExperimentConfig.model_validate(data or {})
+        return ExperimentConfig.model_validate(data or {}, context={"base": base})
     except ValidationError as e:
         raise ConfigError(format_validation_error(e, source)) from None
 
@@ -525,7 +547,7 @@ def load_config(path: str | Path, stored: bool = False) -> ExperimentConfig:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if data is not None and not isinstance(data, dict):
         raise ConfigError(f"{path}: a config is a mapping of sections, got {type(data).__name__}")
-    return parse_config(data, str(path), stored)
+    return parse_config(data, str(path), stored, base=path.resolve().parent)
 
 
 def dump_config(cfg: ExperimentConfig) -> str:

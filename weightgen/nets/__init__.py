@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from weightgen.plugins import check_returned
 from weightgen.registry import check_kwargs
 
 from . import cnn as _cnn  # noqa: F401  (registers)
@@ -18,6 +19,9 @@ TIMM_PREFIX = "timm:"
 def build_net(name: str, input_shape, num_classes: int, seed: int = 0, **kwargs) -> nn.Module:
     """Build net ``name`` for inputs of ``input_shape`` and ``num_classes`` outputs.
 
+    ``name`` is a registered net, ``timm:<model>``, an installed package's entry point (group
+    ``weightgen.nets``) or a factory by path (``"pkg.mod:make_net"``, ``"./my_nets.py:make_net"``).
+    Every factory has the signature ``factory(input_shape, num_classes, **kwargs) -> nn.Module``.
     The same seed gives the same initial weights; the global RNG is left as it was.
     """
     with torch.random.fork_rng(devices=[]):
@@ -26,7 +30,8 @@ def build_net(name: str, input_shape, num_classes: int, seed: int = 0, **kwargs)
             return timm_net(name[len(TIMM_PREFIX):], tuple(input_shape), num_classes, **kwargs)
         factory = NETS.get(name)
         check_kwargs(factory, kwargs, f"net '{name}'", skip=("input_shape", "num_classes"))
-        return factory(tuple(input_shape), num_classes, **kwargs)
+        return check_returned(factory(tuple(input_shape), num_classes, **kwargs), nn.Module, f"net '{name}'",
+                              "torch.nn.Module")
 
 
 def parameter_names(model: nn.Module) -> list[str]:
