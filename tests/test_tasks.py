@@ -88,10 +88,26 @@ def test_split_rejects_unknown_name():
 
 def test_scores():
     logits = torch.tensor([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0]])
-    s = Task.scores(logits, torch.tensor([0, 1, 1]))
+    y = torch.tensor([0, 1, 1])
+    task = get_task("digits")
+    s = task.scores(logits, y)
     assert s["accuracy"] == pytest.approx(2 / 3)
     assert s["error"] == pytest.approx(1 / 3)
-    assert s["loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 1])).item())
+    assert s["loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits, y).item())
+    # the batched form: one row per model, the same numbers
+    batched = task.batch_scores(torch.stack([logits, -logits]), y)
+    assert batched["accuracy"].tolist() == pytest.approx([2 / 3, 1 / 3])
+    assert batched["loss"][0].item() == pytest.approx(s["loss"])
+    assert task.failures(logits[None], y).tolist() == [[False, False, True]]
+    assert (task.kind, task.headline, task.metrics) == ("classification", "accuracy", {"loss": "lower", "accuracy": "higher"})
+
+
+def test_a_task_made_by_hand_infers_its_classes_and_checks_its_headline():
+    x, y = torch.zeros(6, 3), torch.tensor([0, 2, 1, 2, 0, 1])
+    assert Task("mine", x, y, x, y, x, y).num_classes == 3
+    assert Task("mine", x, y, x, y, x, y, num_classes=5).num_classes == 5
+    with pytest.raises(ValueError, match="headline metric 'psnr' is not one of its metrics \\(loss, accuracy\\)"):
+        Task("mine", x, y, x, y, x, y, headline="psnr")
 
 
 # -- MNIST-1D -------------------------------------------------------------------------------

@@ -4,7 +4,9 @@ Weights of B models are "stacked" (``name -> [B, *shape]``, parameters and buffe
 run through one ``torch.func.functional_call`` under ``torch.func.vmap``, a chunk of
 models at a time: one forward pass per chunk instead of a Python loop per model, and
 memory bounded by ``chunk`` x split size. The net is put in eval mode, so BatchNorm uses
-the (stacked) running statistics of each model.
+the (stacked) running statistics of each model. The task turns the outputs into its metrics
+and failure sets (``Task.batch_scores``, ``Task.failures``); a task whose metric cannot come
+from outputs on fixed data scores each chunk itself (``Task.evaluate``).
 
 A net whose ops vmap cannot batch falls back to a per-model loop (same numbers, slower),
 with a logged warning. Models with non-finite weights or outputs are marked, never fatal:
@@ -19,7 +21,6 @@ from dataclasses import dataclass
 from typing import Iterable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -31,15 +32,34 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Scores:
-    """One row per model, all on the CPU (small: B x split size at most)."""
+    """One row per model, all on the CPU (small: B x split size at most).
 
-    accuracy: Tensor  # [B] float; nan for a non-finite model
-    loss: Tensor  # [B] float; nan for a non-finite model
-    wrong: Tensor  # [B, N] bool; all True for a non-finite model
-    finite: Tensor  # [B] bool
+    ``metrics``: the task's metrics by name, ``[B]`` float each, nan for a non-finite model.
+    ``failures``: ``[B, N]`` bool, the examples each model fails (a wrong class for classification),
+    all True for a non-finite model. ``finite``: ``[B]`` bool.
+    """
+
+    metrics: dict[str, Tensor]
+    failures: Tensor
+    finite: Tensor
 
     def __len__(self) -> int:
-        return len(self.accuracy)
+        return len(self.finite)
+
+    @property
+    def accuracy(self) -> Tensor:
+        """The ``accuracy`` metric (classification)."""
+        return self.metrics["accuracy"]
+
+    @property
+    def loss(self) -> Tensor:
+        """The ``loss`` metric: the task's training loss on the split."""
+        return self.metrics["loss"]
+
+    @property
+    def wrong(self) -> Tensor:
+        """The failure sets under their classification name: wrongly predicted examples."""
+        return self.failures
 
     @staticmethod
     def cat(parts: list["Scores"]) -> "Scores":
@@ -47,7 +67,12 @@ class Scores:
         parts = list(parts)
         if not parts:
             raise ValueError("Scores.cat: no scores to concatenate (zero models were evaluated)")
-        return Scores(*(torch.cat([getattr(p, f) for p in parts]) for f in ("accuracy", "loss", "wrong", "finite")))
+        names = list(parts[0].metrics)
+        for p in parts[1:]:
+            if list(p.metrics) != names:
+                raise ValueError(f"Scores.cat: metrics {list(p.metrics)} differ from {names}")
+        return Scores({k: torch.cat([p.metrics[k] for p in parts]) for k in names},
+                      torch.cat([p.failures for p in parts]), torch.cat([p.finite for p in parts]))
 
 
 def stack_states(states: list[dict[str, Tensor]]) -> dict[str, Tensor]:
@@ -133,7 +158,8 @@ class Evaluator:
 
     Holds the split on the device in use and remembers whether vmap works for this net,
     so a stream of batches tries (and warns about) vmap once. At most ``chunk`` models x
-    ``batch`` samples are in flight: lower either for a net with large activations.
+    ``batch`` samples are in flight: lower either for a net with large activations. The task
+    scores a chunk from its outputs on the whole split, ``chunk`` x split size x outputs values.
     """
 
     def __init__(self, net: nn.Module, task: Task, split: str = "test", chunk: int = 64, batch: int = 1024):
@@ -176,36 +202,50 @@ class Evaluator:
         with _eval_mode(self.net, device):
             for lo in range(0, n_models, self.chunk):
                 params = {k: v[lo:lo + self.chunk].to(device) for k, v in stacked.items()}
-                parts.append(self._score_chunk(params, x, y))
+                if self.task.evaluate is not None:
+                    parts.append(self._own_scores(params))
+                else:
+                    parts.append(self._score_chunk(params, x, y))
         return Scores.cat(parts)
 
-    def _score_chunk(self, params: dict[str, Tensor], x: Tensor, y: Tensor) -> Scores:
-        b, n = next(iter(params.values())).shape[0], len(y)
-        finite = torch.ones(b, dtype=torch.bool, device=x.device)
+    @staticmethod
+    def _finite_weights(params: dict[str, Tensor]) -> Tensor:
+        b = next(iter(params.values())).shape[0]
+        finite = torch.ones(b, dtype=torch.bool, device=next(iter(params.values())).device)
         for v in params.values():
             if v.is_floating_point() or v.is_complex():
                 finite &= torch.isfinite(v.reshape(b, -1)).all(1)
-        # Reduced per sample batch, so only [b, batch, classes] logits exist at a time.
-        loss_sum, wrong = torch.zeros(b, device=x.device), []
-        for i in range(0, n, self.batch):
-            logits, yb = self._logits(params, x[i:i + self.batch]).float(), y[i:i + self.batch]
-            finite &= torch.isfinite(logits).flatten(1).all(1)
-            ce = F.cross_entropy(logits.flatten(0, 1), yb.repeat(b), reduction="none")
-            loss_sum += ce.view(b, -1).sum(1)
-            wrong.append(logits.argmax(-1) != yb)
-        wrong = torch.cat(wrong, 1)
-        nan = torch.full_like(loss_sum, math.nan)
-        return Scores(
-            accuracy=torch.where(finite, 1.0 - wrong.float().mean(1), nan).cpu(),
-            loss=torch.where(finite, loss_sum / n, nan).cpu(),
-            wrong=(wrong | ~finite[:, None]).cpu(),
-            finite=finite.cpu(),
-        )
+        return finite
+
+    @staticmethod
+    def _masked(metrics: dict[str, Tensor], failures: Tensor, finite: Tensor) -> Scores:
+        """Scores on the CPU with a non-finite model's metrics nan and every example a failure."""
+        nan = torch.tensor(math.nan, device=finite.device)
+        return Scores({k: torch.where(finite, v.to(finite.device).float(), nan).cpu() for k, v in metrics.items()},
+                      (failures.to(finite.device) | ~finite[:, None]).cpu(), finite.cpu())
+
+    def _own_scores(self, params: dict[str, Tensor]) -> Scores:
+        """A chunk scored by the task's own ``evaluate``, with models of non-finite weights marked."""
+        got = self.task.evaluate(self.net, params, self.split)
+        finite = self._finite_weights(params) & got.finite.to(next(iter(params.values())).device)
+        return self._masked(got.metrics, got.failures, finite)
+
+    def _score_chunk(self, params: dict[str, Tensor], x: Tensor, y: Tensor) -> Scores:
+        finite = self._finite_weights(params)
+        # Outputs are gathered per sample batch, so only [b, batch, ...] activations exist at a time,
+        # and the task scores the chunk's [b, N, ...] outputs at once.
+        outputs = []
+        for i in range(0, len(y), self.batch):
+            out = self._logits(params, x[i:i + self.batch]).float()
+            finite &= torch.isfinite(out).flatten(1).all(1)
+            outputs.append(out)
+        outputs = torch.cat(outputs, 1) if len(outputs) > 1 else outputs[0]
+        return self._masked(self.task.batch_scores(outputs, y), self.task.failures(outputs, y), finite)
 
 
 def evaluate_states(net: nn.Module, stacked: dict[str, Tensor], task: Task, split: str = "test",
                     chunk: int = 64) -> Scores:
-    """Accuracy, loss and wrong-prediction sets of every stacked model on ``split``."""
+    """The task's metrics and failure sets of every stacked model on ``split``."""
     return Evaluator(net, task, split, chunk)(stacked)
 
 

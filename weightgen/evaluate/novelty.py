@@ -3,7 +3,9 @@ training checkpoints.
 
 p-diff's measure is the IoU of wrongly predicted test samples, max over the originals:
 a model that errs on exactly the samples some checkpoint errs on behaves like a copy of
-it. The nearest L2 distance in weight space says the same in parameters.
+it. For a task other than classification the sets are its failed examples (``Task.failures``,
+e.g. a prediction off by more than the task's tolerance). The nearest L2 distance in weight
+space says the same in parameters.
 """
 from __future__ import annotations
 

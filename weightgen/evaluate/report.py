@@ -30,9 +30,11 @@ def _fmt(v, spec: str = ".4f") -> str:
 
 def markdown(report: dict) -> str:
     """report.md: one table row per group, then the notes, the timing and the novelty plot."""
+    metric, better = report.get("metric", "accuracy"), report.get("better", "higher")
     lines = [f"# {report['title']}", "",
              f"Task `{report['task']}`, {report['split']} split ({report['num_test']} samples); "
              f"{len(report['generated_names'])} generated tensors, {report['num_generated_params']} values. "
+             f"Best, mean and median are the {report['split']} {metric} ({better} is better). "
              "Max IoU and nearest L2 distance are measured against all training checkpoints." +
              (" BatchNorm statistics of every made network (weight average, noise-added, generated) recomputed on the "
               "training inputs (`evaluate.recalibrate_bn`)." if report.get("recalibrate_bn") else ""), "",
@@ -55,4 +57,5 @@ def write_report(report: dict, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.json").write_text(json.dumps(report, indent=1, allow_nan=False))
     (out_dir / "report.md").write_text(markdown(report))
-    novelty_plot(report["groups"], out_dir / "novelty.png", report["title"])
+    novelty_plot(report["groups"], out_dir / "novelty.png", report["title"], report.get("metric", "accuracy"),
+                 report.get("better", "higher"))

@@ -50,6 +50,8 @@ def code_bits(code: str) -> torch.Tensor:
 
 def binary_subset(task: Task, code: str) -> Task:
     """``task`` relabelled by ``code``: the same inputs, label 1 for the classes whose bit is 1."""
+    if task.kind != "classification":
+        raise TaskCodeError(f"task '{task.name}' is a {task.kind} task: class-subset codes need class labels")
     code = parse_code(code, task.num_classes)
     positive = torch.tensor([b == "1" for b in code])
 

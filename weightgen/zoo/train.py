@@ -42,15 +42,20 @@ def match_any(name: str, patterns: list[str]) -> bool:
 
 @torch.no_grad()
 def score(model: nn.Module, task: Task, device: torch.device, batch: int = 2048) -> dict[str, float]:
-    """Loss and accuracy on every split, model in eval mode (restored afterwards)."""
+    """Every metric of the task (``task.metrics``) on every split, as ``<split>_<metric>``, model in
+    eval mode (restored afterwards)."""
     was_training = model.training
     model.eval()
     out = {}
     for split in ("train", "val", "test"):
+        if task.evaluate is not None:  # the task scores networks itself (``Task.evaluate``)
+            own = task.evaluate(model, {k: v[None] for k, v in model.state_dict().items()}, split)
+            out.update({f"{split}_{name}": float(own.metrics[name][0]) for name in task.metrics})
+            continue
         x, y = task.split(split)
-        logits = torch.cat([model(x[i:i + batch].to(device)) for i in range(0, len(x), batch)]).cpu()
-        s = task.scores(logits, y)
-        out[f"{split}_loss"], out[f"{split}_accuracy"] = s["loss"], s["accuracy"]
+        outputs = torch.cat([model(x[i:i + batch].to(device)) for i in range(0, len(x), batch)]).cpu()
+        s = task.scores(outputs, y)
+        out.update({f"{split}_{name}": s[name] for name in task.metrics})
     model.train(was_training)
     return out
 
