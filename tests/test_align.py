@@ -83,12 +83,29 @@ def test_an_aligned_zoo_holds_the_same_networks_in_one_order(tmp_path):
         assert {m.shard for m in aligned.members(None)} == before and aligned.meta(ALIGN_META) == again
 
 
-def test_align_is_refused_for_a_net_it_cannot_permute_before_training(tmp_path, monkeypatch):
-    # a net weightgen builds but whose hidden units it does not know (as any timm architecture)
-    monkeypatch.setitem(NETS._items, "linear-probe",
-                        lambda input_shape, num_classes: nn.Sequential(nn.Flatten(), nn.Linear(64, num_classes)))
-    cfg = tiny_cfg(net={"name": "linear-probe"}, zoo={"mode": "seeds", "runs": 2, "align": "weight_matching"})
-    with pytest.raises(ZooError, match="zoo.align 'weight_matching'.*mlp, cnn, vit, not 'linear-probe'"):
+class _Residual(nn.Module):
+    def __init__(self, num_classes: int):
+        super().__init__()
+        self.a, self.b, self.head = nn.Linear(64, 8), nn.Linear(8, 8), nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        h = self.a(x.flatten(1))
+        return self.head(h + torch.relu(self.b(h)))
+
+
+@pytest.mark.parametrize("name,make,message", [
+    # a net whose hidden units tracing cannot follow (as many timm architectures), and one without any
+    ("residual", lambda input_shape, num_classes: _Residual(num_classes),
+     r"zoo.align 'weight_matching' does not know net 'residual': 'add' \(operator.add\) combines the units of "
+     r"layer 'a'.*weightgen_permutation_groups\(\).*, or set zoo.align: none$"),
+    ("linear-probe", lambda input_shape, num_classes: nn.Sequential(nn.Flatten(), nn.Linear(64, num_classes)),
+     r"zoo.align 'weight_matching': net 'linear-probe' has no hidden layer whose units could be permuted; "
+     "use zoo.align: none"),
+])
+def test_align_is_refused_for_a_net_it_cannot_permute_before_training(tmp_path, monkeypatch, name, make, message):
+    monkeypatch.setitem(NETS._items, name, make)
+    cfg = tiny_cfg(net={"name": name}, zoo={"mode": "seeds", "runs": 2, "align": "weight_matching"})
+    with pytest.raises(ZooError, match=message):
         build(cfg, tmp_path / "z")
     with Zoo.open(tmp_path / "z") as zoo:
         assert zoo.members(None) == []

@@ -106,10 +106,16 @@ def test_every_value_is_in_a_token_and_padding_in_none(key, architecture):
 def test_equivariant_to_permuting_hidden_units_where_exact(key, architecture, exact):
     gen, states, name = _units_gen(key, **_arch(architecture))
     _randomize(gen.net)
-    tok = gen.tokenizer
     groups = hidden_groups(name, {k: v.shape for k, v in states[0].items()})
     # Exact: augmentation is redundant and skipped; otherwise it stays as configured (on).
     assert gen.groups == ([] if exact else gen.permutation_groups())
+    _assert_equivariant(gen, states, groups, exact)
+
+
+def _assert_equivariant(gen, states: list, groups, exact: bool) -> None:
+    """Permuting the hidden units of a noisy network and its start permutes the model's output alike
+    (to 1e-5) exactly when ``exact``; the permutation does move the output."""
+    tok = gen.tokenizer
     start = {k: torch.stack([s[k] for s in states[:2]]) for k in tok.names}
     noisy = {k: torch.stack([1.3 * s[k] + 0.1 for s in states[2:]]) for k in tok.names}
     perms = random_permutations(groups, 2, torch.Generator().manual_seed(1))
@@ -251,3 +257,29 @@ def test_vit_unit_tokens_move_with_their_units():
         for other in set(range(len(groups))) - {g}:  # other groups' units hold the same values, maybe reordered
             torch.testing.assert_close(moved[index[other]].sort(1).values, flat[index[other]].sort(1).values,
                                        atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("architecture,exact", [("units", False), ("graph", True)])
+def test_a_traced_net_outside_the_package_gets_unit_tokens(monkeypatch, architecture, exact):
+    """A net the package does not know (LayerNorm, odd widths 7 and 5): its groups come from tracing
+    it (weightgen/nets/symmetry.py), its LayerNorm entries sit in its units' tokens, and the graph
+    model is exactly equivariant to permuting them."""
+    from weightgen.nets import NETS as REGISTRY
+
+    def make(input_shape, num_classes):
+        return nn.Sequential(nn.Flatten(), nn.Linear(64, 7), nn.LayerNorm(7), nn.ReLU(), nn.Linear(7, 5),
+                             nn.LayerNorm(5), nn.ReLU(), nn.Linear(5, num_classes))
+
+    monkeypatch.setitem(REGISTRY._items, "test-units-layernorm-mlp", make)
+    net_build = {"name": "test-units-layernorm-mlp", "kwargs": {}, "input_shape": [1, 8, 8], "num_classes": 10}
+    states = [_seeded(s, lambda: make((1, 8, 8), 10)).state_dict() for s in range(4)]
+    tok = Tokenizer.fit(states, token_size=16, normalize="tensor")
+    gen = GPT(GPTSpec.model_validate({**UNITS, "architecture": architecture}), tok, states[0], net_build)
+    groups = gen.net_groups(("test", "off"))
+    assert [g.size for g in groups] == [7, 5]
+    # a unit's row (64 or 7 values), its bias, LayerNorm weight and bias, and its column of the next layer
+    widths = [(7, 64 + 3 + 5), (5, 7 + 3 + 10)] if architecture == "units" else [(7, 64 + 3), (5, 3 + 10)]
+    assert [tuple(i.shape) for i in gen.net.units.unit_indices()] == widths
+    assert gen.groups == ([] if exact else groups)
+    _randomize(gen.net)
+    _assert_equivariant(gen, states, groups, exact)

@@ -25,7 +25,8 @@ from torch import nn
 
 from weightgen.config import GPTSpec
 from weightgen.diffusion import Diffusion, FrequencyEmbedding, make_ema, timestep_embedding, train_steps
-from weightgen.nets.permute import HiddenGroup, hidden_groups, permute_batch, random_permutations
+from weightgen.nets.permute import HiddenGroup, PermutationError, permute_batch, random_permutations
+from weightgen.nets.symmetry import AUGMENTATION, permutation_groups
 from weightgen.tokens import TokenizerError
 
 from .base import Generator, GeneratorError, member_metric
@@ -181,28 +182,30 @@ class GPT(Generator):
             raise GeneratorError(f"gpt architecture '{self.spec.architecture}' needs one normalization per tensor "
                                  "(tokenizer.normalize: tensor or none): per-element statistics differ between "
                                  "hidden units, so the model could not treat them alike; got 'element'")
-        shapes = {k: shape for k, (shape, _) in self.layout.items()}
-        try:
-            groups = hidden_groups(self.net_build.get("name", "?"), shapes, self.net_build.get("kwargs"))
-        except ValueError as e:
-            raise GeneratorError(str(e).replace("permutation augmentation", f"gpt architecture '{self.spec.architecture}'")
-                                 .replace("generator.permutation_augmentation: false",
-                                          "generator.architecture: chunks")) from None
+        groups = self.net_groups((f"G.pt's architecture '{self.spec.architecture}'", "generator.architecture: chunks"))
         index = UnitIndex(self.tokenizer, groups, edges=self.spec.architecture == "graph")
         if not index.units:
             raise GeneratorError(f"gpt architecture '{self.spec.architecture}': no generated tensor belongs to a hidden unit "
                                  f"(generated: {', '.join(self.tokenizer.names)}); use architecture: chunks")
         return index
 
+    def net_groups(self, use: tuple[str, str]) -> list[HiddenGroup]:
+        """Every hidden layer of the net (``weightgen.nets.symmetry``: hand-written, declared or
+        traced); a net without them is refused naming ``use`` (what needs them, the setting that
+        turns it off)."""
+        if getattr(self, "_net_groups", None) is None:  # a net outside the table is built and traced once
+            shapes = {k: shape for k, (shape, _) in self.layout.items()}
+            try:
+                self._net_groups = permutation_groups(self.net_build, shapes, build=self.build_net, uses=(use,))
+            except PermutationError as e:
+                raise GeneratorError(str(e)) from None
+        return self._net_groups
+
     def permutation_groups(self) -> list[HiddenGroup]:
         """Hidden layers whose every parameter is generated. A layer that touches a parameter
         taken from the start checkpoint unchanged is left alone: permuting only part of it
         would change the network's function. Buffers follow whatever is generated."""
-        shapes = {k: shape for k, (shape, _) in self.layout.items()}
-        try:
-            groups = hidden_groups(self.net_build.get("name", "?"), shapes, self.net_build.get("kwargs"))
-        except ValueError as e:
-            raise GeneratorError(str(e)) from None
+        groups = self.net_groups(AUGMENTATION)
         generated = set(self.tokenizer.names)
         usable = [g for g in groups if all(a.name in generated for a in g.axes if not a.buffer)]
         if len(usable) < len(groups):

@@ -12,7 +12,8 @@ flattened into a linear one (channels x positions), one unit is a contiguous ``b
 input columns: permuting a channel moves its block of spatial positions with it. An axis
 that stacks several tensors' units (attention's fused query, key and value rows) is split
 into ``outer`` equal parts, the same permutation applied inside each.
-``hidden_groups`` knows the library's ``mlp``, ``cnn`` and ``vit``; other nets are refused by name.
+``hidden_groups`` holds the hand-written groups of the library's ``mlp``, ``cnn`` and ``vit``;
+``weightgen.nets.symmetry`` finds those of any other net (declared by the net, or traced).
 """
 from __future__ import annotations
 
@@ -144,11 +145,12 @@ GROUPS = {"mlp": lambda shapes, kwargs: _mlp_groups(shapes), "cnn": lambda shape
 
 
 def hidden_groups(net: str, shapes: dict[str, tuple[int, ...]], kwargs: dict | None = None) -> list[HiddenGroup]:
-    """The permutable hidden layers of net ``net`` (a registered net name), from its entries' shapes
-    and the keyword arguments it was built with (``net.kwargs``; a ViT's ``heads``)."""
+    """The hand-written permutable hidden layers of net ``net`` (a name in ``GROUPS``), from its entries'
+    shapes and the keyword arguments it was built with (``net.kwargs``; a ViT's ``heads``). Other
+    nets: ``weightgen.nets.symmetry.permutation_groups``."""
     if net not in GROUPS:
-        raise PermutationError(f"permutation augmentation does not know net '{net}'; it supports "
-                               f"{', '.join(GROUPS)} (turn it off with generator.permutation_augmentation: false)")
+        raise PermutationError(f"no hand-written permutation groups for net '{net}' (only for {', '.join(GROUPS)}); "
+                               "weightgen.nets.symmetry.permutation_groups finds those of other nets")
     return GROUPS[net]({k: tuple(v) for k, v in shapes.items()}, dict(kwargs or {}))
 
 

@@ -22,7 +22,8 @@ from itertools import groupby
 
 import torch
 
-from weightgen.nets.permute import hidden_groups, matching_permutations, permute_state
+from weightgen.nets.permute import PermutationError, matching_permutations, permute_state
+from weightgen.nets.symmetry import ALIGN, permutation_groups
 
 from .store import Zoo, ZooError, ZooWriter
 
@@ -44,8 +45,11 @@ def align_zoo(path, writer: ZooWriter, seed: int = 0) -> dict:
             raise ZooError(f"{path}: no finished training run to align the zoo to")
         ref_member = [m for m in train if m.run == train[0].run][-1]
         reference = zoo.load(ref_member)
-        net = zoo.meta("net_build")
-        groups = hidden_groups(net["name"], {k: tuple(v.shape) for k, v in reference.items()}, net.get("kwargs"))
+        try:
+            groups = permutation_groups(zoo.meta("net_build"), {k: tuple(v.shape) for k, v in reference.items()},
+                                        build=zoo.build_net, uses=(ALIGN,))
+        except PermutationError as e:
+            raise ZooError(str(e)) from None
         moved = 0
         for run, ckpts in groupby(members, key=lambda m: m.run):
             ckpts = list(ckpts)
