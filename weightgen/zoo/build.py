@@ -1,8 +1,8 @@
 """Build a zoo from a config: plan the runs, train the ones not done yet, store checkpoints.
 
 Resuming is the default: runs already marked ``done`` are skipped, an interrupted run is
-redone from its start. Under ``torchrun`` every rank takes every ``world``-th run; rank 0
-alone tidies orphans before the others start.
+redone from its start, and so is a finished run whose shard is corrupt. Under ``torchrun``
+every rank takes every ``world``-th run; rank 0 alone tidies orphans before the others start.
 """
 from __future__ import annotations
 
@@ -13,14 +13,16 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from weightgen.config import ConfigError, ExperimentConfig, dump_config, parse_config
+from weightgen.config import ConfigError, ExperimentConfig, parse_config
 from weightgen.nets import build_net, parameter_names
-from weightgen.nets.fold_bn import FoldError, fold_pairs
-from weightgen.nets.permute import GROUPS as PERMUTABLE
+from weightgen.nets.fold_bn import FOLD_META, FoldError, fold_pairs
+from weightgen.nets.permute import PermutationError
+from weightgen.nets.symmetry import check_config as check_symmetry
 from weightgen.progress import progress_bar
 from weightgen.tasks import all_codes, get_task, parse_code
 
-from .align import align_zoo
+from .align import ALIGN_META, align_zoo
+from .external import kept_zoo
 from .fold import fold_zoo
 from .store import ZooError, ZooWriter
 from .train import Schedule, match_any, steps_per_epoch, train_member
@@ -155,6 +157,20 @@ def _check_same_config(writer: ZooWriter, cfg: ExperimentConfig, path: Path) -> 
             )
 
 
+def redo_corrupt_runs(writer: ZooWriter) -> list[int]:
+    """The finished runs with a corrupt shard (``ZooWriter.corrupt_runs``), marked unfinished so that
+    the build redoes them; each is named in a warning. Folding and alignment are then run again
+    (both skip what is already done), so the redone runs' checkpoints get them too."""
+    bad = writer.corrupt_runs()
+    for run, problems in bad.items():
+        log.warning("run %d is trained again: %s", run, "; ".join(problems))
+    if bad:
+        writer.reopen_runs(list(bad))
+        writer.delete_meta(FOLD_META)
+        writer.delete_meta(ALIGN_META)
+    return sorted(bad)
+
+
 def _dist_info() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
@@ -173,6 +189,9 @@ def build_zoo(cfg: ExperimentConfig, path: str | Path, show_progress: bool = Tru
     if world > 1 and rank == 0:
         dist.barrier()
     try:
+        kept = kept_zoo(cfg, writer, path)  # imported or recorded checkpoints: nothing to train
+        if kept is not None:
+            return kept
         return _build(cfg, path, writer, show_progress)
     finally:
         writer.close()
@@ -182,6 +201,7 @@ def _build(cfg: ExperimentConfig, path: Path, writer: ZooWriter, show_progress: 
     rank, world = _dist_info()
     plans = plan_runs(cfg)
     base_task = get_task(cfg.task.name, cfg.task.code, **cfg.task.kwargs)
+    redone: list[int] = []
     if rank == 0:
         _check_same_config(writer, cfg, path)
         removed = writer.remove_orphans()
@@ -192,9 +212,11 @@ def _build(cfg: ExperimentConfig, path: Path, writer: ZooWriter, show_progress: 
         tail = list(cfg.zoo.tail)
         if tail and not any(match_any(n, tail) for n in parameter_names(net)):
             raise ZooError(f"zoo.tail patterns {tail} match no parameter of net '{cfg.net.name}'")
-        if cfg.zoo.align != "none" and cfg.net.name not in PERMUTABLE:  # say so before any run is trained
-            raise ZooError(f"zoo.align '{cfg.zoo.align}' permutes hidden units, which weightgen knows for nets "
-                           f"{', '.join(PERMUTABLE)}, not '{cfg.net.name}'; use zoo.align: none")
+        try:  # zoo.align and G.pt permute hidden units: say so before any run is trained if none are found
+            check_symmetry(cfg, {"name": cfg.net.name, "kwargs": cfg.net.kwargs,
+                                 "input_shape": list(base_task.input_shape)}, net)
+        except PermutationError as e:
+            raise ZooError(str(e)) from None
         if cfg.zoo.fold_bn:  # say so before any run is trained
             try:
                 pairs = fold_pairs(net)
@@ -203,12 +225,8 @@ def _build(cfg: ExperimentConfig, path: Path, writer: ZooWriter, show_progress: 
             if not pairs:
                 raise ZooError(f"zoo.fold_bn: net '{cfg.net.name}' has no BatchNorm right after a conv or linear "
                                "layer to fold; use zoo.fold_bn: false")
-        writer.set_meta("config", cfg.model_dump(mode="json"))
-        writer.set_meta("config_yaml", dump_config(cfg))
-        writer.set_meta("parameter_names", parameter_names(net))
-        writer.set_meta("net_build", {"name": cfg.net.name, "kwargs": cfg.net.kwargs,
-                                      "input_shape": list(base_task.input_shape),
-                                      "num_classes": 2 if cfg.zoo.mode == "tasks" else base_task.num_classes})
+        redone = redo_corrupt_runs(writer)  # after every check of the config: a refused build changes nothing
+        writer.set_config(cfg, net, base_task.input_shape, 2 if cfg.zoo.mode == "tasks" else base_task.num_classes)
     if world > 1:
         dist.barrier()
     done = writer.done_runs()
@@ -237,6 +255,8 @@ def _build(cfg: ExperimentConfig, path: Path, writer: ZooWriter, show_progress: 
     if world > 1:
         dist.barrier()
     summary = {"runs": len(plans), "trained": len(todo), "skipped": len([p for p in plans if p.run in done])}
+    if rank == 0 and redone:
+        summary["redone"] = redone
     if cfg.zoo.fold_bn and rank == 0:  # every run is done here (the barrier above); before aligning
         summary["bn_folded"] = fold_zoo(path, writer)
     if cfg.zoo.align != "none" and rank == 0:  # every run is done here (the barrier above)

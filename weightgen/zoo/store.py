@@ -45,6 +45,8 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     shard TEXT NOT NULL UNIQUE, sha256 TEXT NOT NULL, tensors TEXT NOT NULL, created REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS checkpoints_run ON checkpoints(run);
+-- Where an imported checkpoint came from (``weightgen zoo import``): a rerun skips what is here.
+CREATE TABLE IF NOT EXISTS sources (checkpoint INTEGER PRIMARY KEY, path TEXT NOT NULL, sha256 TEXT NOT NULL);
 """
 
 
@@ -74,6 +76,7 @@ class Member:
 
 
 LOCKED_RETRIES = 300  # x 0.1 s
+SHOWN_PROBLEMS = 5  # corrupt shards named in one error; the rest are counted
 
 
 def _connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
@@ -98,6 +101,18 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def shard_bytes(path: Path, sha256: str | None) -> bytes:
+    """The bytes of shard ``path``, checked against its manifest row's ``sha256`` unless None;
+    ZooCorruptError names the file when it is missing or does not match."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ZooCorruptError(f"{path}: shard listed in the manifest is missing") from None
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        raise ZooCorruptError(f"{path}: sha256 does not match the manifest (file corrupt or changed)")
+    return data
 
 
 def _dtype_name(t: torch.Tensor) -> str:
@@ -173,19 +188,24 @@ class Zoo:
     def shard_path(self, member: Member) -> Path:
         return self.root / SHARDS / member.shard
 
-    def load(self, member: Member, names: list[str] | None = None, verify: bool = True) -> dict[str, torch.Tensor]:
-        """The member's tensors (all, or ``names``), checked against the manifest's sha256."""
+    def _read(self, member: Member, verify: bool = True) -> dict[str, torch.Tensor]:
+        """Every tensor of the member's shard; ZooCorruptError names the shard when it is missing,
+        does not match the manifest's sha256 (with ``verify``) or cannot be parsed."""
         path = self.shard_path(member)
+        data = shard_bytes(path, member.sha256 if verify else None)
         try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise ZooCorruptError(f"{path}: shard listed in the manifest is missing") from None
-        if verify and hashlib.sha256(data).hexdigest() != member.sha256:
-            raise ZooCorruptError(f"{path}: sha256 does not match the manifest (file corrupt or changed)")
-        try:
-            tensors = st_load(data)
+            return st_load(data)
         except (SafetensorError, ValueError, RuntimeError) as e:
             raise ZooCorruptError(f"{path}: not a readable safetensors file ({e})") from None
+
+    def load(self, member: Member, names: list[str] | None = None, verify: bool = True) -> dict[str, torch.Tensor]:
+        """The member's tensors (all, or ``names``), checked against the manifest's sha256. A corrupt
+        shard's error names every corrupt shard of the zoo, so that one repair mends them all."""
+        path = self.shard_path(member)
+        try:
+            tensors = self._read(member, verify)
+        except ZooCorruptError as e:
+            raise self._every_corrupt(e) from None
         if names is None:
             # safetensors does not keep insertion order; the manifest does (state_dict order).
             return {k: tensors[k] for k in member.tensors}
@@ -203,10 +223,21 @@ class Zoo:
         problems = []
         for m in self.members(split=None):
             try:
-                self.load(m)
+                self._read(m)
             except ZooError as e:
                 problems.append(str(e))
         return problems
+
+    def _every_corrupt(self, first: ZooCorruptError) -> ZooCorruptError:
+        """``first``, or one error naming every corrupt shard (the first few and a count) when
+        there are more."""
+        problems = self.verify()
+        if len(problems) <= 1:
+            return first
+        more = (f"; and {len(problems) - SHOWN_PROBLEMS} more (`weightgen zoo info {self.root} --verify` lists them)"
+                if len(problems) > SHOWN_PROBLEMS else "")
+        return ZooCorruptError(f"{len(problems)} corrupt shards in {self.root}: "
+                               f"{'; '.join(problems[:SHOWN_PROBLEMS])}{more}")
 
     def close(self) -> None:
         self._con.close()
@@ -223,7 +254,10 @@ class ZooWriter:
 
     def __init__(self, path: str | Path):
         self.root = Path(path)
-        (self.root / SHARDS).mkdir(parents=True, exist_ok=True)
+        try:
+            (self.root / SHARDS).mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # a file in the way, no permission, a read-only file system
+            raise ZooError(f"{self.root}: cannot write a zoo there ({e.strerror or e})") from None
         manifest = self.root / MANIFEST
         # Creating the schema and switching a new file to WAL can answer "database is locked"
         # without consulting the busy handler when several writers start together: retry those.
@@ -245,9 +279,41 @@ class ZooWriter:
     def get_meta(self, key: str, default=None):
         return _read_meta(self._con, key, default)
 
+    def set_config(self, cfg, net, input_shape, num_classes: int) -> None:
+        """The records every later command reads to rebuild the zoo's net and task: the config (as data
+        and as YAML), the net's parameter names, and how to build the net (``Generator.build_net``)."""
+        from weightgen.config import dump_config
+        from weightgen.nets import parameter_names
+
+        self.set_meta("config", cfg.model_dump(mode="json"))
+        self.set_meta("config_yaml", dump_config(cfg))
+        self.set_meta("parameter_names", parameter_names(net))
+        self.set_meta("net_build", {"name": cfg.net.name, "kwargs": cfg.net.kwargs,
+                                    "input_shape": list(input_shape), "num_classes": num_classes})
+
+    def delete_meta(self, key: str) -> None:
+        self._con.execute("DELETE FROM meta WHERE key = ?", (key,))
+
     def done_runs(self) -> set[int]:
         """The runs a resumed build skips."""
         return {r[0] for r in self._con.execute("SELECT run FROM runs WHERE status = 'done'")}
+
+    def corrupt_runs(self) -> dict[int, list[str]]:
+        """Finished runs with a shard that is missing or does not match its row's sha256 (as
+        ``Zoo.verify`` checks), each with its problems: what a resumed build redoes, not skips."""
+        rows = self._con.execute("SELECT c.run, c.shard, c.sha256 FROM checkpoints c JOIN runs r ON r.run = c.run"
+                                 " WHERE r.status = 'done' ORDER BY c.run, c.step").fetchall()
+        bad: dict[int, list[str]] = {}
+        for run, shard, sha256 in rows:
+            try:
+                shard_bytes(self.root / SHARDS / shard, sha256)
+            except ZooCorruptError as e:
+                bad.setdefault(run, []).append(str(e))
+        return bad
+
+    def reopen_runs(self, runs: list[int]) -> None:
+        """Mark finished ``runs`` unfinished: readers stop seeing them, and a build redoes them."""
+        self._con.executemany("UPDATE runs SET status = 'running' WHERE run = ?", [(r,) for r in runs])
 
     def remove_orphans(self) -> int:
         """Delete shard files that no row points at (and temporary files). Single-writer only."""
@@ -285,8 +351,10 @@ class ZooWriter:
         _fsync_dir(final.parent)
         return data
 
-    def add_checkpoint(self, run: int, ckpt: int, step: int, state: dict[str, torch.Tensor], metrics: dict) -> str:
-        """Write one checkpoint's tensors, then its row. Returns the shard's file name."""
+    def add_checkpoint(self, run: int, ckpt: int, step: int, state: dict[str, torch.Tensor], metrics: dict,
+                       source: tuple[str, str] | None = None) -> str:
+        """Write one checkpoint's tensors, then its row. Returns the shard's file name.
+        ``source``: the (path, sha256) of the file it was imported from, stored with the row in one transaction."""
         info = self._con.execute("SELECT seed, task, condition, split FROM runs WHERE run = ?", (run,)).fetchone()
         if info is None:
             raise ZooError(f"run {run} was not begun")
@@ -294,13 +362,39 @@ class ZooWriter:
         name = f"r{run:05d}_c{ckpt:04d}.safetensors"
         data = self._write_shard(name, tensors)
         spec = {k: [list(v.shape), _dtype_name(v)] for k, v in tensors.items()}
-        self._con.execute(
-            "INSERT INTO checkpoints(run, seed, step, task, condition, split, metrics, shard, sha256, tensors, created)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-            (run, info[0], step, info[1], info[2], info[3], json.dumps(metrics), name,
-             hashlib.sha256(data).hexdigest(), json.dumps(spec), time.time()),
-        )
+        row = ("INSERT INTO checkpoints(run, seed, step, task, condition, split, metrics, shard, sha256, tensors, created)"
+               " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+               (run, info[0], step, info[1], info[2], info[3], json.dumps(metrics), name,
+                hashlib.sha256(data).hexdigest(), json.dumps(spec), time.time()))
+        if source is None:
+            self._con.execute(*row)
+            return name
+        self._con.execute("BEGIN IMMEDIATE")
+        try:
+            cur = self._con.execute(*row)
+            self._con.execute("INSERT INTO sources(checkpoint, path, sha256) VALUES (?,?,?)",
+                              (cur.lastrowid, source[0], source[1]))
+            self._con.execute("COMMIT")
+        except BaseException:
+            self._con.execute("ROLLBACK")
+            raise
         return name
+
+    def run_rows(self) -> dict[int, dict]:
+        """Every run, finished or not, with its split, condition, status and the steps of its
+        checkpoints: what an import or a recorder appends to."""
+        runs = {r[0]: {"seed": r[1], "task": r[2], "condition": json.loads(r[3]), "split": r[4], "status": r[5],
+                       "steps": []}
+                for r in self._con.execute("SELECT run, seed, task, condition, split, status FROM runs")}
+        for run, step in self._con.execute("SELECT run, step FROM checkpoints ORDER BY run, step"):
+            runs[run]["steps"].append(step)
+        return runs
+
+    def sources(self) -> dict[str, dict]:
+        """The files imported so far, by path: their sha256 and the run and step they became."""
+        rows = self._con.execute(
+            "SELECT s.path, s.sha256, c.run, c.step FROM sources s JOIN checkpoints c ON c.id = s.checkpoint")
+        return {r[0]: {"sha256": r[1], "run": r[2], "step": r[3]} for r in rows}
 
     def replace_checkpoint(self, member: Member, state: dict[str, torch.Tensor]) -> str:
         """Store new tensors for an existing checkpoint (same names and shapes; e.g. its hidden
