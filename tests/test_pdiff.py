@@ -196,6 +196,15 @@ def test_a_generator_saved_with_removed_keys_loads_at_their_defaults_and_is_refu
         load_generator(saved_with(noise_mode="add"))
 
 
+def test_an_unknown_top_level_key_of_generator_json_is_refused(pdiff_saved, tmp_path):
+    d = shutil.copytree(pdiff_saved[0], tmp_path / "gen")
+    meta = json.loads((d / "generator.json").read_text())
+    assert set(meta) == {"method", "spec", "net_build", "layout", "weightgen_version"}  # what p-diff writes loads
+    (d / "generator.json").write_text(json.dumps({**meta, "weightgen_versoin": "0"}))
+    with pytest.raises(GeneratorError, match=r"generator\.json: unknown key 'weightgen_versoin' \(did you mean "
+                                             r"'weightgen_version'\?\); allowed keys: method, spec, net_build"):
+        load_generator(d)
+
 
 def test_save_load_round_trip_is_bit_identical(pdiff_saved, tmp_path):
     directory, _ = pdiff_saved
@@ -287,6 +296,20 @@ def test_seeds(fitted):
     assert not torch.equal(a["head.weight"], c["head.weight"])
     torch.manual_seed(99)  # the global RNG plays no part in sampling
     assert _equal_states(_one(fitted, 3, seed=0, sampler="ddim", steps=10), a)
+
+
+def test_samples_do_not_depend_on_the_batch_size(fitted):
+    """Each sample draws all its noise from a stream of its own (``per_sample_noise``): the batch it
+    is made in changes only the float rounding of batched matrix products."""
+    for sampler, steps in (("ddpm", None), ("ddim", 5)):
+        made = []
+        for batch_size in (5, 2, 1):
+            batches = list(fitted.sample(5, seed=3, batch_size=batch_size, sampler=sampler, steps=steps))
+            made.append({k: torch.cat([b[k] for b in batches]) for k in fitted.tokenizer.names})
+        for other in made[1:]:
+            for k in fitted.tokenizer.names:
+                torch.testing.assert_close(other[k], made[0][k], atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(made[0]["head.weight"][0], made[0]["head.weight"][1])  # and samples differ
 
 
 def test_ema_is_used_saved_and_loaded(zoo, tmp_path):

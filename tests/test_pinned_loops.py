@@ -21,7 +21,7 @@ from weightgen.zoo import Zoo
 
 # (sum, mean absolute value) of the generated tensors; rtol 1e-4, atol 1e-6.
 PINNED = {
-    "pdiff": (4.651474997022888, 0.09052363575295506),
+    "pdiff": (4.125417918279709, 0.0823100657846832),
     "rpg": (4.570494390824024, 0.11366044181912033),
     "gpt": (-6.7088451186646125, 0.08277009024178801),
 }

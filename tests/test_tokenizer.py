@@ -349,3 +349,31 @@ def test_generated_running_var_is_never_negative():
     stacked = {k: torch.stack([s[k] for s in states]) for k in states[0]}
     noisy = noise_added(stacked, ["bn.weight", "bn.running_var"], sigma=10.0, n=20, seed=0)
     assert (noisy["bn.running_var"] >= 0).all() and (noisy["bn.weight"] < 0).any()
+
+
+@pytest.mark.parametrize("normalize", ["tensor", "element", "none"])
+def test_round_trip_is_within_its_documented_bound(normalize):
+    """Float32 tokens round each normalized value once: x comes back within ``ROUND_TRIP_BOUND *
+    |x - mean|``, and exactly without normalization. Small values of a tensor whose mean is far
+    from them are where the rounding shows."""
+    from weightgen.tokens.tokenizer import ROUND_TRIP_BOUND
+
+    g = torch.Generator().manual_seed(0)
+    states = [{"w": torch.randn(40, 30, generator=g) * 0.05 + 2.0 * (i % 2), "b": torch.randn(9, generator=g) * 1e-4}
+              for i in range(4)]
+    tok = Tokenizer.fit(states, token_size=16, normalize=normalize)
+    worst = 0.0
+    for state in states:
+        out = tok.tensors(tok.tokenize(state))
+        for i, name in enumerate(tok.names):
+            if normalize == "none":
+                assert torch.equal(out[name], state[name]), name
+                continue
+            x, y = state[name].double(), out[name].double()
+            mean = tok.stats(i)[0]
+            mean = mean.view(x.shape) if normalize == "element" else mean
+            allowed = ROUND_TRIP_BOUND * (x - mean).abs()
+            assert ((y - x).abs() <= allowed).all(), name
+            worst = max(worst, float(((y - x).abs() / allowed.clamp_min(1e-300)).max()))
+    if normalize != "none":
+        assert 0 < worst <= 1  # not exact, and the bound is the one that holds

@@ -508,6 +508,70 @@ def test_corrupt_shard_is_detected(zoo_copy, how):
     assert "".join(str(path).split()) in squashed, result.output
 
 
+def test_a_zoo_where_a_file_is_in_the_way_is_one_error(tmp_path):
+    blocked = tmp_path / "a_file"
+    blocked.write_text("not a directory")
+    for path in (blocked, blocked / "zoo"):
+        with pytest.raises(ZooError, match=f"^{path}: cannot write a zoo there"):
+            store_mod.ZooWriter(path)
+    assert blocked.read_text() == "not a directory"
+
+
+def test_every_corrupt_shard_is_named(zoo_copy):
+    zoo = Zoo.open(zoo_copy)
+    members = zoo.members(split=None)
+    _corrupt(zoo.shard_path(members[2]), "flip")
+    _corrupt(zoo.shard_path(members[4]), "delete")
+    with pytest.raises(ZooCorruptError) as e:
+        zoo.load(members[2])  # the error of one shard names the other too
+    text = str(e.value)
+    assert text.startswith(f"2 corrupt shards in {zoo_copy}: ") and "\n" not in text
+    assert members[2].shard in text and members[4].shard in text and members[0].shard not in text
+    assert "missing" in text and "sha256" in text
+    zoo.close()
+
+
+def test_many_corrupt_shards_are_counted(zoo_copy, monkeypatch):
+    monkeypatch.setattr(store_mod, "SHOWN_PROBLEMS", 2)
+    zoo = Zoo.open(zoo_copy)
+    members = zoo.members(split=None)
+    for m in members[:5]:
+        _corrupt(zoo.shard_path(m), "flip")
+    with pytest.raises(ZooCorruptError, match=r"^5 corrupt shards in .*; and 3 more \(`weightgen zoo info .* --verify`"):
+        zoo.load(members[3])
+    zoo.close()
+
+
+def test_build_trains_again_a_finished_run_whose_shard_is_corrupt(zoo_copy):
+    before = checkpoint_rows(zoo_copy)
+    zoo = Zoo.open(zoo_copy)
+    members = zoo.members(split=None)
+    _corrupt(zoo.shard_path(members[3]), "flip")  # run 1
+    _corrupt(zoo.shard_path(members[4]), "delete")  # run 2 (held out)
+    zoo.close()
+    assert build(SEEDS_ZOO_CFG, zoo_copy) == {"runs": 3, "trained": 2, "skipped": 1, "redone": [1, 2]}
+    # the seeded runs are trained again bit for bit: the same rows, every shard sound
+    assert [(r, s, h) for r, s, h, _ in checkpoint_rows(zoo_copy)] == [(r, s, h) for r, s, h, _ in before]
+    with Zoo.open(zoo_copy) as zoo:
+        assert zoo.verify() == []
+    assert build(SEEDS_ZOO_CFG, zoo_copy) == {"runs": 3, "trained": 0, "skipped": 3}
+
+
+def test_a_run_trained_again_is_aligned_again(tmp_path):
+    cfg = tiny_cfg(zoo={"mode": "seeds", "runs": 2, "checkpoints": 2, "every": 2, "align": "weight_matching"})
+    build(cfg, tmp_path / "zoo")
+    before = checkpoint_rows(tmp_path / "zoo")
+    with Zoo.open(tmp_path / "zoo") as zoo:
+        aligned = zoo.meta("aligned")
+        assert aligned["runs_permuted"] == 1
+        _corrupt(zoo.shard_path(zoo.members()[3]), "flip")  # run 1: permuted into run 0's order
+    summary = build(cfg, tmp_path / "zoo")
+    assert summary["redone"] == [1] and summary["aligned"] == aligned
+    # run 1 is trained again and permuted again: the same tensors as before it was corrupted
+    with Zoo.open(tmp_path / "zoo") as zoo:
+        assert zoo.verify() == []
+        assert [m.sha256 for m in zoo.members()] == [h for _, _, h, _ in before]
+
 @pytest.mark.parametrize("content", [b"this is not a database" * 300, b""], ids=["garbage", "empty"])
 def test_garbage_manifest_open(tmp_path, content):
     (tmp_path / "z").mkdir()
@@ -582,11 +646,13 @@ def test_cli_build_with_procs_matches_one_process(tmp_path):
             assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wb)
 
 
-def test_cli_build_with_procs_failure_is_named(tmp_path):
+def test_cli_build_with_procs_failure_is_named(tmp_path, monkeypatch):
     """A failed multi-process build exits 2 with an error that names the zoo and says a rerun resumes."""
     cfg_path = write_config(tmp_path / "procs.yaml", tiny_cfg(zoo={"mode": "seeds", "runs": 2, "checkpoints": 2, "every": 2}))
     blocked = tmp_path / "a-file"
     blocked.write_text("not a directory")
+    # the command's own check of --out would refuse this path before any process starts
+    monkeypatch.setattr("weightgen.cli.writable_dir", lambda path, what: path)
     res = CliRunner().invoke(app, ["zoo", "build", str(cfg_path), "--out", str(blocked / "zoo"), "--procs", "2"])
     assert res.exit_code == 2
     text = " ".join(res.output.split())

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import math
 import statistics
+import tempfile
 from importlib import resources
 from pathlib import Path
 
@@ -44,6 +45,28 @@ def fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+def _said(e: Exception) -> str:
+    """A library error as the command line says it: its ``cli`` wording (flags, not Python
+    arguments) where it has one."""
+    return getattr(e, "cli", None) or str(e)
+
+
+def writable_dir(path: Path, what: str) -> Path:
+    """``path``, checked before any work as a directory this command can create or write in;
+    otherwise one line naming ``what`` (the flag), the path and why."""
+    if path.exists() and not path.is_dir():
+        fail(f"{what} {path}: is a file, not a directory")
+    above = next(p for p in (path, *path.parents) if p.exists())  # the nearest existing directory or file
+    if not above.is_dir():
+        fail(f"{what} {path}: cannot be made, since {above} is a file")
+    try:  # a probe file: it meets permissions and read-only file systems, which os.access misjudges for root
+        with tempfile.TemporaryFile(dir=above):
+            pass
+    except OSError as e:
+        fail(f"{what} {path}: cannot write in {above} ({e.strerror or e})")
+    return path
+
+
 @zoo_app.command("build")
 def zoo_build(
     config: str = typer.Argument(None, help="YAML config, or a built-in name (default: demo)"),
@@ -59,10 +82,12 @@ def zoo_build(
     _setup_logging(verbose)
     try:
         cfg, _ = resolve_config(config)
-        path = out or Path("zoos") / cfg.name
+        path = writable_dir(out or Path("zoos") / cfg.name, "--out" if out else "zoo directory")
         if procs == 1:
             summary = build_zoo(cfg, path)
-            console.print(f"zoo [bold]{path}[/bold]: {summary['trained']} run(s) trained, "
+            redone = summary.get("redone")
+            again = f" (run(s) {', '.join(map(str, redone))} again: a shard was corrupt)" if redone else ""
+            console.print(f"zoo [bold]{path}[/bold]: {summary['trained']} run(s) trained{again}, "
                           f"{summary['skipped']} already done")
             return
         build_zoo_processes(cfg, path, procs)
@@ -90,6 +115,10 @@ def zoo_info(path: Path = typer.Argument(..., help="zoo directory"),
     table = Table(title=f"zoo {path}", show_header=False)
     table.add_row("task / net", f"{cfg.task.name} / {cfg.net.name} {cfg.net.kwargs or ''}")
     table.add_row("mode", cfg.zoo.mode)
+    origin = zoo.meta("origin")  # checkpoints made outside a build (weightgen/zoo/external.py)
+    if origin:
+        table.add_row("origin", f"imported from {origin['source']}" if origin["kind"] == "import"
+                      else "recorded by weightgen.zoo.Recorder")
     aligned = zoo.meta("aligned")
     if aligned:
         ref = aligned["reference"]
@@ -109,7 +138,7 @@ def zoo_info(path: Path = typer.Argument(..., help="zoo directory"),
         if not ms:
             continue
         table.add_row(f"checkpoints ({split})", str(len(ms)))
-        for key in ("test_accuracy", "test_loss"):
+        for key in sorted({k for m in ms for k in m.metrics if k.startswith("test_")}):  # the task's metrics
             vals = [m.metrics[key] for m in ms if key in m.metrics]
             if vals:
                 table.add_row(f"  {key}", f"min {min(vals):.4f}  median {statistics.median(vals):.4f}  max {max(vals):.4f}")
@@ -128,8 +157,66 @@ def zoo_info(path: Path = typer.Argument(..., help="zoo directory"),
         console.print(f"all {len(members)} shards verified")
 
 
+@zoo_app.command("import")
+def zoo_import(
+    source: str = typer.Argument(..., help="a folder of checkpoint files (searched recursively), a quoted glob "
+                                           "such as 'ckpts/*/step*.pt', or one file"),
+    out: Path = typer.Option(..., "--out", "-o", help="zoo directory (a rerun resumes and skips files already there)"),
+    net: str = typer.Option(None, "--net", help="the net, as a config's net section: a name (mlp, "
+                                                "my_pkg.nets:make_net, ./nets.py:make_net) or a quoted YAML mapping "
+                                                "such as '{name: mlp, hidden: [37, 23]}' (default: --config's)"),
+    task: str = typer.Option(None, "--task", help="the task, likewise: digits, or '{name: ./data.py:make_task}' "
+                                                  "(default: --config's)"),
+    config: str = typer.Option(None, "--config", "-c", help="a YAML config or built-in name whose sections the "
+                                                            "zoo records (its net and task unless --net or --task)"),
+    metrics: Path = typer.Option(None, "--metrics", "-m", help="CSV or JSON, one row per file: column 'file', then "
+                                                               "optional run, step, seed, split (train or heldout), "
+                                                               "code, condition.<key>, and metric columns such as "
+                                                               "test_loss"),
+    evaluate: bool = typer.Option(False, "--evaluate", help="score every checkpoint on the task's metrics and "
+                                                             "splits, as a build does"),
+    mode: str = typer.Option(None, "--mode", help="zoo mode recorded: seeds, trajectory or tasks (default: seeds "
+                                                  "for one checkpoint per run, trajectory for several, tasks where "
+                                                  "every file has a code)"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Import checkpoints trained anywhere as a zoo that every command reads.
+
+    Files: .safetensors, or .pt, .pth, .bin and .ckpt read with torch.load(weights_only=True), never unpickled.
+
+    Each holds a state dict of the net, or a dict with one under 'state_dict'.
+
+    Without --metrics, run and step come from the path, as in run3_step100.safetensors or seed-3/step-100.pt.
+
+    A run is run<N> or seed<N>; a step is step<N>, iter<N>, epoch<N> or checkpoint<N>, or a file stem that is a number.
+
+    Where no path names a run or a step, each file is a run of its own.
+    """
+    from weightgen.zoo import ZooError, import_checkpoints
+    from weightgen.zoo.external import external_config
+
+    _setup_logging(verbose)
+    if mode is not None and mode not in ("seeds", "trajectory", "tasks"):
+        fail(f"--mode is seeds, trajectory or tasks, got {mode!r}")
+    try:
+        base = resolve_config(config)[0] if config else None
+        if base is None and (net is None or task is None):
+            fail("name the checkpoints' " + " and ".join(f for f, v in (("--net", net), ("--task", task)) if v is None)
+                 + " (or a --config with net and task sections)")
+        cfg = external_config(net, task, base)
+        summary = import_checkpoints(source, out, cfg, metrics, evaluate, mode)
+    except (ConfigError, RegistryError, ZooError, ValueError) as e:
+        fail(str(e))
+    except OSError as e:
+        fail(f"{e.filename or out}: {e.strerror or e}")
+    skipped = f", {summary['skipped']} already there" if summary["skipped"] else ""
+    console.print(f"zoo [bold]{out}[/bold]: {summary['imported']} checkpoint(s) imported from {summary['files']} "
+                  f"file(s){skipped}; {summary['runs']} run(s), mode {summary['mode']}")
+
+
 def _summary_table(report: dict) -> Table:
-    table = Table(title=report["title"])
+    metric, better = report.get("metric", "accuracy"), report.get("better", "higher")
+    table = Table(title=report["title"], caption=f"best, mean, median: {report['split']} {metric} ({better} is better)")
     for col in ("group", "n", "best", "mean", "median", "max IoU", "nearest dist"):
         table.add_column(col, justify="left" if col == "group" else "right")
     for key, g in report["groups"].items():
@@ -175,10 +262,11 @@ def run(config: str = typer.Argument(None, help="YAML config or built-in name (d
         cfg, source = resolve_config(config)
         console.print(f"weightgen run: [bold]{cfg.name}[/bold] ({source}): {cfg.task.name} / {cfg.net.name}, "
                       f"zoo mode {cfg.zoo.mode}, generator {cfg.generator.method}")
-        out = out or Path("runs") / cfg.name
+        out = writable_dir(out or Path("runs") / cfg.name, "--out" if out else "run directory")
+        writable_dir(zoo or Path("zoos") / cfg.name, "--zoo" if zoo else "zoo directory")
         report = run_experiment(cfg, zoo, out)
     except (ConfigError, RegistryError, ZooError, GeneratorError, ValueError) as e:
-        fail(str(e))
+        fail(_said(e))
     _print_report(report, out)
 
 
@@ -195,11 +283,12 @@ def train(config: str = typer.Argument(None, help="YAML config or built-in name 
     _setup_logging(verbose)
     try:
         cfg, _ = resolve_config(config)
+        out = writable_dir(out or Path("runs") / cfg.name / "generator", "--out" if out else "generator directory")
         zoo_obj = Zoo.open(zoo or Path("zoos") / cfg.name)
         gen, stats = fit_generator(cfg, zoo_obj)
-        out = gen.save(out or Path("runs") / cfg.name / "generator")
+        out = gen.save(out)
     except (ConfigError, RegistryError, ZooError, GeneratorError, ValueError) as e:
-        fail(str(e))
+        fail(_said(e))
     console.print(f"generator {gen.method} saved to {out} ({stats['fit_seconds']:.1f} s)")
 
 
@@ -210,7 +299,9 @@ def sample(generator: Path = typer.Argument(..., help="saved generator directory
            seed: int = typer.Option(0, "--seed"),
            sampler: str = typer.Option("ddpm", "--sampler", help="ddpm or ddim"),
            steps: int = typer.Option(None, "--steps", help="denoising steps (default: T for ddpm, 60 for ddim)"),
-           batch_size: int = typer.Option(100, "--batch-size", min=1, help="networks held in memory at once"),
+           batch_size: int = typer.Option(100, "--batch-size", min=1,
+                                          help="networks held in memory at once; pdiff's networks are the same at "
+                                               "any batch size, rpg's and gpt's change with it (not with --stream)"),
            stream: bool = typer.Option(None, "--stream/--no-stream",
                                        help="write each network piece by piece as it is generated, one at a time "
                                             "(default: for nets of 2M parameters or more)"),
@@ -241,11 +332,18 @@ def sample(generator: Path = typer.Argument(..., help="saved generator directory
     if sampler not in ("ddpm", "ddim"):
         fail(f"--sampler must be ddpm or ddim, got {sampler!r}")
     given = [name for name, v in (("--classes", classes), ("--task-code", task_code), ("--metric", metric),
-                                  ("--start", start)) if v is not None]
-    if len(given) > 1:
-        fail(f"give one condition, not {' and '.join(given)}")
+                                  ("--start", start), ("--start-metric", start_metric),
+                                  ("--target-metric", target_metric)) if v is not None]
+    conditions = [g for g in given if g in ("--classes", "--task-code", "--metric", "--start")]
+    if len(conditions) > 1:
+        fail(f"give one condition, not {' and '.join(conditions)}")
+    for name, v in (("--metric", metric), ("--start-metric", start_metric), ("--target-metric", target_metric)):
+        if v is not None and not math.isfinite(v):
+            fail(f"{name} takes a finite number, got {v}")
+    writable_dir(out, "--out")
     try:
         gen = load_generator(generator)
+        _check_condition_flags(gen, given)
         set_sampling(gen.spec, temperature)
         condition = task_code if metric is None else metric
         if start is not None or start_metric is not None or target_metric is not None:
@@ -258,9 +356,38 @@ def sample(generator: Path = typer.Argument(..., help="saved generator directory
             condition = code_from_classes(picked, getattr(gen, "code_length", None) or 10)
         meta = write_samples(gen, out, n, seed, batch_size, sampler, steps, condition=condition, stream=stream)
     except (GeneratorError, ValueError) as e:  # TaskCodeError is a ValueError
-        fail(str(e))
+        fail(_said(e))
     bad = f", {len(meta['nonfinite'])} with non-finite weights (listed in samples.json)" if meta["nonfinite"] else ""
     console.print(f"{meta['n']} networks written to {out}{bad}")
+
+
+# The flags of `weightgen sample` that give each kind of condition (Generator.condition_kind).
+CONDITION_FLAGS = {"none": (), "task_code": ("--classes", "--task-code"), "metric": ("--metric",),
+                   "prompt": ("--start", "--start-metric", "--target-metric")}
+
+
+def _check_condition_flags(gen, given: list[str]) -> None:
+    """One line, in flags, when the condition flags ``given`` do not fit what ``gen`` is conditioned on."""
+    kind = gen.condition_kind
+    if kind not in CONDITION_FLAGS:
+        return  # a kind of condition the command line does not know: the generator's own check answers
+    if kind == "none":
+        needs = f"{gen.method} is unconditional: sample it without --classes, --task-code, --metric or --start"
+    elif kind == "task_code":
+        needs = (f"this {gen.method} generator is conditioned on task codes: give --classes (e.g. 1,4,9) "
+                 "or --task-code (e.g. 0100100001)")
+    elif kind == "metric":
+        seen = getattr(gen, "metric_range", None)
+        span = f" (its zoo spans {seen[0]:.4g} to {seen[1]:.4g})" if seen else ""
+        needs = f"this {gen.method} generator is conditioned on {gen.spec.metric}{span}: give --metric VALUE"
+    else:
+        needs = (f"this {gen.method} generator samples from a prompt: give --start CKPT.safetensors, "
+                 "--start-metric X and --target-metric Y")
+    wrong = [g for g in given if g not in CONDITION_FLAGS[kind]]
+    if wrong:
+        fail(f"{needs}, not {', '.join(wrong[:-1]) + ' or ' if len(wrong) > 1 else ''}{wrong[-1]}")
+    if kind != "none" and not given:
+        fail(needs)
 
 
 def _gpt_prompt(start: Path | None, start_metric: float | None, target_metric: float | None) -> dict:
@@ -292,10 +419,11 @@ def evaluate(samples: Path = typer.Argument(..., help="directory written by `wei
     try:
         zoo_obj = Zoo.open(zoo)
         meta, batches = read_samples(samples)
+        writable_dir(out or samples, "--out" if out else "SAMPLES")  # the report goes there
         report = evaluate_samples(zoo_obj, batches, meta["generated_names"], out or samples, zoo_obj.config,
                                   title=f"{samples}: {meta['method']}")
     except (ZooError, GeneratorError, ConfigError, ValueError) as e:
-        fail(str(e))
+        fail(_said(e))
     _print_report(report, out or samples)
 
 

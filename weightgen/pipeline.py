@@ -121,7 +121,12 @@ def run_experiment(cfg: ExperimentConfig, zoo_dir: Path | None = None, run_dir: 
     # nothing to sample from here: say so before the zoo and the fit cost anything.
     needs_prompt = getattr(GENERATORS.get(cfg.generator.method), "needs_prompt", None)
     if needs_prompt:
-        raise GeneratorError(f"`weightgen run` cannot sample generator '{cfg.generator.method}': {needs_prompt}")
+        method = cfg.generator.method
+        raise GeneratorError(f"`weightgen run` cannot sample generator '{method}': {needs_prompt}",
+                             cli=f"`weightgen run` cannot sample generator '{method}': it samples from a prompt (a "
+                                 "start checkpoint, its metric and the metric wanted), which a run does not give; "
+                                 "fit it with `weightgen train CONFIG`, then `weightgen sample GENERATOR --start "
+                                 "CKPT.safetensors --start-metric X --target-metric Y`")
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(dump_config(cfg))
     t0 = time.perf_counter()
@@ -240,8 +245,10 @@ def read_samples(directory: Path, batch_size: int = 100) -> tuple[dict, Iterator
     meta_file = directory / SAMPLES_JSON
     try:
         meta = json.loads(meta_file.read_text())
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         raise GeneratorError(f"{meta_file}: missing; write samples with `weightgen sample`") from None
+    except json.JSONDecodeError as e:
+        raise GeneratorError(f"{meta_file}: not valid JSON ({e})") from None
     files = [directory / f"sample_{i:04d}.safetensors" for i in range(meta["n"])]
 
     def batches():

@@ -22,6 +22,7 @@ from torch import nn
 
 import weightgen
 from weightgen.config import ConfigError, without_removed_keys
+from weightgen.registry import did_you_mean
 from weightgen.tensorfile import StreamingSafetensorsWriter
 from weightgen.tokens import Tokenizer, TokenizerError
 from weightgen.zoo import Zoo
@@ -30,6 +31,8 @@ from weightgen.zoo.train import resolve_device
 log = logging.getLogger(__name__)
 
 GENERATOR_JSON = "generator.json"
+# The top-level keys of generator.json that every method writes (``save``); a method adds its ``extra_meta``.
+SAVED_KEYS = ("method", "spec", "net_build", "layout", "weightgen_version")
 WEIGHTS = "weights.safetensors"
 REFERENCE = "reference.safetensors"
 
@@ -47,7 +50,15 @@ def available_memory() -> int:
 
 
 class GeneratorError(ValueError):
-    """A generator that cannot be built, loaded or used as asked."""
+    """A generator that cannot be built, loaded or used as asked.
+
+    ``cli``: the same said with the command line's flags, where the message names Python
+    arguments (``condition=...``); the command line prints it instead.
+    """
+
+    def __init__(self, message: str = "", cli: str | None = None):
+        super().__init__(message)
+        self.cli = cli
 
 
 def warn_fixed_entries_vary(zoo: Zoo, members: list, reference: dict[str, torch.Tensor],
@@ -79,9 +90,21 @@ def warn_fixed_entries_vary(zoo: Zoo, members: list, reference: dict[str, torch.
     return sorted(varying)
 
 
+def sample_generators(seed: int, start: int, stop: int) -> list[torch.Generator]:
+    """One CPU generator for each of the samples ``start:stop`` of a call to ``sample`` with
+    ``seed``: sample i draws all its noise from a stream of its own, so its network does not
+    depend on the batch it is made in."""
+    base = int(torch.randint(0, 2**62, (1,), generator=torch.Generator().manual_seed(seed)))
+    return [torch.Generator().manual_seed(base + i) for i in range(start, stop)]
+
+
 class Generator(ABC):
     method: ClassVar[str]
     spec_class: ClassVar[type[BaseModel]]
+    # True where ``sample_tokens`` takes one generator per sample (``sample_generators``): its
+    # samples are then the same whatever the batch size, up to the float rounding of batched
+    # matrix products. Otherwise a batch draws from one stream, and its samples depend on it.
+    per_sample_noise: ClassVar[bool] = False
 
     def __init__(self, spec: BaseModel, tokenizer: Tokenizer, reference: dict[str, torch.Tensor], net_build: dict,
                  layout: dict[str, tuple[tuple[int, ...], torch.dtype]] | None = None, device: str = "auto"):
@@ -118,7 +141,8 @@ class Generator(ABC):
     @abstractmethod
     def sample_tokens(self, n: int, condition: Any, generator: torch.Generator, sampler: str = "ddpm",
                       steps: int | None = None) -> torch.Tensor:
-        """``(n, num_tokens, width)`` normalized tokens on the CPU."""
+        """``(n, num_tokens, width)`` normalized tokens on the CPU; ``generator`` is a list of one
+        per sample where the class sets ``per_sample_noise``."""
 
     # -- shared machinery -----------------------------------------------------------------
     @classmethod
@@ -184,7 +208,8 @@ class Generator(ABC):
                steps: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
         """Yield stacked state_dicts in batches of at most ``batch_size`` (bounded memory).
 
-        The same seed gives the same weights on the same machine.
+        The same seed gives the same weights on the same machine; with ``per_sample_noise``, at
+        any ``batch_size`` (up to float rounding).
         """
         for m in self.components().values():
             m.eval()
@@ -192,7 +217,8 @@ class Generator(ABC):
         gen = torch.Generator().manual_seed(seed)
         for start in range(0, n, batch_size):
             stop = min(start + batch_size, n)
-            tokens = self.sample_tokens(stop - start, self.condition_rows(condition, start, stop), gen, sampler, steps)
+            noise = sample_generators(seed, start, stop) if self.per_sample_noise else gen
+            tokens = self.sample_tokens(stop - start, self.condition_rows(condition, start, stop), noise, sampler, steps)
             yield self.to_states(tokens)
 
     def condition_rows(self, condition: Any, start: int, stop: int) -> Any:
@@ -221,7 +247,7 @@ class Generator(ABC):
         """
         for m in self.components().values():
             m.eval()
-        gen = torch.Generator().manual_seed(seed)
+        gen = sample_generators(seed, 0, 1) if self.per_sample_noise else torch.Generator().manual_seed(seed)
         meta = {"weightgen_version": weightgen.__version__, "method": self.method, "seed": str(seed),
                 **(metadata or {})}
         nonfinite = 0
@@ -239,11 +265,21 @@ class Generator(ABC):
         ema = getattr(self, "ema", None)
         return (ema.module if ema is not None else module).eval()
 
+    @property
+    def condition_kind(self) -> str:
+        """What sampling asks for: ``none`` (unconditional), ``task_code``, ``metric`` (the spec's
+        ``condition``) or ``prompt`` (a start checkpoint and metrics, G.pt's ``needs_prompt``)."""
+        if getattr(self, "needs_prompt", None):
+            return "prompt"
+        return getattr(self.spec, "condition", "none")
+
     def resolve_condition(self, condition: Any) -> Any:
         """The condition in the form the generator samples with; a bad one is refused, never
         ignored. Unconditional generators accept only ``None``."""
         if condition is not None:
-            raise GeneratorError(f"{self.method} is unconditional; sample it with condition=None")
+            raise GeneratorError(f"{self.method} is unconditional; sample it with condition=None",
+                                 cli=f"{self.method} is unconditional: sample it without --classes, --task-code, "
+                                     "--metric or --start")
         return None
 
     def memory_capped_batch(self, batch_size: int, budget_fraction: float = 0.25) -> int:
@@ -309,13 +345,21 @@ class Generator(ABC):
 
 
 def member_metric(member, name: str) -> float:
-    """A zoo member's metric ``name``; ``<split>_error`` is 1 - ``<split>_accuracy``."""
-    key = name.replace("_error", "_accuracy") if name.endswith("_error") else name
-    if key not in member.metrics:
-        raise GeneratorError(f"checkpoint {member.id} (run {member.run}, step {member.step}) has no metric "
-                             f"'{key}'; it has: {', '.join(member.metrics) or 'none'}")
-    value = float(member.metrics[key])
-    return 1.0 - value if name.endswith("_error") else value
+    """A zoo member's metric ``name`` (``<split>_<metric>``, any metric its task records); where the
+    checkpoint records accuracy but no error, ``<split>_error`` is 1 - ``<split>_accuracy``."""
+    if name in member.metrics:
+        return float(member.metrics[name])
+    accuracy = name.removesuffix("_error") + "_accuracy"
+    if name.endswith("_error") and accuracy in member.metrics:
+        return 1.0 - float(member.metrics[accuracy])
+    raise GeneratorError(f"checkpoint {member.id} (run {member.run}, step {member.step}) has no metric "
+                         f"'{name}'; it has: {', '.join(metric_names(member.metrics)) or 'none'}")
+
+
+def metric_names(metrics: dict) -> list[str]:
+    """The metric names a checkpoint answers to: those it records, and ``<split>_error`` beside each accuracy."""
+    derived = [k.removesuffix("_accuracy") + "_error" for k in metrics if k.endswith("_accuracy")]
+    return list(metrics) + [k for k in derived if k not in metrics]
 
 
 def set_sampling(spec, temperature: float | None = None) -> None:
@@ -372,6 +416,11 @@ def load_generator(directory: str | Path, device: str = "auto") -> Generator:
     gen = cls.__new__(cls)
     gen.load_extra_meta(meta)
     Generator.__init__(gen, spec, tokenizer, {k: reference[k] for k in fixed}, meta["net_build"], layout, device)
+    allowed = [*SAVED_KEYS, *gen.extra_meta()]  # what `save` writes for this method
+    unknown = [k for k in meta if k not in allowed]
+    if unknown:
+        raise GeneratorError(f"{d / GENERATOR_JSON}: unknown key '{unknown[0]}'{did_you_mean(str(unknown[0]), allowed)}; "
+                             f"allowed keys: {', '.join(allowed)}")
     for name, module in gen.components().items():
         prefix = f"{name}."
         state = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}

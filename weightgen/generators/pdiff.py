@@ -74,6 +74,7 @@ class PDiff(Generator):
     method = "pdiff"
     spec_class = PDiffSpec
     spec: PDiffSpec
+    per_sample_noise = True  # each latent draws its own noise: a sample does not depend on the batch size
 
     def build_components(self) -> None:
         if not self.tokenizer.flat:

@@ -8,7 +8,11 @@ the tensor). p-diff's flat vector is the same tokenizer with ``token_size="flat"
 one token holding every selected value, no padding.
 
 The inverse rebuilds a complete state_dict: generated tensors come from the tokens,
-everything else (BatchNorm buffers, frozen layers) from a reference checkpoint.
+everything else (BatchNorm buffers, frozen layers) from a reference checkpoint. Tokens are
+float32, so a normalized value is rounded once: a value x comes back within 2^-23 * |x - mean|
+(about 1.2e-7 of its distance from its mean, ``ROUND_TRIP_BOUND``), and exactly with
+``normalize: none`` and for every entry not generated. Exact tokens would need float64 ones,
+twice the memory of every generator's data.
 """
 from __future__ import annotations
 
@@ -69,6 +73,9 @@ def select_names(state: dict[str, torch.Tensor], include: list[str], exclude: li
 
 
 CONSTANT = 1e-8  # a spread at or below this is a value the zoo never changes
+# A round trip (tokenize, then tensors) returns x within ROUND_TRIP_BOUND * |x - mean|: the
+# float32 rounding of the normalized value, at most 2^-24 of it, carried back and rounded once more.
+ROUND_TRIP_BOUND = 2.0**-23
 
 
 def constant_element_scale(std: torch.Tensor, sizes: list[int]) -> torch.Tensor:
@@ -278,7 +285,8 @@ class Tokenizer:
         return torch.stack([self.tokenize(s) for s in states])
 
     def tensors(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Generated tensors from tokens ``(..., num_tokens, width)``; leading dims are kept."""
+        """Generated tensors from tokens ``(..., num_tokens, width)``; leading dims are kept. The
+        inverse of ``tokenize`` within ``ROUND_TRIP_BOUND`` (module doc), exact without normalization."""
         lead = tokens.shape[:-2]
         if tuple(tokens.shape[-2:]) != (self.num_tokens, self.width):
             raise TokenizerError(f"tokens have shape {tuple(tokens.shape[-2:])}, expected ({self.num_tokens}, {self.width})")
