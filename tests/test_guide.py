@@ -31,7 +31,7 @@ def test_the_guide_has_files_and_commands():
     assert sum(lang == "bash" for lang, _ in found) == 3
     code_lines = [line for lang, code in found for line in code.splitlines()
                   if line.strip() and not line.lstrip().startswith("#")]
-    assert len(code_lines) <= 50  # the issue asks for a short path: the user's net, task and loop included
+    assert len(code_lines) < 40  # the whole path, the user's own net, task and training loop included
 
 
 def test_the_guide_runs_as_written(tmp_path):
