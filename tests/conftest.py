@@ -108,6 +108,14 @@ def subprocess_env() -> dict:
 
 PYTHON = sys.executable
 
+# The input shape a registered net is tested with: images of digits, or coordinates for field nets.
+DIGITS_SHAPE = (1, 8, 8)
+NET_INPUT = {"field-mlp": (2,), "siren": (2,)}
+
+
+def net_input(name: str) -> tuple[int, ...]:
+    return NET_INPUT.get(name, DIGITS_SHAPE)
+
 # -- session zoos -----------------------------------------------------------------------
 # Seeds zoo: 3 runs (the last held out) x 2 checkpoints, 17 steps each -> steps 15, 17.
 SEEDS_ZOO_CFG = tiny_cfg(zoo={"mode": "seeds", "runs": 3, "heldout": 1, "checkpoints": 2, "every": 2})

@@ -4,6 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import net_input
+
 from weightgen.nets import NETS, build_net, parameter_names
 from weightgen.registry import RegistryError
 
@@ -18,7 +20,8 @@ CASES = [
     ("vit", DIGITS, {"dim": 16, "depth": 1, "heads": 2}),
     ("timm:resnet18", DIGITS, {"input_size": 32}),
     ("timm:vit_tiny_patch16_224", DIGITS, {"img_size": 32, "patch_size": 8, "depth": 1, "input_size": 32}),
-] + [(name, DIGITS, {}) for name in NETS.names()]
+]
+CASES += [(name, net_input(name), {}) for name in NETS.names()]
 
 IDS = [f"{n}-{i}" for i, (n, _, _) in enumerate(CASES)]
 

@@ -7,6 +7,8 @@ import pytest
 import torch
 from torch.testing import assert_close
 
+from conftest import net_input
+
 from weightgen.nets import NETS, build_net, parameter_names
 from weightgen.tokens import FLAT, Tokenizer, TokenizerError, select_names
 from weightgen.zoo import Zoo
@@ -49,8 +51,9 @@ ROUNDTRIP = [(name, {}, 64, excl) for name in NETS.names() for excl in (False, T
 @pytest.mark.parametrize("name,kwargs,token_size,exclude_first", ROUNDTRIP,
                          ids=[f"{n}-{ts}-{'excl' if e else 'all'}-{i}" for i, (n, _, ts, e) in enumerate(ROUNDTRIP)])
 def test_round_trip(name, kwargs, token_size, exclude_first):
-    states, params = _states(name, [0, 1, 2], **kwargs)
-    (reference,), _ = _states(name, [7], **kwargs)
+    shape = net_input(name)
+    states, params = _states(name, [0, 1, 2], shape, **kwargs)
+    (reference,), _ = _states(name, [7], shape, **kwargs)
     exclude = [params[0]] if exclude_first else []
     tok = Tokenizer.fit(states, exclude=exclude, token_size=token_size, parameter_names=params)
     expected_names = [k for k in states[0] if k in params and k not in exclude and states[0][k].is_floating_point()]
@@ -69,7 +72,7 @@ def test_round_trip(name, kwargs, token_size, exclude_first):
         else:  # buffers and excluded layers: the reference's, bit for bit
             assert torch.equal(v, reference[k]), k
     # the result is a complete state_dict of the architecture
-    build_net(name, DIGITS, 10, **kwargs).load_state_dict(out, strict=True)
+    build_net(name, shape, 10, **kwargs).load_state_dict(out, strict=True)
 
 
 def test_layout_tokens_never_span_tensors():

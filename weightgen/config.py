@@ -171,6 +171,8 @@ class ZooSpec(StrictModel):
     - ``tail``: train, then keep training only the parameters matching ``tail`` and save
       ``checkpoints`` states ``every`` steps apart (p-diff).
     - ``tasks``: runs for class-subset ``codes`` of the task, the code stored as the condition.
+    - ``fields``: one field network per item of a field family (``weightgen.fields.zoo``), ``runs``
+      of them, fitted many at once; the item's class is the condition.
     ``heldout``: runs (or, in ``tasks`` mode, codes) trained and stored but marked held out,
     so that generators never see them and evaluation can compare against them.
     ``align``: ``weight_matching`` puts every run's hidden units in the first run's order (ours).
@@ -186,7 +188,7 @@ class ZooSpec(StrictModel):
     hidden units, so no generator could carry one code's solution over to the next.
     """
 
-    mode: Literal["seeds", "trajectory", "tail", "tasks"] = "seeds"
+    mode: Literal["seeds", "trajectory", "tail", "tasks", "fields"] = "seeds"
     runs: int = Field(1, ge=1)
     checkpoints: int = Field(1, ge=1)
     every: int = Field(1, ge=1)

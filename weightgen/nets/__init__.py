@@ -8,6 +8,7 @@ from weightgen.plugins import check_returned
 from weightgen.registry import check_kwargs
 
 from . import cnn as _cnn  # noqa: F401  (registers)
+from . import field as _field  # noqa: F401  (registers)
 from . import mlp as _mlp  # noqa: F401  (registers)
 from . import vit as _vit  # noqa: F401  (registers)
 from .registry import NETS

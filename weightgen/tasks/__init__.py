@@ -10,6 +10,8 @@ from . import functions as _functions  # noqa: F401  (registers)
 from . import mnist1d as _mnist1d  # noqa: F401  (registers)
 from .base import RegressionTask, Task
 from .registry import TASKS
+from weightgen.fields import digits as _digit_fields  # noqa: F401  (registers digit-fields)
+
 from .subset import TaskCodeError, all_codes, binary_subset, code_bits, code_from_classes, parse_code
 
 

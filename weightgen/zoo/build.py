@@ -71,6 +71,10 @@ def task_codes(cfg: ExperimentConfig) -> tuple[list[str], list[str]]:
 def plan_runs(cfg: ExperimentConfig) -> list[RunPlan]:
     """Every run of ``cfg``'s zoo, in order; run i is seeded with the config's seed + i."""
     z = cfg.zoo
+    if z.mode == "fields":
+        from weightgen.fields.zoo import plan_field_runs
+
+        return plan_field_runs(cfg)
     if z.mode == "tasks":
         train, heldout = task_codes(cfg)
         plans = []
@@ -192,6 +196,10 @@ def build_zoo(cfg: ExperimentConfig, path: str | Path, show_progress: bool = Tru
         kept = kept_zoo(cfg, writer, path)  # imported or recorded checkpoints: nothing to train
         if kept is not None:
             return kept
+        if cfg.zoo.mode == "fields":  # fitted many at once (weightgen.fields.zoo)
+            from weightgen.fields.zoo import build_field_zoo
+
+            return build_field_zoo(cfg, path, writer, show_progress)
         return _build(cfg, path, writer, show_progress)
     finally:
         writer.close()
