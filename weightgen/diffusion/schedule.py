@@ -7,6 +7,7 @@ from 1e-4 to 2e-2 (Ho et al. 2020, section 4), which p-diff, RPG and G.pt all us
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Callable
 
@@ -24,6 +25,8 @@ PREDICTIONS = ("epsilon", "sample", "v_prediction")
 BETA_START, BETA_END = 1e-4, 2e-2
 log = logging.getLogger(__name__)
 Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t, t) -> prediction
+# (step index, timestep, x0 prediction) -> None to go on, or a tensor that sampling returns at once.
+Callback = Callable[[int, int, torch.Tensor], "torch.Tensor | None"]
 
 
 class Diffusion:
@@ -37,6 +40,7 @@ class Diffusion:
         self.timesteps = timesteps
         self.prediction = prediction
         self.train_scheduler = DDPMScheduler(**self.kwargs)
+        self.callback: Callback | None = None  # set for a block by ``watching``
 
     @classmethod
     def from_spec(cls, spec) -> "Diffusion":
@@ -75,10 +79,16 @@ class Diffusion:
     def sample(self, denoise: Denoise, shape: tuple[int, ...],
                generator: torch.Generator | list[torch.Generator] | None = None,
                sampler: str = "ddpm", steps: int | None = None, eta: float = 0.0,
-               device: torch.device | str = "cpu", temperature: float = 1.0) -> torch.Tensor:
+               device: torch.device | str = "cpu", temperature: float = 1.0,
+               callback: Callback | None = None) -> torch.Tensor:
         """Run the reverse process from pure noise; ``steps`` defaults to T for DDPM, 60 for DDIM.
 
         ``temperature`` scales the starting noise (``DiffusionSpec.temperature``).
+
+        ``callback(step, t, x0_prediction)`` (default: the one ``watching`` set) sees the
+        prediction of the clean sample after each step ``step`` (0 first) at timestep ``t``; where
+        it returns a tensor, sampling stops and returns that instead. Pictures of a sample emerging
+        from noise decode these predictions (weightgen/fields/render.py).
 
         ``generator`` may be a list with one CPU generator per row of the batch: each row
         then draws all its noise from its own stream, so results do not depend on how rows
@@ -90,9 +100,25 @@ class Diffusion:
             log.warning("temperature %g scales only the starting noise; DDPM adds unscaled noise at every step, "
                         "so it changes little there: sample with ddim for low-temperature sampling", temperature)
         x = randn_tensor(shape, generator=generator, device=torch.device(device)) * temperature
-        for t in sched.timesteps:
+        callback = callback or self.callback
+        for step, t in enumerate(sched.timesteps):
             tt = torch.full((shape[0],), int(t), device=device, dtype=torch.long)
             pred = denoise(x, tt)
             extra = {"eta": eta} if sampler == "ddim" else {}
-            x = sched.step(pred, int(t), x, generator=generator, **extra).prev_sample
+            out = sched.step(pred, int(t), x, generator=generator, **extra)
+            x = out.prev_sample
+            if callback is not None:
+                early = callback(step, int(t), out.pred_original_sample)
+                if early is not None:
+                    return early
         return x
+
+    @contextlib.contextmanager
+    def watching(self, callback: Callback):
+        """Every ``sample`` call in the block reports to ``callback`` (see ``sample``): a generator
+        samples through its own code and never passes a callback on, so this reaches its loop."""
+        before, self.callback = self.callback, callback
+        try:
+            yield self
+        finally:
+            self.callback = before
