@@ -229,7 +229,7 @@ def _summary_table(report: dict) -> Table:
 
 
 def _print_report(report: dict, where: Path | None) -> None:
-    if report.get("kind") == "tasks":  # a tasks zoo: judged per code (evaluate/per_code.py)
+    if report.get("kind") in ("tasks", "fields"):  # judged per code (evaluate/per_code.py) or as fields
         for note in report["notes"]:
             console.print(f"- {note}", highlight=False)
         if where:
@@ -425,6 +425,52 @@ def evaluate(samples: Path = typer.Argument(..., help="directory written by `wei
     except (ZooError, GeneratorError, ConfigError, ValueError) as e:
         fail(_said(e))
     _print_report(report, out or samples)
+
+
+@app.command("render")
+def render(source: Path = typer.Argument(..., help="a folder written by `weightgen sample`, or a saved generator"),
+           out: Path = typer.Option(..., "--out", "-o", help="directory for grid.png (and strip.png, strip.gif)"),
+           resolution: int = typer.Option(None, "--resolution",
+                                          help="grid points per side (default: 64 in 2D, 32 in 3D)"),
+           n: int = typer.Option(16, "--n", "-n", min=1, help="fields shown (sampled, for a generator)"),
+           strip: bool = typer.Option(False, "--strip", help="a generator: also the denoising strip (PNG and GIF)"),
+           zoo: Path = typer.Option(None, "--zoo", help="show each field's nearest training field from this zoo"),
+           classes: str = typer.Option(None, "--classes", help="a class-conditioned generator: the class, e.g. 3"),
+           seed: int = typer.Option(0, "--seed"),
+           sampler: str = typer.Option("ddpm", "--sampler", help="ddpm or ddim"),
+           steps: int = typer.Option(None, "--steps", help="denoising steps (default: T for ddpm, 60 for ddim)"),
+           frames: int = typer.Option(6, "--frames", min=2, help="frames of the denoising strip"),
+           level: float = typer.Option(0.5, "--level", help="3D: the isosurface drawn (an occupancy of one half)"),
+           ) -> None:
+    """Pictures of neural fields: a grid of fields (beside their nearest training field with --zoo),
+    and with --strip the fields emerging from noise; 3D fields are drawn as meshes."""
+    from weightgen.fields.render import render_source
+    from weightgen.generators import GeneratorError, load_generator
+    from weightgen.tasks import code_from_classes
+    from weightgen.zoo import ZooError
+
+    if resolution is not None and resolution <= 0:
+        fail(f"--resolution must be a positive number of grid points per side, got {resolution}")
+    if sampler not in ("ddpm", "ddim"):
+        fail(f"--sampler must be ddpm or ddim, got {sampler!r}")
+    writable_dir(out, "--out")
+    try:
+        condition = None
+        if classes is not None:
+            if not (source / "generator.json").is_file():
+                fail("--classes conditions a generator's samples; give a saved generator, not a folder of samples")
+            gen = load_generator(source, device="cpu")
+            _check_condition_flags(gen, ["--classes"])
+            try:
+                picked = [int(c) for c in classes.replace(" ", "").split(",") if c]
+            except ValueError:
+                fail(f"--classes takes class numbers separated by commas (e.g. 1,4,9), got {classes!r}")
+            condition = code_from_classes(picked, getattr(gen, "code_length", None) or 10)
+        written = render_source(source, out, resolution, n, strip, zoo, condition, seed, sampler, steps, frames, level)
+    except (GeneratorError, ZooError, ConfigError, ValueError) as e:  # FieldError, TaskCodeError: ValueErrors
+        fail(_said(e))
+    names = ", ".join(Path(v).name for k, v in written.items() if k.endswith(("_png", "_gif")))
+    console.print(f"{written['n']} {written['dim']}D fields rendered at {written['resolution']} per side: {names} in {out}")
 
 
 if __name__ == "__main__":  # pragma: no cover

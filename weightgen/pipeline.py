@@ -148,6 +148,8 @@ def run_experiment(cfg: ExperimentConfig, zoo_dir: Path | None = None, run_dir: 
     s = cfg.sample
     if cfg.zoo.mode == "tasks":
         return _run_tasks(cfg, zoo, gen, fit_stats, zoo_seconds, run_dir)
+    if cfg.zoo.mode == "fields":
+        return _run_fields(cfg, zoo, gen, fit_stats, zoo_seconds, run_dir)
     clock: dict = {}
     batches = timed(gen.sample(s.n, None, s.seed, s.batch_size, s.sampler, s.steps), clock)
     report = evaluate_samples(zoo, batches, gen.tokenizer.names, None, cfg, title=f"{cfg.name}: {gen.method}")
@@ -181,6 +183,22 @@ def _run_tasks(cfg: ExperimentConfig, zoo: Zoo, gen: Generator, fit_stats: dict,
                         "threads": torch.get_num_threads()}
     report["fit"] = fit_stats
     write_tasks_report(report, run_dir)
+    return report
+
+
+def _run_fields(cfg: ExperimentConfig, zoo: Zoo, gen: Generator, fit_stats: dict, zoo_seconds: float,
+                run_dir: Path) -> dict:
+    """A ``fields`` zoo is judged by the field report (weightgen/fields/report.py): a generated field
+    has no target to score it on, so it is compared with the training fields instead."""
+    from weightgen.fields.report import fields_report, write_fields_report
+
+    start = time.perf_counter()
+    report = fields_report(gen, zoo, cfg, title=f"{cfg.name}: {gen.method} on {cfg.task.name}")
+    report["timing"] = {"zoo_build_seconds": zoo_seconds, "fit_seconds": fit_stats["fit_seconds"],
+                        "evaluate_seconds": time.perf_counter() - start, "device": str(gen.device),
+                        "threads": torch.get_num_threads()}
+    report["fit"] = fit_stats
+    write_fields_report(report, run_dir)
     return report
 
 

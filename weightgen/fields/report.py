@@ -1,0 +1,214 @@
+"""The field report of ``weightgen run`` on a ``fields`` zoo.
+
+A generated field has no target image, so the general judge (which scores a network on its task's
+test split) does not apply. This report decodes every network on the family's grid instead and says:
+
+- ``nearest``: each generated field's root-mean-square distance to its nearest training field (both
+  as decoded by their networks, on the grid), and that field's class: how far from a copy it is.
+- ``class_fidelity`` (class-conditioned generators): the share of fields that a digits classifier
+  (logistic regression trained on the original 8 x 8 images, read off the field at the 8 x 8 pixel
+  centres, which the bilinear upsampling keeps exactly) assigns to the class asked for.
+- the same two for the baselines: training fields' weights plus Gaussian noise at each of
+  ``evaluate.sigmas`` (classified as their source field's class), and held-out fields, the reference
+  for how far a new field of the family lies from the training ones.
+
+Pictures are H58-render's ``weightgen.fields.render``; it is used here when it is importable.
+"""
+from __future__ import annotations
+
+import json
+import math
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from weightgen.evaluate.batched import stack_states
+
+from .digits import grid_coords
+from .fit import field_values
+from .zoo import zoo_family
+
+REPORT_JSON = "report.json"
+REPORT_MD = "report.md"
+
+
+@lru_cache(maxsize=1)
+def digits_classifier():
+    """Logistic regression on scikit-learn's digits (pixels / 16), the training split of the ``digits``
+    task; returns (classifier, test accuracy)."""
+    from sklearn.linear_model import LogisticRegression
+
+    from weightgen.tasks.digits import _digits_arrays
+
+    x_tr, y_tr, _, _, x_te, y_te = _digits_arrays()
+    clf = LogisticRegression(max_iter=2000).fit(x_tr.reshape(len(x_tr), -1), y_tr)
+    return clf, float(clf.score(x_te.reshape(len(x_te), -1), y_te))
+
+
+def classify(net: torch.nn.Module, stacked: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The digits classifier's class ``(M,)`` for each field, read at the 8 x 8 pixel centres."""
+    clf, _ = digits_classifier()
+    pixels = field_values(net, stacked, grid_coords(8)).squeeze(-1).clamp(0.0, 1.0)
+    return torch.from_numpy(clf.predict(pixels.numpy())).long()
+
+
+def nearest(values: torch.Tensor, train_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(RMS distance, index) of each field's nearest training field; ``values (M, P, 1)``."""
+    d = torch.cdist(values.flatten(1), train_values.flatten(1)) / math.sqrt(values[0].numel())
+    dist, idx = d.min(dim=1)
+    return dist, idx
+
+
+def _summary(dist: torch.Tensor, asked: torch.Tensor | None, got: torch.Tensor | None) -> dict:
+    out = {"n": int(len(dist)), "nearest_rms_mean": float(dist.mean()), "nearest_rms_median": float(dist.median())}
+    if asked is not None and got is not None:
+        out["class_fidelity"] = float((asked == got).float().mean())
+    return out
+
+
+def fields_report(gen, zoo, cfg, title: str) -> dict:
+    """Sample ``cfg.sample.n`` fields (spread over the ten classes when the generator is conditioned on
+    them) and judge them against the zoo's fields (see the module's docstring)."""
+    s = cfg.sample
+    family = zoo_family(cfg)
+    net = zoo.build_net()
+    train_members = zoo.members("train")
+    train = stack_states([zoo.load(m) for m in train_members])
+    train_labels = torch.tensor([m.condition["class"] for m in train_members])
+    train_values = field_values(net, train, family.coords)
+    conditional = getattr(gen.spec, "condition", "none") == "task_code"
+    per_class = math.ceil(s.n / family.num_classes) if conditional else s.n
+    batches, asked = [], []
+    for c in (range(family.num_classes) if conditional else [None]):
+        code = None if c is None else "".join("1" if i == c else "0" for i in range(family.num_classes))
+        for batch in gen.sample(per_class, code, s.seed, s.batch_size, s.sampler, s.steps):
+            batches.append({k: v.float() for k, v in batch.items()})
+            asked += [c] * next(iter(batch.values())).shape[0]
+    samples = {k: torch.cat([b[k] for b in batches]) for k in batches[0]}
+    values = field_values(net, samples, family.coords)
+    finite = torch.isfinite(values.flatten(1)).all(1)
+    dist, idx = nearest(values.nan_to_num(0.0), train_values)
+    got = classify(net, {k: v.nan_to_num(0.0) for k, v in samples.items()})
+    asked_t = torch.tensor([-1 if a is None else a for a in asked])
+    report: dict = {"title": title, "kind": "fields", "task": cfg.task.name, "conditional": conditional,
+                    "grid": list(family.grid), "train_fields": len(train_members),
+                    "train_psnr_mean": sum(m.metrics["train_psnr"] for m in train_members) / len(train_members),
+                    "classifier_test_accuracy": digits_classifier()[1]}
+    report["generated"] = _summary(dist, asked_t if conditional else None, got)
+    report["generated"]["nonfinite"] = int((~finite).sum())
+    report["generated"]["nearest_class_matches_asked"] = (
+        float((train_labels[idx] == asked_t).float().mean()) if conditional else None)
+    # noise added to training fields' weights, each classified as its source's class
+    gen_rng = torch.Generator().manual_seed(cfg.seed)
+    n_noise = min(cfg.evaluate.n_noise, len(train_members))
+    src = torch.randperm(len(train_members), generator=gen_rng)[:n_noise]
+    report["noise"] = {}
+    for sigma in cfg.evaluate.sigmas:
+        noisy = {k: v[src] + sigma * torch.randn(v[src].shape, generator=gen_rng) for k, v in train.items()}
+        d, _ = nearest(field_values(net, noisy, family.coords), train_values)
+        report["noise"][str(sigma)] = _summary(d, train_labels[src], classify(net, noisy))
+    held = zoo.members("heldout")
+    if held:
+        hs = stack_states([zoo.load(m) for m in held])
+        d, _ = nearest(field_values(net, hs, family.coords), train_values)
+        report["heldout"] = _summary(d, torch.tensor([m.condition["class"] for m in held]), classify(net, hs))
+    report["notes"] = notes(report)
+    # for the pictures (not written to JSON): the first PICTURED fields of each class asked for, each with
+    # its nearest training field, and a denoising strip of one sample for each of STRIP_CLASSES
+    order = [i for c in sorted(set(asked), key=lambda c: -1 if c is None else c)
+             for i in [j for j, a in enumerate(asked) if a == c][:PICTURED if conditional else 2 * PICTURED]]
+    grid = tuple(family.grid)
+    report["_grid"] = (values[order].view(-1, *grid), train_values[idx[order]].view(-1, *grid), dist[order])
+    report["_strip"] = _strip(gen, net, family, cfg, conditional)
+    return report
+
+
+PICTURED = 2  # generated fields per class in the grid picture
+STRIP_CLASSES = (0, 3, 5, 8)  # one sample each in the denoising strip
+
+
+def _strip(gen, net, family, cfg, conditional: bool):
+    """(timesteps, frames ``[(B, *grid)]``) of a denoising strip, or None without the render module."""
+    try:
+        from .render import decode_during_sampling
+    except ImportError:
+        return None
+    s, grid, frames, steps = cfg.sample, tuple(family.grid), None, None
+    for c in (STRIP_CLASSES if conditional else [None]):
+        code = None if c is None else "".join("1" if i == c else "0" for i in range(family.num_classes))
+        steps, states = decode_during_sampling(gen, 1 if conditional else len(STRIP_CLASSES), code, s.seed,
+                                               frames=6, sampler=s.sampler, steps=s.steps)
+        decoded = [field_values(net, {k: v.float() for k, v in st.items()}, family.coords).view(-1, *grid)
+                   for st in states]
+        frames = decoded if frames is None else [torch.cat([a, b]) for a, b in zip(frames, decoded)]
+    return steps, frames
+
+
+def notes(report: dict) -> list[str]:
+    """The report's lines for the terminal."""
+    g = report["generated"]
+    out = [f"generated: {g['n']} fields, nearest training field {g['nearest_rms_mean']:.4f} RMS on average"
+           + (f", class fidelity {g['class_fidelity']:.3f}" if "class_fidelity" in g else "")]
+    for sigma, r in report["noise"].items():
+        out.append(f"training + noise {sigma}: nearest {r['nearest_rms_mean']:.4f} RMS, class fidelity "
+                   f"{r['class_fidelity']:.3f}")
+    if "heldout" in report:
+        r = report["heldout"]
+        out.append(f"held out: nearest {r['nearest_rms_mean']:.4f} RMS, class fidelity {r['class_fidelity']:.3f}")
+    return out
+
+
+def write_fields_report(report: dict, run_dir: Path) -> None:
+    """``report.json`` and ``report.md`` in ``run_dir`` (pictures where ``weightgen.fields.render`` exists)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    data = {k: v for k, v in report.items() if not k.startswith("_")}
+    (run_dir / REPORT_JSON).write_text(json.dumps(data, indent=1))
+    lines = [f"# {report['title']}", "",
+             f"{report['train_fields']} training fields (mean PSNR {report['train_psnr_mean']:.1f} dB) on a "
+             f"{' x '.join(map(str, report['grid']))} grid. Distances are root-mean-square over the grid, to the "
+             f"nearest training field (values in [0, 1]). Class fidelity: the share a digits classifier "
+             f"(test accuracy {report['classifier_test_accuracy']:.3f} on the original images) assigns to the "
+             "class asked for (generated), or to the source field's class (noise, held out).", "",
+             "| fields | n | nearest RMS (mean) | nearest RMS (median) | class fidelity |", "|---|---|---|---|---|"]
+
+    def row(name, r):
+        fid = r.get("class_fidelity")
+        return (f"| {name} | {r['n']} | {r['nearest_rms_mean']:.4f} | {r['nearest_rms_median']:.4f} | "
+                f"{'-' if fid is None else f'{fid:.3f}'} |")
+
+    lines.append(row("generated", report["generated"]))
+    for sigma, r in report["noise"].items():
+        lines.append(row(f"training + noise {sigma}", r))
+    if "heldout" in report:
+        lines.append(row("held out", report["heldout"]))
+    g = report["generated"]
+    if g.get("nonfinite"):
+        lines += ["", f"{g['nonfinite']} generated fields have non-finite values."]
+    if report.get("conditional"):
+        lines += ["", f"The nearest training field has the class asked for in "
+                      f"{100 * g['nearest_class_matches_asked']:.1f}% of generated fields."]
+    lines += _pictures(report, run_dir)
+    (run_dir / REPORT_MD).write_text("\n".join(lines) + "\n")
+
+
+def _pictures(report: dict, run_dir: Path) -> list[str]:
+    """``grid.png``, ``strip.png`` and ``strip.gif`` in ``run_dir`` (weightgen.fields.render); the
+    report's lines that show them (none without the render module)."""
+    try:
+        from .render import plot_grid, plot_strip, write_gif
+    except ImportError:
+        return []
+    out = []
+    if report.get("_grid") is not None:
+        generated, nearest_fields, dist = report["_grid"]
+        plot_grid(generated, run_dir / "grid.png", nearest_fields, dist, columns=2 * PICTURED * 5 // 2,
+                  title="generated (above) and the nearest training field (below)")
+        out += ["", "Generated fields, each above its nearest training field:", "", "![grid](grid.png)"]
+    if report.get("_strip") is not None:
+        steps, frames = report["_strip"]
+        plot_strip(frames, steps, run_dir / "strip.png", title="from noise to field")
+        write_gif(frames, steps, run_dir / "strip.gif")
+        out += ["", "Denoising strip (the sampler's clean-field prediction at several steps; also strip.gif):",
+                "", "![strip](strip.png)"]
+    return out
