@@ -178,11 +178,16 @@ def _run_tasks(cfg: ExperimentConfig, zoo: Zoo, gen: Generator, fit_stats: dict,
     s = cfg.sample
     start = time.perf_counter()
     report = tasks_report(gen, zoo, s.n, s.seed, s.sampler, s.steps, title=f"{cfg.name}: {gen.method} on unseen tasks")
+    write_tasks_report(_timed(report, gen, fit_stats, zoo_seconds, start), run_dir)
+    return report
+
+
+def _timed(report: dict, gen: Generator, fit_stats: dict, zoo_seconds: float, start: float) -> dict:
+    """``report`` with the fit's statistics and how long each stage took, and where."""
     report["timing"] = {"zoo_build_seconds": zoo_seconds, "fit_seconds": fit_stats["fit_seconds"],
                         "evaluate_seconds": time.perf_counter() - start, "device": str(gen.device),
                         "threads": torch.get_num_threads()}
     report["fit"] = fit_stats
-    write_tasks_report(report, run_dir)
     return report
 
 
@@ -194,11 +199,7 @@ def _run_fields(cfg: ExperimentConfig, zoo: Zoo, gen: Generator, fit_stats: dict
 
     start = time.perf_counter()
     report = fields_report(gen, zoo, cfg, title=f"{cfg.name}: {gen.method} on {cfg.task.name}")
-    report["timing"] = {"zoo_build_seconds": zoo_seconds, "fit_seconds": fit_stats["fit_seconds"],
-                        "evaluate_seconds": time.perf_counter() - start, "device": str(gen.device),
-                        "threads": torch.get_num_threads()}
-    report["fit"] = fit_stats
-    write_fields_report(report, run_dir)
+    write_fields_report(_timed(report, gen, fit_stats, zoo_seconds, start), run_dir)
     return report
 
 
