@@ -12,7 +12,8 @@ test split) does not apply. This report decodes every network on the family's gr
   ``evaluate.sigmas`` (classified as their source field's class), and held-out fields, the reference
   for how far a new field of the family lies from the training ones.
 
-Pictures are H58-render's ``weightgen.fields.render``; it is used here when it is importable.
+The pictures (the grid beside the nearest training fields, the denoising strip) are drawn by
+``weightgen.fields.render``.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from weightgen.evaluate.batched import stack_states
 
 from .digits import grid_coords
 from .fit import field_values
+from .render import decode_during_sampling, nearest, plot_grid, plot_strip, write_gif
 from .zoo import zoo_family
 
 REPORT_JSON = "report.json"
@@ -51,13 +53,6 @@ def classify(net: torch.nn.Module, stacked: dict[str, torch.Tensor]) -> torch.Te
     clf, _ = digits_classifier()
     pixels = field_values(net, stacked, grid_coords(8)).squeeze(-1).clamp(0.0, 1.0)
     return torch.from_numpy(clf.predict(pixels.numpy())).long()
-
-
-def nearest(values: torch.Tensor, train_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(RMS distance, index) of each field's nearest training field; ``values (M, P, 1)``."""
-    d = torch.cdist(values.flatten(1), train_values.flatten(1)) / math.sqrt(values[0].numel())
-    dist, idx = d.min(dim=1)
-    return dist, idx
 
 
 def _summary(dist: torch.Tensor, asked: torch.Tensor | None, got: torch.Tensor | None) -> dict:
@@ -88,7 +83,7 @@ def fields_report(gen, zoo, cfg, title: str) -> dict:
     samples = {k: torch.cat([b[k] for b in batches]) for k in batches[0]}
     values = field_values(net, samples, family.coords)
     finite = torch.isfinite(values.flatten(1)).all(1)
-    dist, idx = nearest(values.nan_to_num(0.0), train_values)
+    idx, dist = nearest(values.nan_to_num(0.0), train_values)
     got = classify(net, {k: v.nan_to_num(0.0) for k, v in samples.items()})
     asked_t = torch.tensor([-1 if a is None else a for a in asked])
     report: dict = {"title": title, "kind": "fields", "task": cfg.task.name, "conditional": conditional,
@@ -106,12 +101,12 @@ def fields_report(gen, zoo, cfg, title: str) -> dict:
     report["noise"] = {}
     for sigma in cfg.evaluate.sigmas:
         noisy = {k: v[src] + sigma * torch.randn(v[src].shape, generator=gen_rng) for k, v in train.items()}
-        d, _ = nearest(field_values(net, noisy, family.coords), train_values)
+        _, d = nearest(field_values(net, noisy, family.coords), train_values)
         report["noise"][str(sigma)] = _summary(d, train_labels[src], classify(net, noisy))
     held = zoo.members("heldout")
     if held:
         hs = stack_states([zoo.load(m) for m in held])
-        d, _ = nearest(field_values(net, hs, family.coords), train_values)
+        _, d = nearest(field_values(net, hs, family.coords), train_values)
         report["heldout"] = _summary(d, torch.tensor([m.condition["class"] for m in held]), classify(net, hs))
     report["notes"] = notes(report)
     # for the pictures (not written to JSON): the first PICTURED fields of each class asked for, each with
@@ -129,11 +124,7 @@ STRIP_CLASSES = (0, 3, 5, 8)  # one sample each in the denoising strip
 
 
 def _strip(gen, net, family, cfg, conditional: bool):
-    """(timesteps, frames ``[(B, *grid)]``) of a denoising strip, or None without the render module."""
-    try:
-        from .render import decode_during_sampling
-    except ImportError:
-        return None
+    """(timesteps, frames ``[(B, *grid)]``) of a denoising strip."""
     s, grid, frames, steps = cfg.sample, tuple(family.grid), None, None
     for c in (STRIP_CLASSES if conditional else [None]):
         code = None if c is None else "".join("1" if i == c else "0" for i in range(family.num_classes))
@@ -160,7 +151,7 @@ def notes(report: dict) -> list[str]:
 
 
 def write_fields_report(report: dict, run_dir: Path) -> None:
-    """``report.json`` and ``report.md`` in ``run_dir`` (pictures where ``weightgen.fields.render`` exists)."""
+    """``report.json``, ``report.md`` and the pictures in ``run_dir``."""
     run_dir.mkdir(parents=True, exist_ok=True)
     data = {k: v for k, v in report.items() if not k.startswith("_")}
     (run_dir / REPORT_JSON).write_text(json.dumps(data, indent=1))
@@ -193,12 +184,7 @@ def write_fields_report(report: dict, run_dir: Path) -> None:
 
 
 def _pictures(report: dict, run_dir: Path) -> list[str]:
-    """``grid.png``, ``strip.png`` and ``strip.gif`` in ``run_dir`` (weightgen.fields.render); the
-    report's lines that show them (none without the render module)."""
-    try:
-        from .render import plot_grid, plot_strip, write_gif
-    except ImportError:
-        return []
+    """``grid.png``, ``strip.png`` and ``strip.gif`` in ``run_dir``, and the report's lines that show them."""
     out = []
     if report.get("_grid") is not None:
         generated, nearest_fields, dist = report["_grid"]
