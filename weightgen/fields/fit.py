@@ -73,19 +73,26 @@ def fit_fields(net_name: str, coords: torch.Tensor, values: torch.Tensor, seeds:
     return stacked, psnr.cpu()
 
 
-def field_values(net: torch.nn.Module, stacked: dict[str, torch.Tensor], coords: torch.Tensor,
-                 chunk: int = 256) -> torch.Tensor:
+# Values evaluated at once (networks x points) while decoding fields: bounds the activations.
+CHUNK_VALUES = 1 << 20
+
+
+def field_values(net: torch.nn.Module, stacked: dict[str, torch.Tensor], coords: torch.Tensor) -> torch.Tensor:
     """The values ``(M, P, 1)`` of M networks (``stacked``: ``name -> (M, ...)``, the architecture of
-    ``net``) on ``coords (P, d)``, ``chunk`` networks at a time."""
-    buffers = {k: v for k, v in net.named_buffers()}
+    ``net``, whose own buffers stand in for any that ``stacked`` lacks) on ``coords (P, d)``, float32 on
+    the CPU, about ``CHUNK_VALUES`` network-point pairs at a time."""
     m = next(iter(stacked.values())).shape[0]
-    forward = vmap(lambda p, x: functional_call(net, (p, buffers), (x,)), in_dims=(0, None))
-    outs = []
+    coords = coords.to(next(iter(stacked.values())).device)
+    forward = vmap(lambda p, x: functional_call(net, p, (x,)), in_dims=(0, None))
+    points = max(1, min(len(coords), CHUNK_VALUES))
+    models = max(1, CHUNK_VALUES // points)
+    out = torch.empty(m, len(coords), 1)
     with torch.no_grad():
-        for s in range(0, m, chunk):
-            part = {k: v[s:s + chunk].float() for k, v in stacked.items() if k not in buffers}
-            outs.append(forward(part, coords))
-    return torch.cat(outs) if outs else torch.empty(0, coords.shape[0], 1)
+        for m0 in range(0, m, models):
+            part = {k: v[m0:m0 + models].float() for k, v in stacked.items()}
+            for p0 in range(0, len(coords), points):
+                out[m0:m0 + models, p0:p0 + points] = forward(part, coords[p0:p0 + points]).float().cpu()
+    return out
 
 
 def psnr(mse: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:

@@ -28,12 +28,11 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, vmap
+
+from .fit import field_values
 
 log = logging.getLogger(__name__)
 
-# Values evaluated per chunk (models x points): bounds the activations' memory.
-CHUNK_VALUES = 1 << 20
 # Grid points per side by dimension: a 64^3 volume costs 8 times a 32^3 one (about 0.2 s per 2k-parameter
 # field on one core), and a zoo's nearest fields render every training field.
 DEFAULT_RESOLUTION = {2: 64, 3: 32}
@@ -94,17 +93,7 @@ def render_fields(net: nn.Module, stacked: dict[str, Tensor], resolution: int, d
         b = check_stacked(net, stacked)
     except ValueError as e:
         raise FieldError(f"the weights do not fit the field network: {e}") from None
-    device = next(iter(stacked.values())).device
-    coords = coords.to(device)
-    one = vmap(lambda p, x: functional_call(net, p, (x,)), in_dims=(0, None))
-    points = min(len(coords), CHUNK_VALUES)
-    models = max(1, CHUNK_VALUES // points)
-    out = torch.empty(b, len(coords))
-    for m0 in range(0, b, models):
-        part = {k: v[m0:m0 + models].float() for k, v in stacked.items()}
-        for p0 in range(0, len(coords), points):
-            out[m0:m0 + models, p0:p0 + points] = one(part, coords[p0:p0 + points])[..., 0].float().cpu()
-    return out.view(b, *[resolution] * dim)
+    return field_values(net, stacked, coords)[..., 0].view(b, *[resolution] * dim)
 
 
 def nearest(generated: Tensor, training: Tensor) -> tuple[Tensor, Tensor]:
