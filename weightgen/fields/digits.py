@@ -64,8 +64,8 @@ class FieldFamily:
 def grid_coords(resolution: int, dims: int = 2) -> torch.Tensor:
     """``(resolution**dims, dims)`` points of the regular grid on [-1, 1]^dims, row-major (the last
     axis fastest), each point (x, y, ...) with x along the last axis: ``values.view(r, r)[row, col]``
-    is at ``(x=col, y=row)``."""
-    axis = torch.linspace(-1.0, 1.0, resolution)
+    is at ``(x=col, y=row)``. One point per side is the centre."""
+    axis = torch.linspace(-1.0, 1.0, resolution) if resolution > 1 else torch.zeros(1)
     mesh = torch.meshgrid(*([axis] * dims), indexing="ij")
     return torch.stack([m.reshape(-1) for m in reversed(mesh)], dim=1)
 

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from . import digits
 from .fit import field_values
 
 log = logging.getLogger(__name__)
@@ -53,9 +54,7 @@ def grid_coords(resolution: int, dim: int) -> Tensor:
         raise FieldError(f"resolution must be a positive number of grid points per side, got {resolution}")
     if dim not in (2, 3):
         raise FieldError(f"fields are rendered in 2 or 3 dimensions, got {dim}")
-    axis = torch.linspace(-1.0, 1.0, resolution) if resolution > 1 else torch.zeros(1)
-    mesh = torch.meshgrid(*[axis] * dim, indexing="ij")
-    return torch.stack([m.reshape(-1) for m in reversed(mesh)], dim=1)
+    return digits.grid_coords(resolution, dim)
 
 
 def field_dim(input_shape: Sequence[int], num_classes: int) -> int:
