@@ -147,43 +147,48 @@ class EmptySurfaceError(ValueError):
     """A field has no isosurface on the grid: it is nowhere inside (or everywhere)."""
 
 
-def grid_points(resolution: int, dims: int = 3) -> torch.Tensor:
-    """The ``resolution**dims`` points of the regular grid on [-1, 1]^dims, ``(P, dims)``; point
-    ``(i, j, k)`` of the grid (row-major) has coordinates ``(x_i, y_j, z_k)``, so the field's values
-    ``.view(r, r, r)`` index as x, y, z."""
-    if resolution < 2:
-        raise ValueError(f"grid resolution must be at least 2, got {resolution}")
-    axis = torch.linspace(-1.0, 1.0, resolution)
-    return torch.stack(torch.meshgrid(*([axis] * dims), indexing="ij"), -1).reshape(-1, dims)
+def grid_coords(resolution: int, dims: int = 2) -> torch.Tensor:
+    """``(resolution**dims, dims)`` points of the regular grid on [-1, 1]^dims, row-major with the last axis
+    fastest, each point (x, y, ...) with x along the last axis: ``values.view(r, r)[row, col]`` is the
+    field at ``(x=col, y=row)`` and ``values.view(r, r, r)`` indexes z, y, x. One point per side is the
+    centre. Every field in the library is fitted, decoded and meshed on this grid."""
+    axis = torch.linspace(-1.0, 1.0, resolution) if resolution > 1 else torch.zeros(1)
+    mesh = torch.meshgrid(*([axis] * dims), indexing="ij")
+    return torch.stack([m.reshape(-1) for m in reversed(mesh)], dim=1)
 
 
 @torch.no_grad()
 def field_volume(field: Callable[[torch.Tensor], torch.Tensor], resolution: int = 64, chunk: int = 65536) -> torch.Tensor:
-    """A 3D field's values on the ``resolution``^3 grid of [-1, 1]^3 (``grid_points``): ``(r, r, r)``.
-    ``field`` maps ``(N, 3)`` to ``(N, 1)`` or ``(N,)``."""
-    pts = grid_points(resolution, 3)
+    """A 3D field's values on the ``resolution``^3 grid of [-1, 1]^3 (``grid_coords``): ``(r, r, r)``,
+    indexed z, y, x. ``field`` maps ``(N, 3)`` to ``(N, 1)`` or ``(N,)``."""
+    if resolution < 2:
+        raise ValueError(f"grid resolution must be at least 2, got {resolution}")
+    pts = grid_coords(resolution, 3)
     vals = [field(pts[s : s + chunk]).reshape(-1).float() for s in range(0, len(pts), chunk)]
     return torch.cat(vals).view(resolution, resolution, resolution)
 
 
 def marching_cubes(volume: torch.Tensor, level: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
-    """The isosurface of a grid of values on [-1, 1]^3 at ``level`` by marching cubes (scikit-image):
-    vertices ``(V, 3)`` in [-1, 1]^3 and triangles ``(F, 3)``. Raises ``EmptySurfaceError`` (one line)
-    where the values never cross ``level``."""
+    """The isosurface at ``level`` of a volume on the ``grid_coords`` grid of [-1, 1]^3 (indexed z, y, x),
+    by marching cubes (scikit-image): vertices ``(V, 3)`` as (x, y, z) points in [-1, 1]^3 and triangles
+    ``(F, 3)``. Raises ``EmptySurfaceError`` (one line) where the values are not finite or never cross
+    ``level``."""
     try:
         from skimage.measure import marching_cubes as _mc
     except ImportError as e:
         raise ImportError("marching cubes needs scikit-image: pip install 'weightgen[fields]'") from e
     vol = volume.detach().float().cpu()
     if vol.dim() != 3 or min(vol.shape) < 2:
-        raise ValueError(f"marching_cubes: volume must be (X, Y, Z) with every side at least 2; got {tuple(vol.shape)}")
+        raise ValueError(f"marching_cubes: volume must be (Z, Y, X) with every side at least 2; got {tuple(vol.shape)}")
+    if not bool(torch.isfinite(vol).all()):
+        raise EmptySurfaceError("the field has non-finite values, so no surface")
     lo, hi = float(vol.min()), float(vol.max())
     if not lo < level < hi:
         raise EmptySurfaceError(f"the field has no surface at level {level:g}: its values on the "
                                 f"{'x'.join(map(str, vol.shape))} grid span [{lo:.3g}, {hi:.3g}]")
     spacing = tuple(2.0 / (s - 1) for s in vol.shape)
     verts, faces, _, _ = _mc(vol.numpy(), level=level, spacing=spacing)
-    return torch.from_numpy(verts.copy()).float() - 1.0, torch.from_numpy(faces.copy()).long()
+    return torch.from_numpy(verts[:, ::-1].copy()).float() - 1.0, torch.from_numpy(faces.copy()).long()
 
 
 def sample_mesh(verts: torch.Tensor, faces: torch.Tensor, n: int = 2048,

@@ -21,6 +21,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from weightgen.evaluate.generative import grid_coords  # the one grid every field is fitted and decoded on
 from weightgen.tasks.base import RegressionTask
 from weightgen.tasks.registry import TASKS
 
@@ -59,15 +60,6 @@ class FieldFamily:
         x, y = self.coords, self.values[item]
         return RegressionTask(self.name, x, y, x, y, x, y, num_classes=1, condition=self.condition(item),
                               data_range=self.data_range)
-
-
-def grid_coords(resolution: int, dims: int = 2) -> torch.Tensor:
-    """``(resolution**dims, dims)`` points of the regular grid on [-1, 1]^dims, row-major (the last
-    axis fastest), each point (x, y, ...) with x along the last axis: ``values.view(r, r)[row, col]``
-    is at ``(x=col, y=row)``. One point per side is the centre."""
-    axis = torch.linspace(-1.0, 1.0, resolution) if resolution > 1 else torch.zeros(1)
-    mesh = torch.meshgrid(*([axis] * dims), indexing="ij")
-    return torch.stack([m.reshape(-1) for m in reversed(mesh)], dim=1)
 
 
 @lru_cache(maxsize=4)

@@ -185,23 +185,20 @@ def _figure(rows: int, cols: int, dim: int, size: float = 1.6):
 
 
 def marching_cubes(volume: Tensor, level: float = DEFAULT_LEVEL):
-    """``(vertices (V, 3) in [-1, 1]^3, faces (F, 3))`` of the isosurface of ``volume`` at ``level``,
-    or None with a logged warning where the field never crosses the level (no surface)."""
-    v = volume.detach().cpu().float().numpy()
-    if not np.isfinite(v).all():
-        log.warning("a field with non-finite values has no isosurface; its panel is left blank")
-        return None
-    if not (v.min() < level < v.max()):
-        log.warning("empty isosurface: the field spans %.3g to %.3g and never crosses the level %g; "
-                    "its panel is left blank", float(v.min()), float(v.max()), level)
-        return None
+    """``(vertices (V, 3) as (x, y, z) in [-1, 1]^3, faces (F, 3))`` as numpy arrays, the isosurface of
+    ``volume`` (indexed z, y, x) at ``level`` (``evaluate.generative.marching_cubes``), or None with a
+    logged warning where the field has no surface, so its panel is left blank."""
+    from weightgen.evaluate.generative import EmptySurfaceError
+    from weightgen.evaluate.generative import marching_cubes as mesh
+
     try:
-        from skimage.measure import marching_cubes as mc
+        verts, faces = mesh(volume, level)
+    except EmptySurfaceError as e:
+        log.warning("%s; its panel is left blank", e)
+        return None
     except ImportError:
         raise FieldError("3D fields need scikit-image for marching cubes: pip install 'weightgen[fields]'") from None
-    verts, faces, _, _ = mc(v, level=level)
-    r = volume.shape[0]
-    return verts[:, ::-1] * (2.0 / max(r - 1, 1)) - 1.0, faces  # volume axes (z, y, x) -> points (x, y, z)
+    return verts.numpy(), faces.numpy()
 
 
 def draw_field(ax, field: Tensor, level: float = DEFAULT_LEVEL, vmin: float | None = None,
