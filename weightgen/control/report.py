@@ -164,6 +164,11 @@ def control_report(gen, zoo, cfg, run_dir: Path, title: str) -> dict:
         "best_prompt": hi, "best_prompt_returns": best["achieved"], "solved_return": info.solved,
         "share_solved": solved, "sample_seconds": sweep["sample_seconds"] + best["sample_seconds"],
         "num_policies": len(sweep["achieved"]) + len(achieved)}, "picture": {"file": "policy.png", **picture}}
+    p = report["prompted"]
+    report["notes"] = [f"prompted {metric} over the zoo's range {lo:.1f} to {hi:.1f}: R² of achieved against prompted "
+                       f"{p['r2']:.3f} ({len(p['prompted'])} policies from {starts} held-out starts)",
+                       f"prompted for {hi:.1f}: {100 * solved:.0f}% of {len(achieved)} policies reach "
+                       f"{info.solved:.0f} (mean {achieved.mean():.1f})", *report["notes"]]
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "report.json").write_text(json.dumps(report, indent=1, allow_nan=False))
     (run_dir / "report.md").write_text(prompt_markdown(report) + "\n" + markdown(report).split("\n", 1)[1])
