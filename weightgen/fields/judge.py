@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import torch
 
-from weightgen.evaluate.generative import EmptySurfaceError, generative_metrics, marching_cubes, sample_mesh
+from weightgen.evaluate.generative import (DISTANCES, EmptySurfaceError, coverage, marching_cubes, mmd, one_nna,
+                                           sample_mesh)
 
 SURFACE_POINTS = 2048  # points per 3D surface, as HyperDiffusion samples them
 SURFACE_LEVEL = 0.5  # occupancy in [0, 1]: inside above one half
@@ -50,13 +51,17 @@ def set_items(values: torch.Tensor, grid: tuple[int, ...], seed: int = 0) -> tup
 def set_metrics(groups: dict[str, torch.Tensor], reference: torch.Tensor, grid: tuple[int, ...],
                 seed: int = 0) -> dict[str, dict]:
     """MMD, COV and 1-NNA of each group of decoded fields against the reference ``(R, P, 1)``, under L2
-    (2D) or Chamfer distance (3D); each group's entry also has ``n`` and ``empty``."""
-    distance = "chamfer" if len(grid) == 3 else "l2"
+    (2D) or Chamfer distance (3D); each group's entry also has ``n`` and ``empty``. The reference's own
+    distances are computed once for every group."""
+    dist = DISTANCES["chamfer" if len(grid) == 3 else "l2"]
     ref, _ = set_items(reference, grid, seed)
+    d_rr = dist(ref, ref)
     out = {}
     for name, values in groups.items():
         items, empty = set_items(values, grid, seed)
-        out[name] = {"n": len(values), "empty": empty, **generative_metrics(items, ref, distance)}
+        d_gr = dist(items, ref)
+        out[name] = {"n": len(values), "empty": empty, "mmd": mmd(d_gr), "cov": coverage(d_gr),
+                     **one_nna(dist(items, items), d_rr, d_gr)}
     return out
 
 

@@ -28,6 +28,10 @@ Every step is batched over shapes (timed in docs/benchmarks/field_metrics.md).
 For fitting, ``shape_field_family`` (the field family of task ``shape-fields-3d``) gives the same
 shapes' occupancy on one regular grid that every shape shares, as ``fit_fields`` and a ``fields`` zoo
 take it; ``make_shapes`` with the same count and seed gives their surface points to judge fits on.
+With ``band`` > 0 the occupancy is soft: ``clamp(0.5 - sdf / band, 0, 1)``, a linear ramp across a
+shell of width ``band`` whose 0.5 level is the exact surface. A hard 0/1 step sampled on a coarse grid
+tells a network only which grid cell the surface crosses, and it fits any surface through that cell;
+the ramp tells it where, so the fitted field's 0.5 level follows the surface between the grid points.
 """
 from __future__ import annotations
 
@@ -347,29 +351,51 @@ def make_shapes(count: int = 3000, seed: int = 0, num_uniform: int = 2048, num_n
 
 # -- the field family and task a ``fields`` zoo fits -------------------------------------------------------
 @lru_cache(maxsize=4)
-def _shape_field_family(count: int, seed: int, resolution: int) -> FieldFamily:
+def _shape_field_family(count: int, seed: int, resolution: int, band: float) -> FieldFamily:
     labels, kinds, params, rotations, offsets = _draw(count, torch.Generator().manual_seed(seed))
     coords = grid_coords(resolution, 3)
-    values = torch.cat([(shapes_sdf(kinds[s:s + 64], params[s:s + 64], rotations[s:s + 64], offsets[s:s + 64],
-                                    coords) <= 0).float() for s in range(0, count, 64)])
+    sdf = torch.cat([shapes_sdf(kinds[s:s + 64], params[s:s + 64], rotations[s:s + 64], offsets[s:s + 64], coords)
+                     for s in range(0, count, 64)])
+    values = (0.5 - sdf / band).clamp(0.0, 1.0) if band > 0 else (sdf <= 0).float()
     return FieldFamily("shape-fields-3d", coords, values[..., None], labels, (resolution,) * 3,
                        num_classes=len(CLASSES))
 
 
-def shape_field_family(count: int = 1000, seed: int = 0, resolution: int = 24) -> FieldFamily:
+def shape_field_family(count: int = 1000, seed: int = 0, resolution: int = 24, band: float = 0.0) -> FieldFamily:
     """``count`` shapes as occupancy fields on the ``resolution``^3 grid of [-1, 1]^3 that every shape
-    shares (``grid_coords``: ``values[i].view(r, r, r)`` indexes z, y, x), for fitting many at once.
-    Shape i is shape i of ``make_shapes(count, seed)``, whose ``surface`` points judge the fits."""
+    shares (``grid_coords``: ``values[i].view(r, r, r)`` indexes z, y, x), for fitting many at once:
+    hard (inside = 1) with ``band`` 0, else the soft ramp of the module's docstring, whose 0.5 level
+    is the surface. Shape i is shape i of ``make_shapes(count, seed)``, whose ``surface`` points judge
+    the fits."""
     for name, v in (("count", count), ("resolution", resolution)):
         if int(v) < (2 if name == "resolution" else 1):
             raise ValueError(f"shape-fields-3d: {name} is {v}; it must be at least {2 if name == 'resolution' else 1}")
-    return _shape_field_family(int(count), int(seed), int(resolution))
+    if not float(band) >= 0:
+        raise ValueError(f"shape-fields-3d: band is {band}; it must be 0 (hard occupancy) or a positive width")
+    return _shape_field_family(int(count), int(seed), int(resolution), float(band))
 
 
 @TASKS.register("shape-fields-3d")
-def shape_fields_3d(item: int = 0, count: int = 1000, seed: int = 0, resolution: int = 24) -> RegressionTask:
-    """One 3D occupancy field: shape ``item`` of ``shape_field_family(count, seed, resolution)``."""
-    return shape_field_family(count, seed, resolution).task(item)
+def shape_fields_3d(item: int = 0, count: int = 1000, seed: int = 0, resolution: int = 24,
+                    band: float = 0.0) -> RegressionTask:
+    """One 3D occupancy field: shape ``item`` of ``shape_field_family(count, seed, resolution, band)``."""
+    return shape_field_family(count, seed, resolution, band).task(item)
 
 
 FIELD_FAMILIES["shape-fields-3d"] = shape_field_family
+
+
+def fit_iou(net: torch.nn.Module, stacked: dict[str, torch.Tensor], items, count: int, seed: int = 0,
+            points: int = 20000, level: float = 0.5, point_seed: int = 0) -> torch.Tensor:
+    """Each fitted field's IoU ``(M,)`` against its exact shape: network i (``stacked``: ``name ->
+    (M, ...)``) as shape ``items[i]`` of ``shape_field_family(count, seed)``, inside where its value
+    exceeds ``level``, at ``points`` points uniform in [-1, 1]^3 (off the fitting grid, so it measures
+    the field between grid points too)."""
+    from .fit import field_values
+
+    labels, kinds, params, rotations, offsets = _draw(count, torch.Generator().manual_seed(seed))
+    x = torch.rand(points, 3, generator=torch.Generator().manual_seed(point_seed)) * 2 - 1
+    idx = torch.as_tensor(items, dtype=torch.long)
+    truth = torch.cat([shapes_sdf(kinds[s], params[s], rotations[s], offsets[s], x) <= 0 for s in idx.split(64)])
+    pred = field_values(net, stacked, x)[..., 0] > level
+    return (pred & truth).sum(1) / (pred | truth).sum(1).clamp(min=1)
