@@ -260,3 +260,13 @@ def test_a_tensor_its_shared_mask_empties_streams_as_zeros():
     pieces = list(tok.pieces(0, tok.tokenize(state)))
     assert pieces[0][0] == "a" and torch.equal(pieces[0][2], torch.zeros(16))
     assert torch.equal(tok.tensors(tok.tokenize(state)[None])["b"][0], state["b"])
+
+
+def test_gpt_units_refuse_a_shared_mask_in_one_line(shared_zoo):
+    """G.pt's unit tokens read whole tensors, which a shared-mask tokenizer does not give."""
+    from weightgen.generators import GENERATORS, GeneratorError
+
+    cfg = parse({**SHARED, "tokenizer": {"token_size": 16, "mask": "shared"},
+                 "generator": {"method": "gpt", "architecture": "units", "d_model": 16, "layers": 1}})
+    with Zoo.open(shared_zoo) as zoo, pytest.raises(GeneratorError, match="tokenizer.mask: shared"):
+        GENERATORS.get("gpt").from_zoo(cfg.generator, zoo, cfg.tokenizer, "cpu")

@@ -205,18 +205,21 @@ class Generator(ABC):
 
     @torch.no_grad()
     def sample(self, n: int, condition: Any = None, seed: int = 0, batch_size: int = 100, sampler: str = "ddpm",
-               steps: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
+               steps: int | None = None, first: int = 0) -> Iterator[dict[str, torch.Tensor]]:
         """Yield stacked state_dicts in batches of at most ``batch_size`` (bounded memory).
 
         The same seed gives the same weights on the same machine; with ``per_sample_noise``, at
-        any ``batch_size`` (up to float rounding).
+        any ``batch_size`` (up to float rounding). ``first``: the index of the first sample, so
+        that several processes can each make their block (``write_samples``'s ``shard``); with
+        ``per_sample_noise`` the block is the same as in one call, otherwise it draws from a
+        stream of its own.
         """
         for m in self.components().values():
             m.eval()
         batch_size = self.memory_capped_batch(batch_size)
-        gen = torch.Generator().manual_seed(seed)
-        for start in range(0, n, batch_size):
-            stop = min(start + batch_size, n)
+        gen = torch.Generator().manual_seed(seed) if first == 0 else sample_generators(seed, first, first + 1)[0]
+        for start in range(first, first + n, batch_size):
+            stop = min(start + batch_size, first + n)
             noise = sample_generators(seed, start, stop) if self.per_sample_noise else gen
             tokens = self.sample_tokens(stop - start, self.condition_rows(condition, start, stop), noise, sampler, steps)
             yield self.to_states(tokens)

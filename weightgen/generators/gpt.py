@@ -182,6 +182,10 @@ class GPT(Generator):
             raise GeneratorError(f"gpt architecture '{self.spec.architecture}' needs one normalization per tensor "
                                  "(tokenizer.normalize: tensor or none): per-element statistics differ between "
                                  "hidden units, so the model could not treat them alike; got 'element'")
+        if self.tokenizer.kept:
+            raise GeneratorError(f"gpt architecture '{self.spec.architecture}' reads whole tensors, and "
+                                 "tokenizer.mask: shared keeps only some entries; use architecture: chunks or "
+                                 "tokenizer.mask: generated")
         groups = self.net_groups((f"G.pt's architecture '{self.spec.architecture}'", "generator.architecture: chunks"))
         index = UnitIndex(self.tokenizer, groups, edges=self.spec.architecture == "graph")
         if not index.units:
@@ -245,8 +249,7 @@ class GPT(Generator):
              target_metric: torch.Tensor, noise_gen: torch.Generator | None = None) -> torch.Tensor:
         """Diffusion loss of theta' ``target`` given theta ``start``; padding is masked out."""
         mask = self.tokenizer.mask.to(target.device)
-        return self.diffusion.loss(lambda x, t: self.net(x, t, start, start_metric, target_metric), target,
-                                   mask, noise_gen)
+        return self.diffusion.loss(self.net, target, mask, noise_gen, batch_args=(start, start_metric, target_metric))
 
     def fit_pairs(self, stacked: dict[str, torch.Tensor], metrics: torch.Tensor, runs: list[list[int]],
                   show_progress: bool = True, seed: int = 0) -> list[float]:
@@ -274,7 +277,8 @@ class GPT(Generator):
             return self.loss(start, target, metrics[p[:, 0]], metrics[p[:, 1]], noise_gen)
 
         return train_steps(self.net, step_loss, s.steps, s.lr, s.weight_decay, ema=self.ema, desc="G.pt",
-                           show_progress=show_progress, grad_clip=s.grad_clip, lr_schedule=s.lr_schedule)
+                           show_progress=show_progress, grad_clip=s.grad_clip, lr_schedule=s.lr_schedule,
+                           rngs={"batches": gen, "noise": noise_gen})
 
     def fit(self, zoo, show_progress: bool = True, seed: int = 0) -> dict[str, Any]:
         members = self.use_zoo(zoo)
@@ -356,12 +360,12 @@ class GPT(Generator):
 
     @torch.no_grad()
     def sample(self, n: int, condition: Any = None, seed: int = 0, batch_size: int = 100, sampler: str = "ddpm",
-               steps: int | None = None):
+               steps: int | None = None, first: int = 0):
         """As ``Generator.sample``; entries that are not generated come from the start checkpoint
         (when the prompt gives a full one), not from the zoo's reference: G.pt updates *that* network."""
         prompt = self.resolve_condition(condition)
         prompt.targets(n)  # one target, or one per network
-        for states in super().sample(n, prompt, seed, batch_size, sampler, steps):
+        for states in super().sample(n, prompt, seed, batch_size, sampler, steps, first):
             b = next(iter(states.values())).shape[0]
             yield {k: prompt.fixed[k].unsqueeze(0).expand(b, *prompt.fixed[k].shape) if k in prompt.fixed else v
                    for k, v in states.items()}

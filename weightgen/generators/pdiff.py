@@ -119,7 +119,7 @@ class PDiff(Generator):
             return nn.functional.mse_loss(self.ae.decode(augment(z, s.latent_noise)), xb)
 
         ae_losses = train_steps(self.ae, ae_loss, s.ae_steps, s.lr, s.weight_decay, desc="p-diff autoencoder",
-                                show_progress=show_progress, lr_schedule=s.lr_schedule)
+                                show_progress=show_progress, lr_schedule=s.lr_schedule, rngs={"batches": gen})
         self.ae.eval()
         with torch.no_grad():
             latents = self.ae.encode(x).flatten(1).unsqueeze(1)  # (M, 1, latent_dim)
@@ -128,7 +128,7 @@ class PDiff(Generator):
         dn_losses = train_steps(
             self.denoiser, lambda step: self.diffusion.loss(self.denoiser, lat_batch(step)), s.diffusion_steps,
             s.lr, s.weight_decay, ema=self.ema, desc="p-diff latent diffusion", show_progress=show_progress,
-            lr_schedule=s.lr_schedule)
+            lr_schedule=s.lr_schedule, rngs={"batches": gen})
         return {"ae_loss": ae_losses[-1] if ae_losses else None,
                 "ae_recon_mse": nn.functional.mse_loss(recon, x).item(),
                 "diffusion_loss": dn_losses[-1] if dn_losses else None,

@@ -356,7 +356,7 @@ class RPG(Generator):
         proto = self.net.prototypes(states, read, conditions)
         x0 = tokens.gather(1, pick[..., None].expand(-1, -1, w)).reshape(b * k, 1, w)
         cond = proto.gather(1, pick[..., None].expand(-1, -1, proto.shape[-1])).reshape(b * k, -1)
-        return self.diffusion.loss(lambda x, tt: self.train_denoise(x, tt, cond), x0, mask, noise_gen)
+        return self.diffusion.loss(self.train_denoise, x0, mask, noise_gen, batch_args=(cond,))
 
     def train_denoise(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """The denoiser in training, under bfloat16 autocast when ``denoiser_precision`` asks
@@ -384,7 +384,8 @@ class RPG(Generator):
                              conditions[idx] if conditions is not None else None)
 
         losses = train_steps(self.net, step_loss, s.steps, s.lr, s.weight_decay, ema=self.ema, desc="RPG",
-                             show_progress=show_progress, lr_schedule=s.lr_schedule)
+                             show_progress=show_progress, lr_schedule=s.lr_schedule,
+                             rngs={"batches": gen, "noise": noise_gen})
         return {"diffusion_loss": losses[-1] if losses else None, "num_train": len(tokens),
                 "num_tokens": self.tokenizer.num_tokens, "num_states": len(self.runs)}
 
