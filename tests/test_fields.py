@@ -171,11 +171,16 @@ def test_rpg_on_field_zoo_runs_and_samples_a_class(tmp_path):
     from weightgen.generators import load_generator
     from weightgen.pipeline import run_experiment, write_samples
 
-    cfg = _cfg()
+    cfg = _cfg(heldout=4)
     report = run_experiment(cfg, tmp_path / "zoo", tmp_path / "run", show_progress=False)
     assert report["kind"] == "fields" and report["generated"]["n"] == 10
     assert {"class_fidelity", "nearest_rms_mean"} <= set(report["generated"]) and "0.01" in report["noise"]
     assert (tmp_path / "run" / "report.md").is_file() and (tmp_path / "run" / "report.json").is_file()
+    # the set judgement: every group against the first half of the held-out fields, as many fields each
+    assert report["reference"] == {"n": 2, "distance": "l2"}
+    assert set(report["generative"]) == {"generated", "noise_0.01", "weight_average", "heldout"}
+    assert all(g["n"] == 2 and 0 <= g["1nna"] <= 1 for g in report["generative"].values())
+    assert "MMD" in (tmp_path / "run" / "report.md").read_text()
     from typer.testing import CliRunner
 
     from weightgen.cli import app
@@ -184,6 +189,12 @@ def test_rpg_on_field_zoo_runs_and_samples_a_class(tmp_path):
                                    "-o", str(tmp_path / "cli3")])
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "cli3" / "samples.json").read_text())["condition"] == "0001000000"
+    # `weightgen eval` judges sampled fields as fields, each as the class it was asked for
+    res = CliRunner().invoke(app, ["eval", str(tmp_path / "cli3"), "--zoo", str(tmp_path / "zoo")])
+    assert res.exit_code == 0, res.output
+    judged = json.loads((tmp_path / "cli3" / "report.json").read_text())
+    assert judged["kind"] == "fields" and judged["generated"]["n"] == 2 and "class_fidelity" in judged["generated"]
+    assert judged["reference"]["n"] == 2 and (tmp_path / "cli3" / "grid.png").is_file()
     gen = load_generator(tmp_path / "run" / "generator", "cpu")
     meta = write_samples(gen, tmp_path / "s3", 2, 0, 2, "ddim", 2, condition="0001000000")
     assert meta["n"] == 2

@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from weightgen.config import ConfigError, ExperimentConfig, load_config
+from weightgen.config import SAMPLERS, ConfigError, ExperimentConfig, load_config
 from weightgen.registry import RegistryError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Generate neural network weights with diffusion models.")
@@ -274,8 +274,15 @@ def run(config: str = typer.Argument(None, help="YAML config or built-in name (d
 def train(config: str = typer.Argument(None, help="YAML config or built-in name (default: demo)"),
           zoo: Path = typer.Option(None, "--zoo", help="zoo directory (default: zoos/<name>)"),
           out: Path = typer.Option(None, "--out", "-o", help="generator directory (default: runs/<name>/generator)"),
+          procs: int = typer.Option(1, "--procs", "-p", min=1,
+                                    help="processes on this machine, each taking its share of every batch "
+                                         "(DistributedDataParallel; gloo on CPU, nccl on GPUs)"),
+          checkpoint_every: int = typer.Option(1000, "--checkpoint-every", min=1,
+                                               help="save the fit's state every N steps in the generator directory; "
+                                                    "run again after a kill, it resumes from there"),
           verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
-    """Fit the config's generator on an existing zoo and save it."""
+    """Fit the config's generator on an existing zoo and save it (resuming an interrupted fit)."""
+    from weightgen.checkpointing import CHECKPOINT_FILE
     from weightgen.generators import GeneratorError
     from weightgen.pipeline import fit_generator
     from weightgen.zoo import Zoo, ZooError
@@ -284,21 +291,39 @@ def train(config: str = typer.Argument(None, help="YAML config or built-in name 
     try:
         cfg, _ = resolve_config(config)
         out = writable_dir(out or Path("runs") / cfg.name / "generator", "--out" if out else "generator directory")
-        zoo_obj = Zoo.open(zoo or Path("zoos") / cfg.name)
-        gen, stats = fit_generator(cfg, zoo_obj)
+        zoo_path = zoo or Path("zoos") / cfg.name
+        zoo_obj = Zoo.open(zoo_path)
+        if procs > 1:
+            from weightgen.fit_distributed import check_procs, train_processes
+
+            check_procs(cfg, len(zoo_obj.members("train")), procs)
+            zoo_obj.close()
+            train_processes(cfg, zoo_path, out, procs, checkpoint_every)
+            console.print(f"generator {cfg.generator.method} saved to {out}, fitted by {procs} processes")
+            return
+        gen, stats = fit_generator(cfg, zoo_obj, checkpoint_dir=out, checkpoint_every=checkpoint_every)
         out = gen.save(out)
+        (out / CHECKPOINT_FILE).unlink(missing_ok=True)  # the fit is done: the generator is its result
     except (ConfigError, RegistryError, ZooError, GeneratorError, ValueError) as e:
         fail(_said(e))
-    console.print(f"generator {gen.method} saved to {out} ({stats['fit_seconds']:.1f} s)")
+    resumed = f", resumed at step {stats['resumed_from']['step']}" if "resumed_from" in stats else ""
+    console.print(f"generator {gen.method} saved to {out} ({stats['fit_seconds']:.1f} s{resumed})")
 
 
 @app.command("sample")
 def sample(generator: Path = typer.Argument(..., help="saved generator directory"),
-           out: Path = typer.Option(..., "--out", "-o", help="directory for sample_XXXX.safetensors"),
+           out: Path = typer.Option(None, "--out", "-o", help="directory for sample_XXXX.safetensors"),
+           peft_out: Path = typer.Option(None, "--peft-out",
+                                         help="generators of an adapters zoo: write peft adapters instead "
+                                              "(adapter_config.json + adapter_model.safetensors; DIR/adapter_XXXX "
+                                              "when --n > 1)"),
            n: int = typer.Option(10, "--n", "-n", min=1),
            seed: int = typer.Option(0, "--seed"),
-           sampler: str = typer.Option("ddpm", "--sampler", help="ddpm or ddim"),
-           steps: int = typer.Option(None, "--steps", help="denoising steps (default: T for ddpm, 60 for ddim)"),
+           sampler: str = typer.Option("ddpm", "--sampler", help="ddpm, ddim or dpm (DPM-Solver++)"),
+           steps: int = typer.Option(None, "--steps", help="denoising steps (default: T for ddpm, 60 for ddim, "
+                                                            "25 for dpm)"),
+           procs: int = typer.Option(1, "--procs", "-p", min=1,
+                                     help="processes on this machine, each writing its block of the networks"),
            batch_size: int = typer.Option(100, "--batch-size", min=1,
                                           help="networks held in memory at once; pdiff's networks are the same at "
                                                "any batch size, rpg's and gpt's change with it (not with --stream)"),
@@ -329,8 +354,8 @@ def sample(generator: Path = typer.Argument(..., help="saved generator directory
     from weightgen.pipeline import write_samples
     from weightgen.tasks import code_from_classes
 
-    if sampler not in ("ddpm", "ddim"):
-        fail(f"--sampler must be ddpm or ddim, got {sampler!r}")
+    if sampler not in SAMPLERS:
+        fail(f"--sampler must be ddpm or ddim, or dpm (DPM-Solver++), got {sampler!r}")
     given = [name for name, v in (("--classes", classes), ("--task-code", task_code), ("--metric", metric),
                                   ("--start", start), ("--start-metric", start_metric),
                                   ("--target-metric", target_metric)) if v is not None]
@@ -340,7 +365,9 @@ def sample(generator: Path = typer.Argument(..., help="saved generator directory
     for name, v in (("--metric", metric), ("--start-metric", start_metric), ("--target-metric", target_metric)):
         if v is not None and not math.isfinite(v):
             fail(f"{name} takes a finite number, got {v}")
-    writable_dir(out, "--out")
+    if (out is None) == (peft_out is None):
+        fail("give --out (safetensors networks) or --peft-out (peft adapters), one of them")
+    writable_dir(out or peft_out, "--out" if out else "--peft-out")
     try:
         gen = load_generator(generator)
         _check_condition_flags(gen, given)
@@ -354,7 +381,21 @@ def sample(generator: Path = typer.Argument(..., help="saved generator directory
             except ValueError:
                 fail(f"--classes takes class numbers separated by commas (e.g. 1,4,9), got {classes!r}")
             condition = code_from_classes(picked, getattr(gen, "code_length", None) or 10)
-        meta = write_samples(gen, out, n, seed, batch_size, sampler, steps, condition=condition, stream=stream)
+        if peft_out is not None:
+            from weightgen.adapters.peft_io import write_generated
+
+            written = write_generated(gen, peft_out, n, condition, seed, batch_size, sampler, steps)
+            console.print(f"{len(written)} peft adapter(s) written to {peft_out}")
+            return
+        if procs > 1:
+            from weightgen.fit_distributed import sample_processes
+
+            if given or temperature is not None:
+                fail("--procs samples unconditional generators at their own temperature; drop "
+                     f"{', '.join(given + (['--temperature'] if temperature is not None else []))} or --procs")
+            meta = sample_processes(generator, out, procs, n, seed, sampler, steps, stream, batch_size)
+        else:
+            meta = write_samples(gen, out, n, seed, batch_size, sampler, steps, condition=condition, stream=stream)
     except (GeneratorError, ValueError) as e:  # TaskCodeError is a ValueError
         fail(_said(e))
     bad = f", {len(meta['nonfinite'])} with non-finite weights (listed in samples.json)" if meta["nonfinite"] else ""
@@ -413,15 +454,18 @@ def evaluate(samples: Path = typer.Argument(..., help="directory written by `wei
              out: Path = typer.Option(None, "--out", "-o", help="report directory (default: SAMPLES)")) -> None:
     """Judge sampled networks against the zoo's originals and the two baselines."""
     from weightgen.generators import GeneratorError
-    from weightgen.pipeline import evaluate_samples, read_samples
+    from weightgen.pipeline import evaluate_field_samples, evaluate_samples, read_samples
     from weightgen.zoo import Zoo, ZooError
 
     try:
         zoo_obj = Zoo.open(zoo)
         meta, batches = read_samples(samples)
         writable_dir(out or samples, "--out" if out else "SAMPLES")  # the report goes there
-        report = evaluate_samples(zoo_obj, batches, meta["generated_names"], out or samples, zoo_obj.config,
-                                  title=f"{samples}: {meta['method']}")
+        if zoo_obj.config.zoo.mode == "fields":  # judged as fields (weightgen/fields/report.py)
+            report = evaluate_field_samples(zoo_obj, meta, batches, out or samples, f"{samples}: {meta['method']}")
+        else:
+            report = evaluate_samples(zoo_obj, batches, meta["generated_names"], out or samples, zoo_obj.config,
+                                      title=f"{samples}: {meta['method']}")
     except (ZooError, GeneratorError, ConfigError, ValueError) as e:
         fail(_said(e))
     _print_report(report, out or samples)
@@ -437,7 +481,7 @@ def render(source: Path = typer.Argument(..., help="a folder written by `weightg
            zoo: Path = typer.Option(None, "--zoo", help="show each field's nearest training field from this zoo"),
            classes: str = typer.Option(None, "--classes", help="a class-conditioned generator: the class, e.g. 3"),
            seed: int = typer.Option(0, "--seed"),
-           sampler: str = typer.Option("ddpm", "--sampler", help="ddpm or ddim"),
+           sampler: str = typer.Option("ddpm", "--sampler", help="ddpm, ddim or dpm (DPM-Solver++)"),
            steps: int = typer.Option(None, "--steps", help="denoising steps (default: T for ddpm, 60 for ddim)"),
            frames: int = typer.Option(6, "--frames", min=2, help="frames of the denoising strip"),
            level: float = typer.Option(0.5, "--level", help="3D: the isosurface drawn (an occupancy of one half)"),
@@ -451,8 +495,8 @@ def render(source: Path = typer.Argument(..., help="a folder written by `weightg
 
     if resolution is not None and resolution <= 0:
         fail(f"--resolution must be a positive number of grid points per side, got {resolution}")
-    if sampler not in ("ddpm", "ddim"):
-        fail(f"--sampler must be ddpm or ddim, got {sampler!r}")
+    if sampler not in SAMPLERS:
+        fail(f"--sampler must be ddpm or ddim, or dpm (DPM-Solver++), got {sampler!r}")
     writable_dir(out, "--out")
     try:
         condition = None

@@ -163,6 +163,83 @@ class TrainSpec(StrictModel):
     epochs: int = Field(30, ge=0)
 
 
+# Bit widths of zoo.compress.quantize: per-channel symmetric integers in [-(2^(b-1) - 1), 2^(b-1) - 1];
+# 2 bits is ternary ({-1, 0, 1} times a channel's scale).
+QUANT_BITS = (8, 4, 2)
+
+
+class PruneSpec(StrictModel):
+    """Magnitude pruning of every checkpoint (``weightgen.compress.prune``, with ``torch.nn.utils.prune``).
+
+    ``recipe``: ``magnitude`` prunes the trained checkpoint and fine-tunes it ``finetune_steps`` with the
+    mask fixed; ``lottery`` prunes iteratively from the run's own initialization (``rounds`` rounds of
+    train, prune, rewind; a winning ticket). ``scope``: one threshold over every pruned tensor (``global``)
+    or the same sparsity in each (``layer``). ``mask``: ``own`` (each checkpoint its own) or ``shared``
+    (one mask from the zoo's mean magnitudes, every checkpoint fine-tuned under it; what the shared-mask
+    tokenizer needs). ``include``: glob patterns of the tensors pruned, among those with 2 or more dims.
+    """
+
+    sparsity: float
+    recipe: Literal["magnitude", "lottery"] = "magnitude"
+    scope: Literal["global", "layer"] = "global"
+    mask: Literal["own", "shared"] = "own"
+    finetune_steps: int = Field(100, ge=0)
+    rounds: int = Field(3, ge=1)
+    include: list[str] = Field(default_factory=lambda: ["*weight"])
+
+    @model_validator(mode="after")
+    def _check(self) -> "PruneSpec":
+        if not 0 < self.sparsity < 1:
+            raise ValueError(f"sparsity {self.sparsity} is outside (0, 1): give the fraction of entries removed, "
+                             "e.g. 0.9")
+        if self.recipe == "lottery" and self.mask == "shared":
+            raise ValueError("recipe 'lottery' finds each run's own mask; use mask: own with it")
+        return self
+
+
+class QuantizeSpec(StrictModel):
+    """Per-channel symmetric integer quantization of the pruned tensors' kind (``include``), stored as
+    integers plus one scale per output channel; the network is judged dequantized."""
+
+    bits: int = 8
+    include: list[str] = Field(default_factory=lambda: ["*weight"])
+
+    @model_validator(mode="after")
+    def _check(self) -> "QuantizeSpec":
+        if self.bits not in QUANT_BITS:
+            raise ValueError(f"bits {self.bits} is not supported; allowed: {', '.join(map(str, QUANT_BITS))} "
+                             "(2 is ternary)")
+        return self
+
+
+class CompressSpec(StrictModel):
+    """``zoo.compress`` (``weightgen.compress``): once every run is trained (after fold_bn and align), each
+    checkpoint is pruned and/or quantized, rescored as what it now is, and stored dense in its shard and
+    compactly (mask bits, integers and scales) beside it."""
+
+    prune: PruneSpec | None = None
+    quantize: QuantizeSpec | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> "CompressSpec":
+        if self.prune is None and self.quantize is None:
+            raise ValueError("compress needs 'prune', 'quantize' or both")
+        return self
+
+
+class LoraSpec(StrictModel):
+    """``zoo.lora`` (mode ``adapters``, ``weightgen.adapters.zoo``): the peft ``LoraConfig`` of every adapter
+    (``r``, ``alpha``, the base's ``targets`` by module name) and the base model's own training
+    (``base_steps`` of Adam on the task with no key). ``canonicalize``: each stored adapter's factors
+    replaced by the SVD frame of ``B A`` (the same adapter, one frame for all runs)."""
+
+    r: int = Field(4, ge=1)
+    alpha: float = Field(8.0, gt=0)
+    targets: list[str] = Field(default_factory=lambda: ["fc1", "fc2"])
+    base_steps: int = Field(300, ge=0)
+    canonicalize: bool = False
+
+
 class ZooSpec(StrictModel):
     """How checkpoints are collected.
 
@@ -173,6 +250,10 @@ class ZooSpec(StrictModel):
     - ``tasks``: runs for class-subset ``codes`` of the task, the code stored as the condition.
     - ``fields``: one field network per item of a field family (``weightgen.fields.zoo``), ``runs``
       of them, fitted many at once; the item's class is the condition.
+    - ``adapters``: one LoRA adapter per key ``codes`` of a keyed task (``weightgen.adapters.zoo``),
+      trained through peft on a base model made first, only the adapter's tensors stored (``lora``).
+    - ``policies``: ``runs`` CMA-ES runs of a control policy (``weightgen.control.zoo``), the
+      distribution's mean kept at ``checkpoints`` generations, each with its return.
     ``heldout``: runs (or, in ``tasks`` mode, codes) trained and stored but marked held out,
     so that generators never see them and evaluation can compare against them.
     ``align``: ``weight_matching`` puts every run's hidden units in the first run's order (ours).
@@ -188,7 +269,7 @@ class ZooSpec(StrictModel):
     hidden units, so no generator could carry one code's solution over to the next.
     """
 
-    mode: Literal["seeds", "trajectory", "tail", "tasks", "fields"] = "seeds"
+    mode: Literal["seeds", "trajectory", "tail", "tasks", "fields", "policies", "adapters"] = "seeds"
     runs: int = Field(1, ge=1)
     checkpoints: int = Field(1, ge=1)
     every: int = Field(1, ge=1)
@@ -211,11 +292,26 @@ class ZooSpec(StrictModel):
     # generated running statistic can contradict the generated weights; the tokenizer leaves the
     # BatchNorm entries, now one constant everywhere, out of the tokens.
     fold_bn: bool = False
+    # Ours (``weightgen.compress``): every checkpoint pruned and/or quantized once the runs are trained.
+    compress: CompressSpec | None = None
+    # Mode ``adapters`` only: the LoRA adapters' settings (``LoraSpec``; its defaults when left out).
+    lora: LoraSpec | None = None
 
     @model_validator(mode="after")
     def _check(self) -> "ZooSpec":
-        if self.spacing != "linear" and self.mode != "trajectory":
-            raise ValueError(f"'spacing' applies to mode 'trajectory' only, not '{self.mode}'")
+        if self.lora is not None and self.mode != "adapters":
+            raise ValueError(f"'lora' applies to mode 'adapters' only, not '{self.mode}'")
+        if self.compress is not None and self.mode in ("tasks", "fields"):
+            raise ValueError(f"'compress' applies to modes seeds, trajectory and tail, not '{self.mode}'")
+        if self.compress is not None and self.compress.prune is not None and self.compress.prune.recipe == "lottery" \
+                and self.init == "pretrained":
+            raise ValueError("compress.prune.recipe 'lottery' rewinds to a run's initialization; use init: run or shared")
+        if self.compress is not None and self.compress.prune is not None and self.compress.prune.recipe == "lottery" \
+                and (self.mode == "tail" or self.align != "none" or self.fold_bn):
+            raise ValueError("compress.prune.recipe 'lottery' rewinds to a run's initialization, which mode 'tail', "
+                             "align and fold_bn change; use recipe: magnitude with them")
+        if self.spacing != "linear" and self.mode not in ("trajectory", "policies"):
+            raise ValueError(f"'spacing' applies to modes 'trajectory' and 'policies' only, not '{self.mode}'")
         if self.mode == "tail" and not self.tail:
             raise ValueError("mode 'tail' needs 'tail': glob patterns of the parameters that keep training")
         if self.mode != "tail" and self.tail:
@@ -233,6 +329,11 @@ class TokenizerSpec(StrictModel):
     # tensor: one mean/std per tensor fitted on the zoo (RPG); none: raw values (p-diff);
     # element: one mean/std per parameter (ours: tokens hold deviations from the mean checkpoint).
     normalize: Literal["tensor", "element", "none"] = "tensor"
+    # For a pruned zoo (zoo.compress.prune; weightgen.compress). none: every entry is generated and kept.
+    # shared: tokens hold only the entries the one mask of every training checkpoint keeps (tokens and the
+    # generator's work scale with the density). generated: every entry is generated and each sample keeps,
+    # per pruned tensor, its largest values at the zoo's density (masks that differ between checkpoints).
+    mask: Literal["none", "shared", "generated"] = "none"
 
 
 # How a generator's learning rate moves over its fit (weightgen.diffusion.loop.train_steps):
@@ -447,13 +548,17 @@ class GPTSpec(EMASpec):
         return self
 
 
+# ddpm, ddim, or dpm: DPM-Solver++ (diffusion/schedule.py)
+SAMPLERS = ("ddpm", "ddim", "dpm")
+
+
 class SampleSpec(StrictModel):
     """How networks are drawn from a fitted generator: how many, from which seed, with which sampler."""
 
     n: int = Field(100, ge=1)
     seed: int = 0
-    sampler: Literal["ddpm", "ddim"] = "ddpm"
-    steps: int | None = Field(None, ge=1)  # default: T for DDPM, 60 for DDIM
+    sampler: Literal["ddpm", "ddim", "dpm"] = "ddpm"
+    steps: int | None = Field(None, ge=1)  # default: T for DDPM, 60 for DDIM, 25 for DPM-Solver++
     batch_size: int = Field(100, ge=1)  # samples held in memory at once
 
 

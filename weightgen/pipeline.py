@@ -33,16 +33,28 @@ def zoo_task(zoo: Zoo) -> Task:
     return get_task(cfg.task.name, cfg.task.code, **cfg.task.kwargs)
 
 
-def fit_generator(cfg: ExperimentConfig, zoo: Zoo, show_progress: bool = True) -> tuple[Generator, dict]:
+def fit_generator(cfg: ExperimentConfig, zoo: Zoo, show_progress: bool = True, checkpoint_dir: Path | None = None,
+                  checkpoint_every: int = 1000, write: bool = True) -> tuple[Generator, dict]:
+    """Seed, build and fit ``cfg``'s generator on ``zoo``. With ``checkpoint_dir`` the fit saves its
+    state there every ``checkpoint_every`` steps and, run again, resumes from it
+    (weightgen/checkpointing.py); ``write``: whether this process writes it (rank 0 of several)."""
+    from weightgen.checkpointing import FitCheckpoint, checkpointing, config_sections
+
     cls = GENERATORS.get(cfg.generator.method)
     seed = cfg.seed if cfg.generator.seed is None else cfg.generator.seed
     torch.manual_seed(seed)  # the generator's initial weights come from the global RNG
     gen = cls.from_zoo(cfg.generator, zoo, cfg.tokenizer, cfg.device)
     if cfg.generator.init_from:
         gen.start_from(load_generator(cfg.generator.init_from, cfg.device), cfg.generator.init_from)
+    ck = None
+    if checkpoint_dir is not None:
+        ck = FitCheckpoint(checkpoint_dir, checkpoint_every, config_sections(cfg), gen.components(), write=write)
     start = time.perf_counter()
-    stats = gen.fit(zoo, show_progress=show_progress, seed=seed)
+    with checkpointing(ck):
+        stats = gen.fit(zoo, show_progress=show_progress, seed=seed)
     stats["fit_seconds"] = time.perf_counter() - start
+    if ck is not None and ck.saved is not None:
+        stats["resumed_from"] = {"phase": ck.saved["phase"], "step": ck.saved["step"]}
     return gen, stats
 
 
@@ -96,7 +108,8 @@ def heldout_stack(zoo: Zoo) -> dict[str, torch.Tensor] | None:
 
 
 def evaluate_samples(zoo: Zoo, batches: Iterable[dict], names: list[str], out_dir: Path | None,
-                     cfg: ExperimentConfig, title: str) -> dict:
+                     cfg: ExperimentConfig, title: str, project=None) -> dict:
+    """The samples judged against the zoo (``judge``); ``project``: a compressed zoo's (``Tokenizer.project``)."""
     net = zoo.build_net()
     batches = checked_first(net, batches, "the samples")
     # Each run's own average is a bar where the runs share a recipe (seeds, tail); trajectory
@@ -104,7 +117,22 @@ def evaluate_samples(zoo: Zoo, batches: Iterable[dict], names: list[str], out_di
     runs = [m.run for m in zoo.members("train")] if zoo.config.zoo.mode in ("seeds", "tail") else None
     return judge(net, zoo_task(zoo), train_stack(zoo), batches, names, out_dir, sigmas=cfg.evaluate.sigmas,
                  n_noise=cfg.evaluate.n_noise, seed=cfg.seed, title=title, heldout_stacked=heldout_stack(zoo),
-                 recalibrate=cfg.evaluate.recalibrate_bn, runs=runs)
+                 recalibrate=cfg.evaluate.recalibrate_bn, runs=runs, project=project)
+
+
+def evaluate_field_samples(zoo: Zoo, meta: dict, batches: Iterable[dict], out_dir: Path, title: str) -> dict:
+    """Sampled field networks (a folder of ``weightgen sample`` on a ``fields`` zoo) judged by the field report,
+    each as the class its recorded condition asked for (weightgen/fields/report.py)."""
+    from weightgen.fields.report import asked_classes, judge_fields, write_fields_report
+
+    parts = list(checked_first(zoo.build_net(), batches, "the samples"))
+    if not parts:
+        raise GeneratorError(f"{out_dir}: no samples to judge")
+    samples = {k: torch.cat([b[k].float() for b in parts]) for k in parts[0]}
+    n = next(iter(samples.values())).shape[0]
+    report = judge_fields(zoo, zoo.config, samples, asked_classes(meta.get("condition"), n), title)
+    write_fields_report(report, out_dir)
+    return report
 
 
 def run_experiment(cfg: ExperimentConfig, zoo_dir: Path | None = None, run_dir: Path | None = None,
@@ -117,6 +145,10 @@ def run_experiment(cfg: ExperimentConfig, zoo_dir: Path | None = None, run_dir: 
     """
     zoo_dir = Path(zoo_dir or Path("zoos") / cfg.name)
     run_dir = Path(run_dir or Path("runs") / cfg.name)
+    if cfg.zoo.mode == "policies":  # policies generated for a prompted return (weightgen.control.report)
+        from weightgen.control.report import run_control
+
+        return run_control(cfg, zoo_dir, run_dir, show_progress, fitted)
     # A generator that samples only from a prompt (G.pt: a start checkpoint and metrics) has
     # nothing to sample from here: say so before the zoo and the fit cost anything.
     needs_prompt = getattr(GENERATORS.get(cfg.generator.method), "needs_prompt", None)
@@ -133,10 +165,10 @@ def run_experiment(cfg: ExperimentConfig, zoo_dir: Path | None = None, run_dir: 
     build_zoo(cfg, zoo_dir, show_progress=show_progress)
     zoo_seconds = time.perf_counter() - t0
     zoo = Zoo.open(zoo_dir)
-    if cfg.zoo.mode == "tasks" and getattr(cfg.generator, "condition", "none") != "task_code":
+    if cfg.zoo.mode in ("tasks", "adapters") and getattr(cfg.generator, "condition", "none") != "task_code":
         # Its networks solve different binary tasks: an unconditional generator would blend
         # them, and no single task could judge its samples.
-        raise GeneratorError(f"zoo.mode 'tasks' needs a generator conditioned on the task code: set "
+        raise GeneratorError(f"zoo.mode '{cfg.zoo.mode}' needs a generator conditioned on the task code: set "
                              f"generator.condition: task_code (method rpg), not {cfg.generator.method!r} "
                              f"with condition {getattr(cfg.generator, 'condition', 'none')!r}")
     if fitted is None:
@@ -150,9 +182,12 @@ def run_experiment(cfg: ExperimentConfig, zoo_dir: Path | None = None, run_dir: 
         return _run_tasks(cfg, zoo, gen, fit_stats, zoo_seconds, run_dir)
     if cfg.zoo.mode == "fields":
         return _run_fields(cfg, zoo, gen, fit_stats, zoo_seconds, run_dir)
+    if cfg.zoo.mode == "adapters":
+        return _run_adapters(cfg, zoo, gen, fit_stats, zoo_seconds, run_dir)
     clock: dict = {}
     batches = timed(gen.sample(s.n, None, s.seed, s.batch_size, s.sampler, s.steps), clock)
-    report = evaluate_samples(zoo, batches, gen.tokenizer.names, None, cfg, title=f"{cfg.name}: {gen.method}")
+    report = evaluate_samples(zoo, batches, gen.tokenizer.names, None, cfg, title=f"{cfg.name}: {gen.method}",
+                              project=gen.tokenizer.project if gen.tokenizer.compressed else None)
     sgd = sgd_seconds_per_member(zoo)
     report["timing"] = {
         "zoo_build_seconds": zoo_seconds, "fit_seconds": fit_stats["fit_seconds"],
@@ -203,6 +238,20 @@ def _run_fields(cfg: ExperimentConfig, zoo: Zoo, gen: Generator, fit_stats: dict
     return report
 
 
+def _run_adapters(cfg: ExperimentConfig, zoo: Zoo, gen: Generator, fit_stats: dict, zoo_seconds: float,
+                  run_dir: Path) -> dict:
+    """An ``adapters`` zoo is judged key by key (weightgen/adapters/report.py): ``sample.n`` adapters
+    for every held-out key and as many seen ones, against trained, base, and nearest-key adapters."""
+    from weightgen.adapters.report import adapters_report, write_adapters_report
+
+    s = cfg.sample
+    start = time.perf_counter()
+    report = adapters_report(gen, zoo, s.n, s.seed, s.sampler, s.steps,
+                             title=f"{cfg.name}: {gen.method} LoRA adapters for unseen keys")
+    write_adapters_report(_timed(report, gen, fit_stats, zoo_seconds, start), run_dir)
+    return report
+
+
 # -- sampled networks on disk: one safetensors file per network ---------------------------------
 # Networks at least this large are generated one at a time straight into their file.
 STREAM_PARAMS = 2_000_000
@@ -218,44 +267,71 @@ def _describe(condition):
 
 
 def write_samples(gen: Generator, out: Path, n: int, seed: int, batch_size: int, sampler: str,
-                  steps: int | None, condition=None, stream: bool | None = None) -> dict:
+                  steps: int | None, condition=None, stream: bool | None = None,
+                  shard: tuple[int, int] | None = None) -> dict:
     """Write ``n`` networks as ``sample_XXXX.safetensors`` (loadable with ``net.load_state_dict``).
 
     ``stream`` (default: for nets of ``STREAM_PARAMS`` or more) writes each network token
     chunk by token chunk as it is generated (``Generator.sample_to_file``, sample ``i`` from
     seed ``seed + i``), so memory does not grow with the network; otherwise networks are
     sampled in batches of ``batch_size`` from one seed.
+
+    ``shard=(rank, world)`` (one of several processes, ``weightgen sample --procs``): this process
+    writes its contiguous block of the indices and a part of the manifest; once every rank is done
+    ``join_samples`` makes the one ``samples.json`` of them. A streamed network, and a batched one of a
+    generator with ``per_sample_noise``, is the same whichever rank makes it.
     """
     out.mkdir(parents=True, exist_ok=True)
     if stream is None:
         stream = gen.tokenizer.num_params >= STREAM_PARAMS
+    rank, world = shard or (0, 1)
+    lo, hi = rank * n // world, (rank + 1) * n // world
     meta = {"seed": seed, "sampler": sampler, "steps": steps, "method": gen.method, "stream": stream,
             "generated_names": gen.tokenizer.names, "net_build": gen.net_build, "condition": _describe(condition)}
     meta["temperature"] = gen.spec.diffusion.temperature
+    nonfinite = []
     if stream:
-        nonfinite = []
-        for i in range(n):
+        for i in range(lo, hi):
             info = gen.sample_to_file(out / f"sample_{i:04d}.safetensors", condition, seed + i, sampler, steps)
             if info["nonfinite"]:
                 nonfinite.append(i)
                 log.warning("sample %d has %d non-finite weights; flagged in %s", i, info["nonfinite"], SAMPLES_JSON)
-        meta.update(n=n, nonfinite=nonfinite)
-        (out / SAMPLES_JSON).write_text(json.dumps(meta, indent=1))
+    else:
+        index = lo
+        for batch in gen.sample(hi - lo, condition, seed, batch_size, sampler, steps, first=lo):
+            b = next(iter(batch.values())).shape[0]
+            for i in range(b):
+                state = {k: v[i].contiguous() for k, v in batch.items()}
+                if not all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()):
+                    nonfinite.append(index)
+                    log.warning("sample %d has non-finite weights; written anyway and flagged in %s", index, SAMPLES_JSON)
+                tmp = out / f".tmp-sample_{index:04d}.safetensors"
+                save_file(state, str(tmp))
+                tmp.replace(out / f"sample_{index:04d}.safetensors")  # never a half-written sample file
+                index += 1
+    meta.update(n=n, nonfinite=nonfinite)
+    if world > 1:
+        (out / f".samples.rank{rank}.json").write_text(json.dumps({**meta, "first": lo, "stop": hi}))
         return meta
-    index, nonfinite = 0, []
-    for batch in gen.sample(n, condition, seed, batch_size, sampler, steps):
-        b = next(iter(batch.values())).shape[0]
-        for i in range(b):
-            state = {k: v[i].contiguous() for k, v in batch.items()}
-            if not all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()):
-                nonfinite.append(index)
-                log.warning("sample %d has non-finite weights; written anyway and flagged in %s", index, SAMPLES_JSON)
-            tmp = out / f".tmp-sample_{index:04d}.safetensors"
-            save_file(state, str(tmp))
-            tmp.replace(out / f"sample_{index:04d}.safetensors")  # never a half-written sample file
-            index += 1
-    meta.update(n=index, nonfinite=nonfinite)
     (out / SAMPLES_JSON).write_text(json.dumps(meta, indent=1))
+    return meta
+
+
+def join_samples(out: Path, world: int) -> dict:
+    """The one ``samples.json`` of a directory that ``world`` processes wrote with ``write_samples``'s
+    ``shard`` (run once every rank is done): their blocks must cover every index once."""
+    parts = [out / f".samples.rank{r}.json" for r in range(world)]
+    missing = [p.name for p in parts if not p.is_file()]
+    if missing:
+        raise GeneratorError(f"{out}: rank part {missing[0]} missing; a process of the sampling failed")
+    metas = [json.loads(p.read_text()) for p in parts]
+    blocks = sorted((m.pop("first"), m.pop("stop")) for m in metas)
+    if blocks[0][0] != 0 or any(a[1] != b[0] for a, b in zip(blocks, blocks[1:])) or blocks[-1][1] != metas[0]["n"]:
+        raise GeneratorError(f"{out}: the ranks' blocks {blocks} do not cover samples 0 to {metas[0]['n'] - 1} once")
+    meta = {**metas[0], "nonfinite": sorted(i for m in metas for i in m["nonfinite"]), "procs": world}
+    (out / SAMPLES_JSON).write_text(json.dumps(meta, indent=1))
+    for p in parts:
+        p.unlink()
     return meta
 
 

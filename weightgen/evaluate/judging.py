@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -121,7 +121,7 @@ def judge(net: nn.Module, task: Task, train_stacked: dict[str, Tensor],
           generated_stacked: dict[str, Tensor] | Iterable[dict[str, Tensor]], names: list[str],
           out_dir: Path | None, sigmas=DEFAULT_SIGMAS, n_noise: int = 100, seed: int = 0, title: str = "",
           heldout_stacked: dict[str, Tensor] | None = None, recalibrate: bool = False,
-          runs: list[int] | None = None) -> dict:
+          runs: list[int] | None = None, project: Callable[[dict], dict] | None = None) -> dict:
     """Score originals, weight average, noise-added originals and generated models; see the module doc.
 
     ``generated_stacked`` is one stacked dict or an iterable of them (streamed: one batch
@@ -133,6 +133,8 @@ def judge(net: nn.Module, task: Task, train_stacked: dict[str, Tensor],
     ``runs``: the run of each training checkpoint, for a zoo of several runs of one recipe; then
     each run's own weight average is judged too (group ``run_average``, one model per run):
     the average a generator that learned each run's mean and nothing else would make.
+    ``project``: what a compressed zoo's networks go through (``Tokenizer.project``: masked, snapped), applied to
+    the weight average, run averages and noise-added originals, so the baselines are as compressed as the samples.
     Groups are judged by the task's headline metric in its direction (``Objective.of(task)``).
     Returns the report (nan written as None) and, with ``out_dir``, writes report.json,
     report.md and novelty.png there.
@@ -157,11 +159,12 @@ def judge(net: nn.Module, task: Task, train_stacked: dict[str, Tensor],
 
     groups = {"original": _group(originals, max_iou(originals.failures, originals.failures, exclude_diagonal=True),
                                  nearest_distance(ref_flat, ref_flat, exclude_diagonal=True), objective)}
-    groups["weight_average"] = score([weight_average(train_stacked, names)])
+    made = project or (lambda stacked: stacked)
+    groups["weight_average"] = score([made(weight_average(train_stacked, names))])
     if runs is not None and len(set(runs)) > 1:
-        groups["run_average"] = score([run_averages(train_stacked, names, runs)])
+        groups["run_average"] = score([made(run_averages(train_stacked, names, runs))])
     for sigma in sigmas:
-        groups[f"{NOISE_PREFIX}{sigma:g}"] = score([noise_added(train_stacked, names, sigma, n_noise, seed)])
+        groups[f"{NOISE_PREFIX}{sigma:g}"] = score([made(noise_added(train_stacked, names, sigma, n_noise, seed))])
     groups["generated"] = score([generated_stacked] if isinstance(generated_stacked, dict) else generated_stacked)
     if heldout_stacked is not None:
         groups["heldout"] = score([heldout_stacked], made=False)

@@ -11,6 +11,7 @@ from . import cnn as _cnn  # noqa: F401  (registers)
 from . import field as _field  # noqa: F401  (registers)
 from . import mlp as _mlp  # noqa: F401  (registers)
 from . import vit as _vit  # noqa: F401  (registers)
+from weightgen.adapters import charlm as _charlm  # noqa: F401  (registers char-lm)
 from .registry import NETS
 from .timm_net import timm_net
 

@@ -11,6 +11,8 @@ from . import mnist1d as _mnist1d  # noqa: F401  (registers)
 from .base import RegressionTask, Task
 from .registry import TASKS
 from weightgen.fields import digits as _digit_fields  # noqa: F401  (registers digit-fields)
+from weightgen.control import envs as _control  # noqa: F401  (registers cartpole, acrobot, control)
+from weightgen.adapters import cipher as _cipher  # noqa: F401  (registers cipher)
 
 from .subset import TaskCodeError, all_codes, binary_subset, code_bits, code_from_classes, parse_code
 

@@ -75,6 +75,14 @@ def plan_runs(cfg: ExperimentConfig) -> list[RunPlan]:
         from weightgen.fields.zoo import plan_field_runs
 
         return plan_field_runs(cfg)
+    if z.mode == "policies":
+        from weightgen.control.zoo import plan_policy_runs
+
+        return plan_policy_runs(cfg)
+    if z.mode == "adapters":
+        from weightgen.adapters.zoo import plan_adapter_runs
+
+        return plan_adapter_runs(cfg)
     if z.mode == "tasks":
         train, heldout = task_codes(cfg)
         plans = []
@@ -172,6 +180,7 @@ def redo_corrupt_runs(writer: ZooWriter) -> list[int]:
         writer.reopen_runs(list(bad))
         writer.delete_meta(FOLD_META)
         writer.delete_meta(ALIGN_META)
+        writer.delete_meta("compress")  # weightgen.compress.zoo.COMPRESS_META: the redone runs are compressed too
     return sorted(bad)
 
 
@@ -200,6 +209,14 @@ def build_zoo(cfg: ExperimentConfig, path: str | Path, show_progress: bool = Tru
             from weightgen.fields.zoo import build_field_zoo
 
             return build_field_zoo(cfg, path, writer, show_progress)
+        if cfg.zoo.mode == "policies":  # CMA-ES runs trained many at once (weightgen.control.zoo)
+            from weightgen.control.zoo import build_policy_zoo
+
+            return build_policy_zoo(cfg, path, writer, show_progress)
+        if cfg.zoo.mode == "adapters":  # peft LoRA adapters on a base made first (weightgen.adapters.zoo)
+            from weightgen.adapters.zoo import build_adapter_zoo
+
+            return build_adapter_zoo(cfg, path, writer, show_progress)
         return _build(cfg, path, writer, show_progress)
     finally:
         writer.close()
@@ -269,4 +286,8 @@ def _build(cfg: ExperimentConfig, path: Path, writer: ZooWriter, show_progress: 
         summary["bn_folded"] = fold_zoo(path, writer)
     if cfg.zoo.align != "none" and rank == 0:  # every run is done here (the barrier above)
         summary["aligned"] = align_zoo(path, writer, cfg.seed)
+    if cfg.zoo.compress is not None and rank == 0:  # last: the masks are in the aligned order
+        from weightgen.compress.zoo import compress_zoo
+
+        summary["compressed"] = compress_zoo(cfg, path, writer)
     return summary

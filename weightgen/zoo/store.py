@@ -396,11 +396,12 @@ class ZooWriter:
             "SELECT s.path, s.sha256, c.run, c.step FROM sources s JOIN checkpoints c ON c.id = s.checkpoint")
         return {r[0]: {"sha256": r[1], "run": r[2], "step": r[3]} for r in rows}
 
-    def replace_checkpoint(self, member: Member, state: dict[str, torch.Tensor]) -> str:
+    def replace_checkpoint(self, member: Member, state: dict[str, torch.Tensor], metrics: dict | None = None) -> str:
         """Store new tensors for an existing checkpoint (same names and shapes; e.g. its hidden
         units permuted). Written under a new shard name, and only then is the row pointed at it
         (in one statement) and the old file removed: killed at any moment, the row names a complete
-        file whose sha256 it holds, and a leftover file is an orphan. Returns the new shard name."""
+        file whose sha256 it holds, and a leftover file is an orphan. ``metrics``: the new network's,
+        when it computes another function (a pruned one), set in the same statement. Returns the new shard name."""
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
         spec = {k: [list(v.shape), _dtype_name(v)] for k, v in tensors.items()}
         if spec != member.tensors:
@@ -408,8 +409,12 @@ class ZooWriter:
         stem, _, rev = member.shard.removesuffix(".safetensors").partition(".v")
         name = f"{stem}.v{int(rev or 0) + 1}.safetensors"
         data = self._write_shard(name, tensors)
-        self._con.execute("UPDATE checkpoints SET shard = ?, sha256 = ? WHERE id = ?",
-                          (name, hashlib.sha256(data).hexdigest(), member.id))
+        digest = hashlib.sha256(data).hexdigest()
+        if metrics is None:
+            self._con.execute("UPDATE checkpoints SET shard = ?, sha256 = ? WHERE id = ?", (name, digest, member.id))
+        else:
+            self._con.execute("UPDATE checkpoints SET shard = ?, sha256 = ?, metrics = ? WHERE id = ?",
+                              (name, digest, json.dumps(metrics), member.id))
         (self.root / SHARDS / member.shard).unlink(missing_ok=True)
         return name
 
