@@ -53,11 +53,17 @@ def test_class_averages_average_each_asked_class():
     assert out["w"].flatten().tolist() == [15.0, 1.0, 15.0, 8.0]
 
 
-def test_novelty_compares_with_the_noisiest_noise_level_of_no_worse_quality():
+def test_novelty_is_compared_with_noise_interpolated_to_equal_quality():
     metrics = {"generated": {"mmd": 0.5}, "noise_0.01": {"mmd": 0.1}, "noise_0.1": {"mmd": 0.4},
                "noise_1.0": {"mmd": 2.0}}
-    nearest = {"generated": 0.3, "noise_0.01": 0.01, "noise_0.1": 0.2, "noise_1.0": 1.5}
-    out = novelty_at_equal_quality(metrics, nearest)
-    assert out == {"noise": "noise_0.1", "generated_nearest": 0.3, "noise_nearest": 0.2, "more_novel": True}
-    worse = {**metrics, "generated": {"mmd": 0.05}}
-    assert novelty_at_equal_quality(worse, nearest)["noise"] is None
+    nearest = {"generated": 0.3, "noise_0.01": 0.01, "noise_0.1": 0.2, "noise_1.0": 1.8}
+    out = novelty_at_equal_quality(metrics, nearest)  # a sixteenth of the way from 0.1 to 1.0: 0.2 + 1.6 / 16
+    assert out["noise"] == "noise_0.1..noise_1.0" and abs(out["noise_nearest"] - 0.3) < 1e-9
+    assert out["more_novel"] is False  # 0.3 is not more than 0.3
+    assert novelty_at_equal_quality(metrics, {**nearest, "generated": 0.31})["more_novel"] is True
+    # no noise level as good: no comparison; every level better and nearer: equal quality lies beyond the sweep
+    assert novelty_at_equal_quality({**metrics, "generated": {"mmd": 0.05}}, nearest)["noise"] is None
+    beyond = novelty_at_equal_quality({**metrics, "generated": {"mmd": 3.0}}, nearest)
+    assert beyond["noise"] == "noise_1.0" and beyond["more_novel"] is False  # nearer than even the noisiest
+    assert novelty_at_equal_quality({**metrics, "generated": {"mmd": 3.0}}, {**nearest, "generated": 2.0})[
+        "more_novel"] is None

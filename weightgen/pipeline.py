@@ -145,14 +145,10 @@ def run_experiment(cfg: ExperimentConfig, zoo_dir: Path | None = None, run_dir: 
     """
     zoo_dir = Path(zoo_dir or Path("zoos") / cfg.name)
     run_dir = Path(run_dir or Path("runs") / cfg.name)
-    if cfg.zoo.mode == "policies":  # policies generated for a prompted return (weightgen.control.report)
-        from weightgen.control.report import run_control
-
-        return run_control(cfg, zoo_dir, run_dir, show_progress, fitted)
     # A generator that samples only from a prompt (G.pt: a start checkpoint and metrics) has
     # nothing to sample from here: say so before the zoo and the fit cost anything.
     needs_prompt = getattr(GENERATORS.get(cfg.generator.method), "needs_prompt", None)
-    if needs_prompt:
+    if needs_prompt and cfg.zoo.mode != "policies":  # a policies run prompts from held-out starts itself
         method = cfg.generator.method
         raise GeneratorError(f"`weightgen run` cannot sample generator '{method}': {needs_prompt}",
                              cli=f"`weightgen run` cannot sample generator '{method}': it samples from a prompt (a "
@@ -184,6 +180,8 @@ def run_experiment(cfg: ExperimentConfig, zoo_dir: Path | None = None, run_dir: 
         return _run_fields(cfg, zoo, gen, fit_stats, zoo_seconds, run_dir)
     if cfg.zoo.mode == "adapters":
         return _run_adapters(cfg, zoo, gen, fit_stats, zoo_seconds, run_dir)
+    if cfg.zoo.mode == "policies":
+        return _run_control(cfg, zoo, gen, fit_stats, zoo_seconds, run_dir)
     clock: dict = {}
     batches = timed(gen.sample(s.n, None, s.seed, s.batch_size, s.sampler, s.steps), clock)
     report = evaluate_samples(zoo, batches, gen.tokenizer.names, None, cfg, title=f"{cfg.name}: {gen.method}",
@@ -249,6 +247,19 @@ def _run_adapters(cfg: ExperimentConfig, zoo: Zoo, gen: Generator, fit_stats: di
     report = adapters_report(gen, zoo, s.n, s.seed, s.sampler, s.steps,
                              title=f"{cfg.name}: {gen.method} LoRA adapters for unseen keys")
     write_adapters_report(_timed(report, gen, fit_stats, zoo_seconds, start), run_dir)
+    return report
+
+
+def _run_control(cfg: ExperimentConfig, zoo: Zoo, gen: Generator, fit_stats: dict, zoo_seconds: float,
+                 run_dir: Path) -> dict:
+    """A ``policies`` zoo is judged by prompting returns (weightgen/control/report.py): alignment over the
+    zoo's range from held-out starts, the share solved, the usual judgement and a picture of a policy."""
+    from weightgen.control.report import control_report
+
+    start = time.perf_counter()
+    report = _timed(control_report(gen, zoo, cfg, run_dir, f"{cfg.name}: {gen.method} policies for a prompted return"),
+                    gen, fit_stats, zoo_seconds, start)
+    (run_dir / "report.json").write_text(json.dumps(report, indent=1, allow_nan=False, default=float))
     return report
 
 

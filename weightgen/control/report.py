@@ -193,32 +193,3 @@ def prompt_markdown(report: dict) -> str:
     lines += ["", f"The best policy prompted for {p['best_prompt']:.1f} on test episode 0 (return {pic['return']:.0f}, "
                   f"{pic['steps']} steps; frames at steps {pic['frames_at_steps']}):", "", "![policy](policy.png)", ""]
     return "\n".join(lines)
-
-
-def run_control(cfg, zoo_dir: Path, run_dir: Path, show_progress: bool = True, fitted=None) -> dict:
-    """``weightgen run`` on a ``policies`` zoo: build (or resume) the zoo, fit, prompt, report."""
-    from weightgen.config import dump_config
-    from weightgen.generators import set_sampling
-    from weightgen.pipeline import fit_generator
-    from weightgen.zoo import Zoo, build_zoo
-
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(dump_config(cfg))
-    t0 = time.perf_counter()
-    build_zoo(cfg, zoo_dir, show_progress=show_progress)
-    zoo_seconds = time.perf_counter() - t0
-    zoo = Zoo.open(zoo_dir)
-    if fitted is None:
-        gen, fit_stats = fit_generator(cfg, zoo, show_progress)
-    else:
-        gen, fit_stats = fitted
-        set_sampling(gen.spec, cfg.generator.diffusion.temperature)
-    gen.save(run_dir / "generator")
-    start = time.perf_counter()
-    report = control_report(gen, zoo, cfg, run_dir, f"{cfg.name}: {gen.method} policies for a prompted return")
-    report["timing"] = {"zoo_build_seconds": zoo_seconds, "fit_seconds": fit_stats["fit_seconds"],
-                        "evaluate_seconds": time.perf_counter() - start, "device": str(gen.device),
-                        "threads": torch.get_num_threads()}
-    report["fit"] = fit_stats
-    (run_dir / "report.json").write_text(json.dumps(report, indent=1, allow_nan=False, default=float))
-    return report

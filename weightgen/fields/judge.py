@@ -84,14 +84,22 @@ def class_averages(train: dict[str, torch.Tensor], labels: torch.Tensor, asked: 
 
 def novelty_at_equal_quality(metrics: dict[str, dict], nearest: dict[str, float]) -> dict:
     """Whether the generated fields lie further from the training fields than noise-added training fields of
-    at least their quality. Quality is MMD against the reference (lower is better); ``nearest`` holds each
-    group's mean distance to its nearest training field. The comparison is the noisiest ``noise_<sigma>``
-    group whose MMD is no worse than the generated fields': ``None`` when every noise level is worse."""
-    gen_mmd = metrics["generated"]["mmd"]
+    the same quality. Quality is MMD against the reference (lower is better); ``nearest`` holds each group's
+    mean distance to its nearest training field. The noise groups' nearest distance is interpolated, linearly
+    in MMD, between the two noise levels whose MMD brackets the generated fields'. ``more_novel`` is None where
+    no noise level is as good as the generated fields, or where every one is better and still further away
+    (equal quality lies beyond the sweep)."""
+    gen_mmd, gen_near = metrics["generated"]["mmd"], nearest["generated"]
     noise = sorted((float(k.split("_", 1)[1]), k) for k in metrics if k.startswith("noise_"))
-    match = [k for _, k in noise if metrics[k]["mmd"] <= gen_mmd]
-    if not match:
-        return {"noise": None, "generated_nearest": nearest["generated"], "noise_nearest": None, "more_novel": None}
-    k = match[-1]
-    return {"noise": k, "generated_nearest": nearest["generated"], "noise_nearest": nearest[k],
-            "more_novel": nearest["generated"] > nearest[k]}
+    out = {"generated_nearest": gen_near, "noise": None, "noise_nearest": None, "more_novel": None}
+    for (_, lo), (_, hi) in zip(noise, noise[1:]):
+        m_lo, m_hi = metrics[lo]["mmd"], metrics[hi]["mmd"]
+        if m_lo <= gen_mmd <= m_hi and m_hi > m_lo:
+            t = (gen_mmd - m_lo) / (m_hi - m_lo)
+            near = nearest[lo] + t * (nearest[hi] - nearest[lo])
+            return {**out, "noise": f"{lo}..{hi}", "noise_nearest": near, "more_novel": gen_near > near}
+    better = [k for _, k in noise if metrics[k]["mmd"] <= gen_mmd]
+    if better:  # every tried level is better: equal quality needs more noise, so at least this much novelty
+        k = better[-1]
+        out.update(noise=k, noise_nearest=nearest[k], more_novel=False if gen_near <= nearest[k] else None)
+    return out

@@ -226,9 +226,12 @@ def novelty_line(nov: dict) -> str:
     if nov["noise"] is None:
         return ("novelty: no noise level tried is as good as the generated fields (MMD), so none compares at "
                 "equal quality")
-    verdict = "more" if nov["more_novel"] else "less"
+    where = (f"noise interpolated to equal MMD between {group_name(nov['noise'].split('..')[0])} and "
+             f"{nov['noise'].split('..')[1].split('_', 1)[1]}" if ".." in nov["noise"]
+             else f"{group_name(nov['noise'])}, whose MMD is better")
+    verdict = {True: "more than", False: "no more than", None: "undecided against"}[nov["more_novel"]]
     return (f"novelty: generated fields lie {nov['generated_nearest']:.4f} RMS from their nearest training field, "
-            f"{verdict} than {group_name(nov['noise'])} ({nov['noise_nearest']:.4f}), whose MMD is no worse")
+            f"{verdict} {where} ({nov['noise_nearest']:.4f})")
 
 
 def write_fields_report(report: dict, run_dir: Path) -> None:
