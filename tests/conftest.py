@@ -110,7 +110,7 @@ PYTHON = sys.executable
 
 # The input shape a registered net is tested with: images of digits, or coordinates for field nets.
 DIGITS_SHAPE = (1, 8, 8)
-NET_INPUT = {"field-mlp": (2,), "siren": (2,)}
+NET_INPUT = {"field-mlp": (2,), "siren": (2,), "char-lm": (8,)}  # char-lm: a sequence of 8 symbols
 
 
 def net_input(name: str) -> tuple[int, ...]:
