@@ -176,7 +176,7 @@ def render_giant(payload: dict) -> None:
     verdict = "reached" if r.get("ok") and r["peak_rss"] < 2 * gib else f"missed: {r.get('error', 'over 2 GiB')}"
     write_section("rpg_scale-giant", f"""## A billion parameters streamed (issue 62)
 
-Command: {made_on(payload)}; the CPU shared with 5 other jobs, so the time is indicative only.
+Command: {made_on(payload)}; one DDIM step, so the time is that of streaming, not of a real sampler.
 The net's layout is read on the meta device (`timm.create_model` under `torch.device("meta")`: no weight is
 allocated), an RPG like the one above with a lighter U-Net ({GIANT_GEN['unet_channels']}, kernel {GIANT_GEN['kernel_size']};
 untrained: memory and time of generation do not depend on the fit)
