@@ -21,7 +21,6 @@ from __future__ import annotations
 import copy
 import logging
 import os
-import random
 import time
 from pathlib import Path
 
@@ -56,41 +55,16 @@ def peft_config(lora) -> dict:
 
 def key_codes(cfg) -> tuple[list[str], list[str]]:
     """(training keys, held-out keys), drawn with the config's seed."""
-    from weightgen.zoo.store import ZooError
+    from weightgen.zoo.build import split_codes
 
-    z, rng = cfg.zoo, random.Random(cfg.seed)
-    pool = all_codes(KEY_BITS)
-    if isinstance(z.heldout, list):
-        heldout = [parse_key(c) for c in z.heldout]
-    else:
-        heldout = sorted(rng.sample(pool, z.heldout)) if z.heldout else []
-    rest = [c for c in pool if c not in set(heldout)]
-    if z.codes == "all":
-        train = rest
-    elif isinstance(z.codes, int):
-        if z.codes > len(rest):
-            raise ZooError(f"zoo.codes asks for {z.codes} keys; only {len(rest)} are left after the held-out ones")
-        train = sorted(rng.sample(rest, z.codes))
-    else:
-        train = [parse_key(c) for c in z.codes]
-        overlap = set(train) & set(heldout)
-        if overlap:
-            raise ZooError(f"keys {sorted(overlap)} are both in zoo.codes and zoo.heldout")
-    return train, heldout
+    return split_codes(cfg, all_codes(KEY_BITS), parse_key, "keys")
 
 
 def plan_adapter_runs(cfg) -> list:
     """Every run of an ``adapters`` zoo: ``zoo.runs`` per training key, then per held-out key."""
-    from weightgen.zoo.build import RunPlan
+    from weightgen.zoo.build import code_plans
 
-    train, heldout = key_codes(cfg)
-    plans = []
-    for split, codes in (("train", train), ("heldout", heldout)):
-        for code in codes:
-            for _ in range(cfg.zoo.runs):
-                i = len(plans)
-                plans.append(RunPlan(i, cfg.seed + i, code, split, {"code": code}))
-    return plans
+    return code_plans(cfg, *key_codes(cfg))
 
 
 def zoo_task(cfg, key: str | None = None):
@@ -233,7 +207,7 @@ def build_adapter_zoo(cfg, path: Path, writer, show_progress: bool = True) -> di
     """Train the base (once) and every adapter of ``cfg``'s zoo not yet done at ``path``; returns a summary."""
     from safetensors.torch import load_file
 
-    from weightgen.zoo.build import _check_same_config, _dist_info, redo_corrupt_runs
+    from weightgen.zoo.build import _check_same_config, _dist_info, build_summary, redo_corrupt_runs
     from weightgen.zoo.store import ZooError
 
     from .peft_io import canonicalize
@@ -293,7 +267,4 @@ def build_adapter_zoo(cfg, path: Path, writer, show_progress: bool = True) -> di
                 writer.add_checkpoint(plan.run, i, step, state, metrics)
             writer.finish_run(plan.run, timing["train_seconds"])
             bar.advance(job)
-    summary = {"runs": len(plans), "trained": len(todo), "skipped": len(plans) - len(todo)}
-    if redone:
-        summary["redone"] = redone
-    return summary
+    return build_summary(plans, todo, redone)

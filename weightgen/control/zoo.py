@@ -141,7 +141,7 @@ def _rollout(net, stacked, task: ControlTask, seeds: list[int]):
 def build_policy_zoo(cfg, path: Path, writer, show_progress: bool = True) -> dict:
     """Train every CMA-ES run of ``cfg``'s zoo not yet done at ``path`` (``writer`` open on it)."""
     from weightgen.tasks import get_task
-    from weightgen.zoo.build import _check_same_config, _dist_info, redo_corrupt_runs
+    from weightgen.zoo.build import _check_same_config, _dist_info, build_summary, redo_corrupt_runs
     from weightgen.zoo.store import ZooError
 
     if _dist_info()[1] > 1:
@@ -197,7 +197,4 @@ def build_policy_zoo(cfg, path: Path, writer, show_progress: bool = True) -> dic
                     writer.add_checkpoint(plan.run, c, g, {k: v[i].contiguous() for k, v in stacked.items()}, metrics)
                 writer.finish_run(plan.run, seconds)
             bar.advance(job, len(chunk))
-    summary = {"runs": len(plans), "trained": len(todo), "skipped": len(plans) - len(todo)}
-    if redone:
-        summary["redone"] = redone
-    return summary
+    return build_summary(plans, todo, redone)

@@ -61,7 +61,7 @@ def plan_field_runs(cfg) -> list:
 
 def build_field_zoo(cfg, path: Path, writer, show_progress: bool = True) -> dict:
     """Fit every field of ``cfg``'s zoo not yet done at ``path`` (``writer`` open on it); returns a summary."""
-    from weightgen.zoo.build import _check_same_config, redo_corrupt_runs
+    from weightgen.zoo.build import _check_same_config, build_summary, redo_corrupt_runs
     from weightgen.zoo.store import ZooError
 
     from weightgen.zoo.build import _dist_info
@@ -110,10 +110,7 @@ def build_field_zoo(cfg, path: Path, writer, show_progress: bool = True) -> dict
                 writer.add_checkpoint(plan.run, 0, steps, {k: v[i].contiguous() for k, v in stacked.items()}, metrics)
                 writer.finish_run(plan.run, seconds)
             bar.advance(job, len(chunk))
-    summary = {"runs": len(plans), "trained": len(todo), "skipped": len(plans) - len(todo)}
-    if redone:
-        summary["redone"] = redone
-    return summary
+    return build_summary(plans, todo, redone)
 
 
 def _device(device: str) -> str:

@@ -10,6 +10,7 @@ import logging
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch.distributed as dist
 
@@ -45,27 +46,54 @@ class RunPlan:
     condition: dict = field(default_factory=dict)
 
 
-def task_codes(cfg: ExperimentConfig) -> tuple[list[str], list[str]]:
-    """(training codes, held-out codes) for ``tasks`` mode, drawn with the config's seed."""
+def split_codes(cfg: ExperimentConfig, pool: list[str], parse: Callable[[str], str],
+                what: str = "codes") -> tuple[list[str], list[str]]:
+    """(training codes, held-out codes) from ``pool``, drawn with the config's seed: ``zoo.heldout`` as a
+    number of codes or a list, ``zoo.codes`` as ``all`` the rest, a number of them or a list (each given
+    code read by ``parse``). ``what`` names the codes in errors (``codes``, ``keys``)."""
     z = cfg.zoo
     rng = random.Random(cfg.seed)
     if isinstance(z.heldout, list):
-        heldout = [parse_code(c, 10) for c in z.heldout]
+        heldout = [parse(c) for c in z.heldout]
     else:
-        heldout = sorted(rng.sample(all_codes(10), z.heldout)) if z.heldout else []
-    pool = [c for c in all_codes(10) if c not in set(heldout)]
+        heldout = sorted(rng.sample(pool, z.heldout)) if z.heldout else []
+    rest = [c for c in pool if c not in set(heldout)]
     if z.codes == "all":
-        train = pool
+        train = rest
     elif isinstance(z.codes, int):
-        if z.codes > len(pool):
-            raise ZooError(f"zoo.codes asks for {z.codes} codes; only {len(pool)} are left after the held-out ones")
-        train = sorted(rng.sample(pool, z.codes))
+        if z.codes > len(rest):
+            raise ZooError(f"zoo.codes asks for {z.codes} {what}; only {len(rest)} are left after the held-out ones")
+        train = sorted(rng.sample(rest, z.codes))
     else:
-        train = [parse_code(c, 10) for c in z.codes]
+        train = [parse(c) for c in z.codes]
         overlap = set(train) & set(heldout)
         if overlap:
-            raise ZooError(f"codes {sorted(overlap)} are both in zoo.codes and zoo.heldout")
+            raise ZooError(f"{what} {sorted(overlap)} are both in zoo.codes and zoo.heldout")
     return train, heldout
+
+
+def task_codes(cfg: ExperimentConfig) -> tuple[list[str], list[str]]:
+    """(training codes, held-out codes) for ``tasks`` mode: 10-bit class-subset codes."""
+    return split_codes(cfg, all_codes(10), lambda c: parse_code(c, 10))
+
+
+def code_plans(cfg: ExperimentConfig, train: list[str], heldout: list[str]) -> list[RunPlan]:
+    """``zoo.runs`` runs per training code, then per held-out code, the code stored as the condition."""
+    plans = []
+    for split, codes in (("train", train), ("heldout", heldout)):
+        for code in codes:
+            for _ in range(cfg.zoo.runs):
+                i = len(plans)
+                plans.append(RunPlan(i, cfg.seed + i, code, split, {"code": code}))
+    return plans
+
+
+def build_summary(plans: list[RunPlan], todo: list, redone: list | None = None) -> dict:
+    """What a build returns: runs planned, trained now and kept from before, and runs redone for a corrupt shard."""
+    summary = {"runs": len(plans), "trained": len(todo), "skipped": len(plans) - len(todo)}
+    if redone:
+        summary["redone"] = redone
+    return summary
 
 
 def plan_runs(cfg: ExperimentConfig) -> list[RunPlan]:
@@ -84,14 +112,7 @@ def plan_runs(cfg: ExperimentConfig) -> list[RunPlan]:
 
         return plan_adapter_runs(cfg)
     if z.mode == "tasks":
-        train, heldout = task_codes(cfg)
-        plans = []
-        for split, codes in (("train", train), ("heldout", heldout)):
-            for code in codes:
-                for _ in range(z.runs):
-                    i = len(plans)
-                    plans.append(RunPlan(i, cfg.seed + i, code, split, {"code": code}))
-        return plans
+        return code_plans(cfg, *task_codes(cfg))
     if isinstance(z.heldout, list):
         raise ZooError("zoo.heldout is a list of codes, which only mode 'tasks' uses; give a number of runs")
     if z.heldout >= z.runs:
