@@ -10,8 +10,8 @@ tensors (``get_peft_model_state_dict``), with the key as the condition ``{"code"
 LoRA's factors have a symmetry: ``A -> R A``, ``B -> B R^-1`` leaves ``B A`` and the function alone,
 so adapters from different starts do not share a frame. ``zoo.init: shared`` starts every adapter's
 ``A`` from the same draw (the config's seed; ``B`` starts at zero), which keeps them in one frame;
-``run`` draws each from its run's seed. ``zoo.lora.canonicalize`` instead stores every adapter in the
-SVD frame of its ``B A`` (``peft_io.canonicalize``). ``docs/benchmarks/adapters.md`` measures both.
+``run`` draws each from its run's seed. ``docs/benchmarks/adapters.md`` measures both, and the SVD frame of
+``B A`` (``peft_io.canonicalize``), which does not help.
 
 Keys are drawn with the config's seed: ``zoo.heldout`` keys (a number, or a list) held out, then
 ``zoo.codes`` keys for training (a number, a list, or ``all``); ``zoo.runs`` adapters per key.
@@ -210,7 +210,6 @@ def build_adapter_zoo(cfg, path: Path, writer, show_progress: bool = True) -> di
     from weightgen.zoo.build import _check_same_config, _dist_info, build_summary, redo_corrupt_runs
     from weightgen.zoo.store import ZooError
 
-    from .peft_io import canonicalize
 
     if _dist_info()[1] > 1:
         raise ZooError("zoo.mode 'adapters' trains in one process; build it without --procs")
@@ -262,8 +261,6 @@ def build_adapter_zoo(cfg, path: Path, writer, show_progress: bool = True) -> di
             init_seed = cfg.seed if z.init == "shared" else plan.seed
             for i, (step, state, metrics) in enumerate(train_adapter(base, key_task, config, cfg.train, steps, keep,
                                                                      plan.seed, init_seed, timing)):
-                if lora.canonicalize:
-                    state = canonicalize(state)
                 writer.add_checkpoint(plan.run, i, step, state, metrics)
             writer.finish_run(plan.run, timing["train_seconds"])
             bar.advance(job)
