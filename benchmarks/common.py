@@ -181,6 +181,20 @@ def scale_of(args, name: str) -> float:
     return args.scale_for.get(name, args.scale)
 
 
+STEP_KEYS = ("steps", "ae_steps", "diffusion_steps")
+
+
+def scaled_steps(raw: dict, scale: float) -> dict:
+    """A deep copy of config dict ``raw`` whose generator trains ``scale`` times as many steps (at least one)."""
+    import copy
+
+    raw = copy.deepcopy(raw)
+    for k in STEP_KEYS:
+        if k in raw["generator"]:
+            raw["generator"][k] = max(1, int(raw["generator"][k] * scale))
+    return raw
+
+
 def tagged(name: str, tag: str) -> str:
     """``name-tag`` (``name`` without a tag): a run folder, or a benchmark's results file and page section."""
     return f"{name}-{tag}" if tag else name

@@ -23,7 +23,8 @@ import time
 import torch
 
 from common import (ROOT, WORK, command, fmt, keep_earlier, machine, more_novel_than_noise, result_path,
-                    row_commands, run_or_reuse, settings_args, summarize, tagged, write_json, write_section)
+                    row_commands, run_or_reuse, scaled_steps, settings_args, summarize, tagged, write_json,
+                    write_section)
 from weightgen.config import parse_config
 
 ADAM = {"optimizer": "adam", "lr": 0.01, "batch_size": 64, "epochs": 20}
@@ -175,10 +176,7 @@ def main() -> None:
     for s in settings(args.net):
         if args.only and s["name"] not in args.only:
             continue
-        raw = copy.deepcopy(s["config"])
-        for k in ("ae_steps", "diffusion_steps"):
-            raw["generator"][k] = max(1, int(raw["generator"][k] * args.scale))
-        cfg = parse_config(raw, s["name"])
+        cfg = parse_config(scaled_steps(s["config"], args.scale), s["name"])
         zoo_dir, run_dir = WORK / "zoos" / cfg.name, WORK / "runs" / (cfg.name + (f"-{args.tag}" if args.tag else ""))
         print(f"== {s['name']}", flush=True)
         report = run_or_reuse(cfg, zoo_dir, run_dir, args.reuse)

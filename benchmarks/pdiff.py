@@ -8,12 +8,11 @@ training steps (the paper's 30k + 30k do not fit a 2-core CPU; the number used i
 """
 from __future__ import annotations
 
-import copy
 import time
 
 import torch
 
-from common import WORK, command, made_on, fmt, machine, run_or_reuse, settings_args, summarize, write_json, write_section
+from common import WORK, command, made_on, fmt, machine, run_or_reuse, scaled_steps, settings_args, summarize, write_json, write_section
 from weightgen.config import parse_config
 
 CNN_TAIL = ["features.2.1.*", "head.*"]  # the last BatchNorm layer and the linear head
@@ -82,10 +81,7 @@ def main() -> None:
     for s in SETTINGS:
         if args.only and s["name"] not in args.only:
             continue
-        raw = copy.deepcopy(s["config"])
-        for k in ("ae_steps", "diffusion_steps"):
-            raw["generator"][k] = max(1, int(raw["generator"][k] * args.scale))
-        cfg = parse_config(raw, s["name"])
+        cfg = parse_config(scaled_steps(s["config"], args.scale), s["name"])
         zoo_name = cfg.name.split("+")[0]  # variants share their zoo
         print(f"== {s['name']}: {s['note']}", flush=True)
         report = run_or_reuse(cfg, WORK / "zoos" / zoo_name, WORK / "runs" / cfg.name, args.reuse)

@@ -9,12 +9,11 @@ benchmarks/results/rpg_ablation/ and a section of docs/benchmarks/rpg_ablation.m
 """
 from __future__ import annotations
 
-import copy
 import time
 
 import torch
 
-from common import WORK, command, fmt, machine, more_novel_than_noise, run_or_reuse, scale_of, settings_args, summarize, tagged, teacher_forced_accuracy, where, write_json, write_section
+from common import WORK, command, fmt, machine, more_novel_than_noise, run_or_reuse, scale_of, scaled_steps, settings_args, summarize, tagged, teacher_forced_accuracy, where, write_json, write_section
 from weightgen.config import parse_config
 
 BASE_GEN = {"method": "rpg", "backbone": "mamba", "permutation_state": True,
@@ -67,8 +66,7 @@ def main() -> None:
     for name, gen, token_size in VARIANTS:
         if args.only and name not in args.only:
             continue
-        raw = copy.deepcopy(config(name, gen, token_size))
-        raw["generator"]["steps"] = max(1, int(raw["generator"]["steps"] * scale_of(args, name)))
+        raw = scaled_steps(config(name, gen, token_size), scale_of(args, name))
         cfg = parse_config(raw, name)
         print(f"== {name}", flush=True)
         zoo_dir, run_dir = ZOO_DIR, WORK / "runs" / tagged(cfg.name, args.tag)

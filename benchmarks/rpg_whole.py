@@ -23,7 +23,7 @@ import time
 
 import torch
 
-from common import WORK, command, fit_or_reuse, fmt, machine, more_novel_than_noise, run_or_reuse, scale_of, settings_args, summarize, tagged, teacher_forced_accuracy, where, write_json, write_section
+from common import STEP_KEYS, WORK, command, fit_or_reuse, fmt, machine, more_novel_than_noise, run_or_reuse, scale_of, scaled_steps, settings_args, summarize, tagged, teacher_forced_accuracy, where, write_json, write_section
 from weightgen.config import parse_config
 from weightgen.zoo import Zoo, build_zoo
 
@@ -108,9 +108,6 @@ def settings() -> list[dict]:
     return out
 
 
-STEP_KEYS = ("steps", "ae_steps", "diffusion_steps")
-
-
 def runs_avg(ra: dict | None) -> str:
     """Each run's own weight average in the table (none in reports judged before 2026-12-02)."""
     return "" if ra is None else f" ({fmt(ra['best'])} / {fmt(ra['mean'])}, {fmt(ra['max_iou_mean'], '.3f')})"
@@ -190,9 +187,7 @@ def main() -> None:
                 continue  # nothing to fold
             raw["zoo"] = {**raw["zoo"], "fold_bn": True}
             zoo_name += "-folded"
-        for k in STEP_KEYS:
-            if k in raw["generator"]:
-                raw["generator"][k] = max(1, int(raw["generator"][k] * scale_of(args, s["name"])))
+        raw = scaled_steps(raw, scale_of(args, s["name"]))
         raw["generator"]["diffusion"] = {**raw["generator"].get("diffusion", {}), "temperature": args.temperature}
         raw["sample"] = {**raw["sample"], "n": args.samples}
         if args.fit_seed is not None:
