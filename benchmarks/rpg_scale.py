@@ -52,16 +52,11 @@ def config(arch: str, kwargs: dict, method: str) -> dict:
             "zoo": {"mode": "trajectory", "runs": 1, "checkpoints": 2}, "tokenizer": tok, "generator": gen}
 
 
-# Runs in a fresh process: fit (optional) and generate one network to a file; prints JSON.
-JOB = r"""
+# The start of each job below, run in a fresh process: imports, a seed and the peak RSS reader.
+JOB_START = r"""
 import json, sys, time, traceback
 import torch
 torch.manual_seed(0)
-from weightgen.config import parse_config
-from weightgen.generators import load_generator
-from weightgen.pipeline import fit_generator
-from weightgen.zoo import Zoo
-cfg_json, zoo_dir, gen_dir, out_file, ddim_steps, fit = sys.argv[1:7]
 
 
 def peak():
@@ -72,6 +67,22 @@ def peak():
 
 
 res = {"ok": False}
+"""
+# The end of each job: the error, if any, and the peak RSS, printed as one JSON line.
+JOB_END = r"""except BaseException as e:
+    res["error"] = f"{type(e).__name__}: {str(e)[:300]}"
+    traceback.print_exc()
+res["peak_rss"] = peak()
+print("RESULT " + json.dumps(res), flush=True)
+"""
+
+# Fit (optional) and generate one network to a file.
+JOB = JOB_START + r"""
+from weightgen.config import parse_config
+from weightgen.generators import load_generator
+from weightgen.pipeline import fit_generator
+from weightgen.zoo import Zoo
+cfg_json, zoo_dir, gen_dir, out_file, ddim_steps, fit = sys.argv[1:7]
 t0 = time.time()
 try:
     if fit == "1":
@@ -87,35 +98,19 @@ try:
         t1 = time.time()
         info = gen.sample_to_file(out_file, seed=0, sampler="ddim", steps=int(ddim_steps))
         res.update(generate_seconds=time.time() - t1, nonfinite=info["nonfinite"], ok=True)
-except BaseException as e:
-    res["error"] = f"{type(e).__name__}: {str(e)[:300]}"
-    traceback.print_exc()
-res["peak_rss"] = peak()
-print("RESULT " + json.dumps(res), flush=True)
-"""
+""" + JOB_END
 
 
-# Runs in a fresh process: an RPG for a timm net whose layout is read on the meta device (no weight
-# of the net is ever allocated), untrained, generating one network straight into a file; prints JSON.
+# An RPG for a timm net whose layout is read on the meta device (no weight of the net is ever
+# allocated), untrained, generating one network straight into a file.
 # Time and memory of generation do not depend on the fit, which a billion-parameter zoo would need.
-GIANT_JOB = r"""
-import json, sys, time, traceback
-import torch
-torch.manual_seed(0)
+GIANT_JOB = JOB_START + r"""
 torch.set_num_threads(1)  # the CPU is shared: one thread each keeps jobs from spinning against each other
 import timm
 from weightgen.config import RPGSpec
 from weightgen.generators.rpg import RPG
 from weightgen.tokens import Tokenizer
 arch, spec_json, out_file, ddim_steps = sys.argv[1:5]
-
-
-def peak():
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
-
-
-res = {"ok": False}
 try:
     t0 = time.time()
     with torch.device("meta"):
@@ -135,12 +130,7 @@ try:
     t1 = time.time()
     info = gen.sample_to_file(out_file, seed=0, sampler="ddim", steps=int(ddim_steps))
     res.update(generate_seconds=time.time() - t1, nonfinite=info["nonfinite"], ok=True)
-except BaseException as e:
-    res["error"] = f"{type(e).__name__}: {str(e)[:300]}"
-    traceback.print_exc()
-res["peak_rss"] = peak()
-print("RESULT " + json.dumps(res), flush=True)
-"""
+""" + JOB_END
 GIANT = "vit_giant_patch14_224"
 # The giant's RPG: the recurrent part as above, a lighter U-Net (channels [4, 8], kernel 3) so that a
 # billion parameters generate in tens of minutes on a shared 2-core CPU. The denoiser's size does not
