@@ -3,10 +3,12 @@
     python benchmarks/fields_2d.py [--variants rpg-class,rpg,pdiff] [--note "..."]
 
 Each variant is the built-in config `fields-2d` (its zoo: the first 700 digits as 32 x 32 fields, 200 held
-out) with one generator: ``rpg-class`` (the config itself: RPG conditioned on the class), ``rpg`` (the same
-RPG, unconditional) and ``pdiff`` (p-diff, unconditional, the demo's autoencoder and denoiser on the flat
-parameter vector); ``rpg-class-ddpm`` samples the ``rpg-class`` fit by DDPM's 1,000 steps instead of DDIM's 50, and
-``rpg-class-eps`` predicts the noise (RPG's published choice) instead of the clean sample.
+out) with one generator recipe: ``rpg-class`` is the config itself (RPG conditioned on the class, 1,000 steps,
+DPM-Solver++ in 25 steps), ``rpg-class-fast`` the same recipe written out. The others start from the earlier
+recipe of 1,500 steps sampled by DDIM in 50 (``rpg-class-1500``): ``rpg`` unconditional; ``pdiff`` (p-diff,
+unconditional, the demo's autoencoder and denoiser on the flat parameter vector); ``rpg-class-ddpm`` sampled
+by DDPM's 1,000 steps; ``rpg-class-dpm`` by DPM-Solver++ in 25; ``rpg-class-eps`` predicting the noise (RPG's
+published choice) instead of the clean sample.
 Every variant is judged by the field report (weightgen/fields/report.py): MMD, COV and
 1-NNA by L2 over the decoded images against 100 held-out fields, beside the noise and weight-average
 baselines and 100 other held-out fields as the reference; class fidelity; novelty at equal quality.
@@ -37,23 +39,35 @@ PDIFF = {"method": "pdiff", "fold_rate": 3, "kernel_size": 3, "enc_channels": [2
          "diffusion_steps": 1500}
 
 
+VARIANTS = ("rpg-class", "rpg-class-fast", "rpg-class-1500", "rpg-class-dpm", "rpg-class-ddpm", "rpg-class-eps",
+            "rpg", "pdiff")
+
+
 def variant_config(name: str):
-    """The `fields-2d` config with variant ``name``'s generator."""
+    """The `fields-2d` config with variant ``name``'s generator recipe."""
+    if name not in VARIANTS:
+        raise SystemExit(f"unknown variant '{name}'; allowed: {', '.join(VARIANTS)}")
     data = yaml.safe_load((ROOT / "weightgen" / "configs" / "fields-2d.yaml").read_text())
+    if name == "rpg-class":
+        return parse_config(data, f"fields-2d ({name})")
+    if name == "rpg-class-fast":
+        data["generator"]["steps"] = 1000
+        data["sample"] = {"n": 100, "sampler": "dpm", "steps": 25}
+        return parse_config(data, f"fields-2d ({name})")
+    data["generator"]["steps"] = 1500  # the earlier recipe, which every variant below changes in one way
+    data["sample"] = {"n": 100, "sampler": "ddim", "steps": 50}
     if name == "rpg":
         data["generator"]["condition"] = "none"
-    elif name == "rpg-class-ddpm":  # the same fit, sampled by DDPM's 1,000 stochastic steps instead of DDIM's 50
+    elif name == "rpg-class-ddpm":  # the same fit, sampled by DDPM's 1,000 stochastic steps
         data["sample"] = {"n": 100, "sampler": "ddpm"}
-    elif name == "rpg-class-eps":  # RPG's published epsilon prediction instead of the config's x0
+    elif name == "rpg-class-dpm":  # the same fit, sampled by DPM-Solver++ in 25 steps
+        data["sample"] = {"n": 100, "sampler": "dpm", "steps": 25}
+    elif name == "rpg-class-eps":  # RPG's published epsilon prediction instead of x0
         data["generator"]["diffusion"] = {"prediction": "epsilon"}
     elif name == "pdiff":
         data["generator"] = dict(PDIFF)
         data["tokenizer"] = {"include": ["*"], "token_size": "flat", "normalize": "element"}
         data["sample"] = {"n": 100, "sampler": "ddpm"}
-    elif name == "rpg-class-eps":  # RPG's published epsilon prediction instead of the config's x0
-        data["generator"]["diffusion"] = {"prediction": "epsilon"}
-    elif name != "rpg-class":
-        raise SystemExit(f"unknown variant '{name}'; allowed: rpg-class, rpg-class-ddpm, rpg-class-eps, rpg, pdiff")
     return parse_config(data, f"fields-2d ({name})")
 
 
