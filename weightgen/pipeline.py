@@ -112,12 +112,18 @@ def evaluate_samples(zoo: Zoo, batches: Iterable[dict], names: list[str], out_di
     """The samples judged against the zoo (``judge``); ``project``: a compressed zoo's (``Tokenizer.project``)."""
     net = zoo.build_net()
     batches = checked_first(net, batches, "the samples")
+    return judge(net, generated_stacked=batches, names=names, out_dir=out_dir, title=title, project=project,
+                 **judge_inputs(zoo, cfg))
+
+
+def judge_inputs(zoo: Zoo, cfg: ExperimentConfig) -> dict:
+    """What ``judge`` (and ``score_networks``, one block of it per process) takes from the zoo and the config."""
     # Each run's own average is a bar where the runs share a recipe (seeds, tail); trajectory
     # runs would average an initialization into it, tasks runs solve different tasks.
     runs = [m.run for m in zoo.members("train")] if zoo.config.zoo.mode in ("seeds", "tail") else None
-    return judge(net, zoo_task(zoo), train_stack(zoo), batches, names, out_dir, sigmas=cfg.evaluate.sigmas,
-                 n_noise=cfg.evaluate.n_noise, seed=cfg.seed, title=title, heldout_stacked=heldout_stack(zoo),
-                 recalibrate=cfg.evaluate.recalibrate_bn, runs=runs, project=project)
+    return {"task": zoo_task(zoo), "train_stacked": train_stack(zoo), "sigmas": cfg.evaluate.sigmas,
+            "n_noise": cfg.evaluate.n_noise, "seed": cfg.seed, "heldout_stacked": heldout_stack(zoo),
+            "recalibrate": cfg.evaluate.recalibrate_bn, "runs": runs}
 
 
 def evaluate_field_samples(zoo: Zoo, meta: dict, batches: Iterable[dict], out_dir: Path, title: str) -> dict:
@@ -346,8 +352,10 @@ def join_samples(out: Path, world: int) -> dict:
     return meta
 
 
-def read_samples(directory: Path, batch_size: int = 100) -> tuple[dict, Iterator[dict]]:
-    """(metadata, stacked batches) of a directory written by ``write_samples``."""
+def read_samples(directory: Path, batch_size: int = 100,
+                 rows: tuple[int, int] | None = None) -> tuple[dict, Iterator[dict]]:
+    """(metadata, stacked batches) of a directory written by ``write_samples``; ``rows=(lo, hi)``: only
+    samples ``lo`` to ``hi - 1`` (one process's block of them)."""
     meta_file = directory / SAMPLES_JSON
     try:
         meta = json.loads(meta_file.read_text())
@@ -355,7 +363,7 @@ def read_samples(directory: Path, batch_size: int = 100) -> tuple[dict, Iterator
         raise GeneratorError(f"{meta_file}: missing; write samples with `weightgen sample`") from None
     except json.JSONDecodeError as e:
         raise GeneratorError(f"{meta_file}: not valid JSON ({e})") from None
-    files = [directory / f"sample_{i:04d}.safetensors" for i in range(meta["n"])]
+    files = [directory / f"sample_{i:04d}.safetensors" for i in range(*(rows or (0, meta["n"])))]
 
     def batches():
         for start in range(0, len(files), batch_size):

@@ -117,58 +117,96 @@ def _group(scores: Scores, iou: Tensor, dist: Tensor, objective: Objective = ACC
     }
 
 
-def judge(net: nn.Module, task: Task, train_stacked: dict[str, Tensor],
-          generated_stacked: dict[str, Tensor] | Iterable[dict[str, Tensor]], names: list[str],
-          out_dir: Path | None, sigmas=DEFAULT_SIGMAS, n_noise: int = 100, seed: int = 0, title: str = "",
-          heldout_stacked: dict[str, Tensor] | None = None, recalibrate: bool = False,
-          runs: list[int] | None = None, project: Callable[[dict], dict] | None = None) -> dict:
-    """Score originals, weight average, noise-added originals and generated models; see the module doc.
+@dataclass
+class Scored:
+    """One group's networks judged one by one: their ``Scores`` and each one's nearest L2 distance to a
+    training checkpoint (``[B]``; None for the originals, measured among themselves by ``judge_scored``).
+    The blocks that several ranks score concatenate in rank order (``Scored.cat``) to one process's rows."""
 
-    ``generated_stacked`` is one stacked dict or an iterable of them (streamed: one batch
-    in memory at a time). ``heldout_stacked``: networks the zoo's own recipe made from seeds the
-    generator never saw (its held-out runs), judged exactly as generated models are, as the
-    reference for what a new network from the zoo's distribution scores (group ``heldout``).
-    ``recalibrate``: every made network (weight average, noise-added originals, samples) gets its
-    BatchNorm statistics recomputed on the task's training inputs first (``recalibrate.py``).
-    ``runs``: the run of each training checkpoint, for a zoo of several runs of one recipe; then
-    each run's own weight average is judged too (group ``run_average``, one model per run):
-    the average a generator that learned each run's mean and nothing else would make.
-    ``project``: what a compressed zoo's networks go through (``Tokenizer.project``: masked, snapped), applied to
-    the weight average, run averages and noise-added originals, so the baselines are as compressed as the samples.
-    Groups are judged by the task's headline metric in its direction (``Objective.of(task)``).
-    Returns the report (nan written as None) and, with ``out_dir``, writes report.json,
-    report.md and novelty.png there.
+    scores: Scores
+    dist: Tensor | None = None
+
+    @staticmethod
+    def cat(parts: Iterable["Scored | None"]) -> "Scored":
+        """The rows of several blocks in order; an empty block (None) adds none."""
+        parts = [p for p in parts if p is not None]
+        dists = [p.dist for p in parts if p.dist is not None]
+        return Scored(Scores.cat([p.scores for p in parts]), torch.cat(dists) if dists else None)
+
+
+def block(n: int, shard: tuple[int, int] | None) -> tuple[int, int]:
+    """Rows ``[lo, hi)`` of ``n`` that rank ``shard = (rank, world)`` scores: contiguous, sizes differing by one
+    at most."""
+    rank, world = shard or (0, 1)
+    return rank * n // world, (rank + 1) * n // world
+
+
+def _rows(stacked: dict[str, Tensor], shard: tuple[int, int] | None) -> dict[str, Tensor]:
+    lo, hi = block(next(iter(stacked.values())).shape[0], shard)
+    return {k: v[lo:hi] for k, v in stacked.items()}
+
+
+def score_networks(net: nn.Module, task: Task, train_stacked: dict[str, Tensor],
+                   generated_stacked: dict[str, Tensor] | Iterable[dict[str, Tensor]], names: list[str],
+                   sigmas=DEFAULT_SIGMAS, n_noise: int = 100, seed: int = 0,
+                   heldout_stacked: dict[str, Tensor] | None = None, recalibrate: bool = False,
+                   runs: list[int] | None = None, project: Callable[[dict], dict] | None = None,
+                   shard: tuple[int, int] | None = None) -> dict[str, Scored | None]:
+    """Every network a report judges, scored on the task's test split and measured against the training
+    checkpoints, by group in the report's order (original, weight_average, run_average, noise σ, generated,
+    heldout); the arguments are ``judge``'s. This is the costly part of judging, and each network's result
+    depends on that network alone, so it splits over processes (``weightgen eval --procs``).
+
+    ``shard=(rank, world)``: only this rank's contiguous block of each group's rows (``block``), and
+    ``generated_stacked`` is this rank's block of the samples already (the caller reads only those); a group
+    with no row in the block is None. Every rank builds the baselines whole (seeded, so the same on each)
+    and keeps its block.
     """
     names = list(names)
-    objective = Objective.of(task)
     ev = Evaluator(net, task, "test")
     ref_flat = flatten_states(train_stacked, names)
-    originals = ev(train_stacked)
-
     x_train = task.split("train")[0]
 
-    def score(batches: Iterable[dict[str, Tensor]], made: bool = True) -> dict:
-        scores, dists = [], []
+    def score(batches: Iterable[dict[str, Tensor]], made: bool = True, measure: bool = True) -> Scored | None:
+        parts = []
         for stacked in batches:
+            if next(iter(stacked.values())).shape[0] == 0:
+                continue
             if recalibrate and made:
                 stacked = recalibrate_bn(net, x_train, stacked)
-            scores.append(ev(stacked))
-            dists.append(nearest_distance(flatten_states(stacked, names).to(ref_flat.device), ref_flat).cpu())
-        s = Scores.cat(scores)
-        return _group(s, max_iou(s.failures, originals.failures), torch.cat(dists), objective)
+            dist = (nearest_distance(flatten_states(stacked, names).to(ref_flat.device), ref_flat).cpu()
+                    if measure else None)
+            parts.append(Scored(ev(stacked), dist))
+        return Scored.cat(parts) if parts else None
 
+    made = project or (lambda stacked: stacked)
+    out = {"original": score([_rows(train_stacked, shard)], made=False, measure=False)}
+    out["weight_average"] = score([_rows(made(weight_average(train_stacked, names)), shard)])
+    if runs is not None and len(set(runs)) > 1:
+        out["run_average"] = score([_rows(made(run_averages(train_stacked, names, runs)), shard)])
+    for sigma in sigmas:
+        noisy = made(noise_added(train_stacked, names, sigma, n_noise, seed))
+        out[f"{NOISE_PREFIX}{sigma:g}"] = score([_rows(noisy, shard)])
+    out["generated"] = score([generated_stacked] if isinstance(generated_stacked, dict) else generated_stacked)
+    if heldout_stacked is not None:
+        out["heldout"] = score([_rows(heldout_stacked, shard)], made=False)
+    return out
+
+
+def judge_scored(scored: dict[str, Scored], net: nn.Module, task: Task, train_stacked: dict[str, Tensor],
+                 names: list[str], out_dir: Path | None, title: str = "", recalibrate: bool = False) -> dict:
+    """The report of networks ``score_networks`` scored (every rank's blocks joined): max IoU against the
+    originals' failure sets, the originals' distances among themselves, the group summaries and the notes;
+    with ``out_dir``, report.json, report.md and novelty.png written there."""
+    names = list(names)
+    objective = Objective.of(task)
+    ref_flat = flatten_states(train_stacked, names)
+    originals = scored["original"].scores
     groups = {"original": _group(originals, max_iou(originals.failures, originals.failures, exclude_diagonal=True),
                                  nearest_distance(ref_flat, ref_flat, exclude_diagonal=True), objective)}
-    made = project or (lambda stacked: stacked)
-    groups["weight_average"] = score([made(weight_average(train_stacked, names))])
-    if runs is not None and len(set(runs)) > 1:
-        groups["run_average"] = score([made(run_averages(train_stacked, names, runs))])
-    for sigma in sigmas:
-        groups[f"{NOISE_PREFIX}{sigma:g}"] = score([made(noise_added(train_stacked, names, sigma, n_noise, seed))])
-    groups["generated"] = score([generated_stacked] if isinstance(generated_stacked, dict) else generated_stacked)
-    if heldout_stacked is not None:
-        groups["heldout"] = score([heldout_stacked], made=False)
-
+    for key, s in scored.items():
+        if key != "original":
+            groups[key] = _group(s.scores, max_iou(s.scores.failures, originals.failures), s.dist, objective)
     report = _clean({
         "title": title or f"{task.name}: generated vs originals and baselines",
         "task": task.name, "split": "test", "num_test": int(len(task.y_test)),
@@ -180,6 +218,34 @@ def judge(net: nn.Module, task: Task, train_stacked: dict[str, Tensor],
     if out_dir is not None:
         write_report(report, Path(out_dir))
     return report
+
+
+def judge(net: nn.Module, task: Task, train_stacked: dict[str, Tensor],
+          generated_stacked: dict[str, Tensor] | Iterable[dict[str, Tensor]], names: list[str],
+          out_dir: Path | None, sigmas=DEFAULT_SIGMAS, n_noise: int = 100, seed: int = 0, title: str = "",
+          heldout_stacked: dict[str, Tensor] | None = None, recalibrate: bool = False,
+          runs: list[int] | None = None, project: Callable[[dict], dict] | None = None) -> dict:
+    """Score originals, weight average, noise-added originals and generated models; see the module doc.
+
+    ``generated_stacked`` is one stacked dict or an iterable of them (streamed: one batch
+    in memory at a time). ``heldout_stacked``: networks the zoo's own recipe made from
+    seeds the generator never saw (its held-out runs), judged exactly as generated models are, as the
+    reference for what a new network from the zoo's distribution scores (group ``heldout``).
+    ``recalibrate``: every made network (weight average, noise-added originals, samples) gets its
+    BatchNorm statistics recomputed on the task's training inputs first (``recalibrate.py``).
+    ``runs``: the run of each training checkpoint, for a zoo of several runs of one recipe; then
+    each run's own weight average is judged too (group ``run_average``, one model per run):
+    the average a generator that learned each run's mean and nothing else would make.
+    ``project``: what a compressed zoo's networks go through (``Tokenizer.project``: masked, snapped), applied to
+    the weight average, run averages and noise-added originals, so the baselines are as compressed as the samples.
+    Groups are judged by the task's headline metric in its direction (``Objective.of(task)``).
+    Returns the report (nan written as None) and, with ``out_dir``, writes report.json,
+    report.md and novelty.png there. It is ``score_networks`` then ``judge_scored``; several processes run
+    the first on blocks of the rows and one the second (weightgen/eval_distributed.py).
+    """
+    scored = score_networks(net, task, train_stacked, generated_stacked, names, sigmas, n_noise, seed,
+                            heldout_stacked, recalibrate, runs, project)
+    return judge_scored(scored, net, task, train_stacked, names, out_dir, title, recalibrate)
 
 
 # -- notes: the judgement in words --------------------------------------------------------
