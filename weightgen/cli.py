@@ -451,7 +451,10 @@ def _gpt_prompt(start: Path | None, start_metric: float | None, target_metric: f
 @app.command("eval")
 def evaluate(samples: Path = typer.Argument(..., help="directory written by `weightgen sample`"),
              zoo: Path = typer.Option(..., "--zoo", help="the zoo the generator was fitted on"),
-             out: Path = typer.Option(None, "--out", "-o", help="report directory (default: SAMPLES)")) -> None:
+             out: Path = typer.Option(None, "--out", "-o", help="report directory (default: SAMPLES)"),
+             procs: int = typer.Option(1, "--procs", "-p", min=1,
+                                       help="processes on this machine, each scoring its block of every group of "
+                                            "networks; the first writes the report")) -> None:
     """Judge sampled networks against the zoo's originals and the two baselines."""
     from weightgen.generators import GeneratorError
     from weightgen.pipeline import evaluate_field_samples, evaluate_samples, read_samples
@@ -461,7 +464,13 @@ def evaluate(samples: Path = typer.Argument(..., help="directory written by `wei
         zoo_obj = Zoo.open(zoo)
         meta, batches = read_samples(samples)
         writable_dir(out or samples, "--out" if out else "SAMPLES")  # the report goes there
-        if zoo_obj.config.zoo.mode == "fields":  # judged as fields (weightgen/fields/report.py)
+        if procs > 1:
+            from weightgen.eval_distributed import check_procs, eval_processes
+
+            check_procs(meta["n"], procs, zoo_obj.config.zoo.mode)
+            zoo_obj.close()
+            report = eval_processes(samples, zoo, out or samples, procs, f"{samples}: {meta['method']}")
+        elif zoo_obj.config.zoo.mode == "fields":  # judged as fields (weightgen/fields/report.py)
             report = evaluate_field_samples(zoo_obj, meta, batches, out or samples, f"{samples}: {meta['method']}")
         else:
             report = evaluate_samples(zoo_obj, batches, meta["generated_names"], out or samples, zoo_obj.config,

@@ -36,7 +36,7 @@ from weightgen.zoo.distributed import backend_for
 
 
 class DistributedFitError(ValueError):
-    """A distributed fit or sampling that cannot run as asked."""
+    """A distributed fit, sampling or judging (weightgen/eval_distributed.py) that cannot run as asked."""
 
 
 def batch_rows(cfg: ExperimentConfig, num_train: int) -> int:
@@ -56,9 +56,11 @@ def check_procs(cfg: ExperimentConfig, num_train: int, procs: int) -> None:
             f"{cfg.generator.batch_size}, {num_train} training networks in the zoo): give --procs {rows} or fewer")
 
 
-def _torchrun(procs: int, args: list[str], what: str) -> None:
+def torchrun(procs: int, args: list[str], what: str, module: str = "weightgen.fit_distributed") -> None:
+    """Run ``module`` with ``args`` in ``procs`` processes on this machine (torchrun, standalone); their output goes
+    to this terminal, and a failure raises ``DistributedFitError`` naming ``what``."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(procs),
-           "-m", "weightgen.fit_distributed", *args]
+           "-m", module, *args]
     code = subprocess.run(cmd).returncode
     if code != 0:
         raise DistributedFitError(f"the {procs}-process {what} failed (torchrun exited with {code}; its output is above)")
@@ -71,8 +73,8 @@ def train_processes(cfg: ExperimentConfig, zoo: str | Path, out: str | Path, pro
     with tempfile.TemporaryDirectory(prefix="weightgen-fit-") as tmp:
         config = Path(tmp) / "fit.yaml"
         config.write_text(dump_config(cfg))
-        _torchrun(procs, ["train", str(config), "--zoo", str(zoo), "--out", str(out),
-                          "--checkpoint-every", str(checkpoint_every)], f"fit of {cfg.name}")
+        torchrun(procs, ["train", str(config), "--zoo", str(zoo), "--out", str(out),
+                         "--checkpoint-every", str(checkpoint_every)], f"fit of {cfg.name}")
 
 
 def sample_processes(generator: str | Path, out: str | Path, procs: int, n: int, seed: int, sampler: str,
@@ -86,11 +88,13 @@ def sample_processes(generator: str | Path, out: str | Path, procs: int, n: int,
         args += ["--steps", str(steps)]
     if stream is not None:
         args += ["--stream" if stream else "--no-stream"]
-    _torchrun(procs, args, f"sampling of {generator}")
+    torchrun(procs, args, f"sampling of {generator}")
     return json.loads((Path(out) / "samples.json").read_text())
 
 
-def _init() -> tuple[int, int]:
+def init_ranks() -> tuple[int, int]:
+    """Join the process group torchrun set up (gloo on CPU, nccl when every rank has a GPU of its own, then this
+    rank's GPU the current device); returns (rank, world size)."""
     backend = backend_for(int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", 1))))
     dist.init_process_group(backend)
     if backend == "nccl":
@@ -105,7 +109,7 @@ def _train(args) -> None:
     from weightgen.pipeline import fit_generator
     from weightgen.zoo import Zoo
 
-    rank, world = _init()
+    rank, world = init_ranks()
     try:
         cfg = load_config(args.config)
         zoo = Zoo.open(args.zoo)
@@ -126,7 +130,7 @@ def _sample(args) -> None:
     from weightgen.generators import load_generator
     from weightgen.pipeline import join_samples, write_samples
 
-    rank, world = _init()
+    rank, world = init_ranks()
     try:
         device = f"cuda:{torch.cuda.current_device()}" if dist.get_backend() == "nccl" else "cpu"
         gen = load_generator(args.generator, device)
