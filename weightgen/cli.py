@@ -229,7 +229,8 @@ def _summary_table(report: dict) -> Table:
 
 
 def _print_report(report: dict, where: Path | None) -> None:
-    if report.get("kind") in ("tasks", "fields"):  # judged per code (evaluate/per_code.py) or as fields
+    # judged per code (evaluate/per_code.py), per key (adapters/report.py) or as fields: notes, no table
+    if report.get("kind") in ("tasks", "fields", "adapters"):
         for note in report["notes"]:
             console.print(f"- {note}", highlight=False)
         if where:

@@ -66,6 +66,8 @@ def without_removed_keys(model: type[BaseModel], data: dict, source: str, where:
                                   f"see docs/results.md, 'What did not work'): make it again without it")
             continue
         inner = field.annotation if field is not None else None
+        if inner is not None and type(None) in getattr(inner, "__args__", ()):  # an optional section: X | None
+            inner = next((a for a in inner.__args__ if a is not type(None)), None)
         if key == "generator" and model.__name__ == "ExperimentConfig" and isinstance(value, dict):
             inner = GENERATOR_SPECS.get(value.get("method", "pdiff"))
         if isinstance(value, dict) and isinstance(inner, type) and issubclass(inner, BaseModel):
