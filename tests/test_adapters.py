@@ -19,7 +19,7 @@ from weightgen.adapters.peft_io import (AdapterError, canonicalize, check_adapte
 from weightgen.adapters.report import adapters_report
 from weightgen.adapters.zoo import load_base, peft_model, zoo_task
 from weightgen.cli import app
-from weightgen.config import ConfigError
+from weightgen.config import ConfigError, parse_config
 from weightgen.nets import build_net
 from weightgen.pipeline import fit_generator
 from weightgen.zoo import Zoo, build_zoo
@@ -185,6 +185,30 @@ def test_weightgen_run_writes_the_per_key_report(zoo_dir, fitted, tmp_path):
     report = run_experiment(cfg, zoo_dir, tmp_path / "run", show_progress=False, fitted=(gen, {"fit_seconds": 0.0}))
     assert report["kind"] == "adapters" and (tmp_path / "run" / "report.md").is_file()
     assert json.loads((tmp_path / "run" / "report.json").read_text())["summary"]["heldout"]["keys"] == 2
+
+
+def test_weightgen_run_prints_an_adapters_report_as_notes(capsys):
+    from weightgen.cli import _print_report
+
+    _print_report({"kind": "adapters", "notes": ["heldout keys (2): generated adapters 0.5"]}, None)
+    assert "heldout keys (2)" in capsys.readouterr().out
+
+
+def test_training_time_reaches_the_score_it_ends_with(zoo_dir):
+    from weightgen.adapters.report import training_time
+
+    with Zoo.open(zoo_dir) as zoo:
+        t = training_time(zoo, KEY)
+    assert t["steps"] == 12 and 0 <= t["steps_to_score"] <= t["steps"]
+    assert 0 <= t["seconds_to_score"] <= t["train_seconds"] and 0 < t["score"] <= 1
+
+
+def test_a_stored_config_with_the_removed_canonicalize_at_its_default_still_loads():
+    stored = {**TINY, "zoo": {**TINY["zoo"], "lora": {**TINY["zoo"]["lora"], "canonicalize": False}}}
+    assert parse_config(stored, "manifest.sqlite", stored=True).zoo.lora.r == 2
+    with pytest.raises(ConfigError, match="'zoo.lora.canonicalize' is True, and 'canonicalize' was removed"):
+        parse_config({**stored, "zoo": {**stored["zoo"], "lora": {**stored["zoo"]["lora"], "canonicalize": True}}},
+                     "manifest.sqlite", stored=True)
 
 
 def test_the_builtin_config_parses():

@@ -48,6 +48,28 @@ def last_checkpoints(zoo) -> dict[str, list]:
     return out
 
 
+def training_time(zoo, key: str, seed: int = 0) -> dict:
+    """Training one adapter for ``key`` as the zoo trained its adapters, timed (optimizer time): the
+    whole run, and until the adapter first scores what it scores at the end (its score reached).
+    Measured in the same process as generating, so both see the same machine and load."""
+    from .zoo import adapter_steps, train_adapter
+
+    cfg = zoo.config
+    base, config = load_zoo_base(zoo)
+    steps, _ = adapter_steps(cfg)
+    timing: dict = {}
+    curve = []  # (step, seconds, test score)
+    init_seed = cfg.seed if cfg.zoo.init == "shared" else seed
+    headline = f"test_{zoo_task(cfg).headline}"
+    for step, _, metrics in train_adapter(base, zoo_task(cfg, key), config, cfg.train, steps, list(range(steps + 1)),
+                                          seed, init_seed, timing):
+        curve.append((step, timing["train_seconds"], metrics[headline]))
+    final = curve[-1][2]
+    step, seconds, _ = next(c for c in curve if c[2] >= final)
+    return {"key": key, "steps": steps, "train_seconds": curve[-1][1], "score": final,
+            "steps_to_score": step, "seconds_to_score": seconds}
+
+
 def evaluate_keys(gen, zoo, keys: list[str], n: int, seed: int = 0, sampler: str = "ddim", steps: int | None = None,
                   regression=None) -> list[dict]:
     """One row per key: generated vs trained vs base vs nearest seen key's adapter (vs regression)."""

@@ -167,13 +167,16 @@ def _metrics(model, task) -> dict[str, float]:
 def train_adapter(base, task, config: dict, train, steps: int, keep: list[int], seed: int, init_seed: int,
                   timing: dict | None = None):
     """Yields ``(step, adapter tensors, metrics)`` at each step of ``keep`` while a LoRA adapter of
-    ``config`` learns ``task`` for ``steps`` steps; ``timing['train_seconds']``: optimizer time only."""
+    ``config`` learns ``task`` for ``steps`` steps; ``timing['train_seconds']``: optimizer time only,
+    so far (at each yield: the time the state yielded took to train)."""
     model = peft_model(base, config, init_seed)
     opt = _optimizer([p for p in model.parameters() if p.requires_grad], train)
     batches, seconds = _batches(task, train.batch_size, seed), 0.0
     for step in range(steps + 1):
         if step in keep:
             model.eval()
+            if timing is not None:
+                timing["train_seconds"] = seconds
             yield step, adapter_state(model), _metrics(model, task)
         if step == steps:
             break
