@@ -9,17 +9,15 @@ checkpoint of each run), the base model with no adapter, a copy of the nearest s
 """
 from __future__ import annotations
 
-import json
 import random
 import statistics
 import time
 from collections import defaultdict
-from pathlib import Path
 
 import torch
 
 from weightgen.evaluate.per_code import hamming
-from weightgen.evaluate.report import _fmt
+from weightgen.evaluate.report import _fmt, write_split_report
 
 from .peft_io import score_adapters
 from .zoo import load_base, zoo_task
@@ -151,17 +149,10 @@ def adapters_report(gen, zoo, n: int, seed: int = 0, sampler: str = "ddim", step
 
 def write_adapters_report(report: dict, out_dir) -> None:
     """report.json and a per-key report.md."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(report, indent=1))
-    lines = [f"# {report['title']}", "", *[f"- {n}" for n in report["notes"]], ""]
-    for split, rows in report["rows"].items():
-        lines += [f"## {split} keys", "", "| key | generated mean (worst) | trained | base | nearest seen (bits) | "
-                  "regression |", "|---|---|---|---|---|---|"]
-        for r in rows:
-            g, t, c = r["generated"], r.get("trained") or {}, r.get("nearest_seen") or {}
-            lines.append(f"| {r['key']} | {_fmt(g['mean'])} ({_fmt(g['worst'])}) | {_fmt(t.get('mean'))} | "
-                         f"{_fmt(r['base']['mean'])} | {_fmt(c.get('mean'))} ({c.get('bits_differ', '–')}) | "
-                         f"{_fmt((r.get('regression') or {}).get('mean'))} |")
-        lines.append("")
-    (out / "report.md").write_text("\n".join(lines))
+    def cells(r):
+        g, t, c = r["generated"], r.get("trained") or {}, r.get("nearest_seen") or {}
+        return [r["key"], f"{_fmt(g['mean'])} ({_fmt(g['worst'])})", _fmt(t.get("mean")), _fmt(r["base"]["mean"]),
+                f"{_fmt(c.get('mean'))} ({c.get('bits_differ', '–')})", _fmt((r.get("regression") or {}).get("mean"))]
+
+    write_split_report(report, out_dir, "keys", ["key", "generated mean (worst)", "trained", "base",
+                                                 "nearest seen (bits)", "regression"], cells)

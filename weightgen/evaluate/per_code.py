@@ -12,12 +12,10 @@ without diffusion. See docs/results.md, 'Unseen tasks'.
 """
 from __future__ import annotations
 
-import json
 import random
 import statistics
 import time
 from collections import defaultdict
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,7 +24,7 @@ from weightgen.tasks import binary_subset, get_task
 
 from .batched import Evaluator, Scores, stack_states
 from .judging import _stat
-from .report import _fmt
+from .report import _fmt, write_split_report
 
 
 def hamming(a: str, b: str) -> int:
@@ -125,16 +123,10 @@ def tasks_report(gen, zoo, n: int, seed: int = 0, sampler: str = "ddim", steps: 
 
 def write_tasks_report(report: dict, out_dir) -> None:
     """report.json and a per-code report.md."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(report, indent=1))
-    lines = [f"# {report['title']}", "", *[f"- {n}" for n in report["notes"]], ""]
-    for split, rows in report["rows"].items():
-        lines += [f"## {split} codes", "", "| code | generated mean (worst) | trained (zoo recipe) | nearest seen code (bits) "
-                  "| its copy's accuracy here |", "|---|---|---|---|---|"]
-        for r in rows:
-            g, t, c = r["generated"], r.get("trained") or {}, r.get("nearest_seen") or {}
-            lines.append(f"| {r['code']} | {_fmt(g['mean'])} ({_fmt(g['worst'])}) | {_fmt(t.get('mean'))} "
-                         f"| {c.get('code', '–')} ({c.get('bits_differ', '–')}) | {_fmt(c.get('mean'))} |")
-        lines.append("")
-    (out / "report.md").write_text("\n".join(lines))
+    def cells(r):
+        g, t, c = r["generated"], r.get("trained") or {}, r.get("nearest_seen") or {}
+        return [r["code"], f"{_fmt(g['mean'])} ({_fmt(g['worst'])})", _fmt(t.get("mean")),
+                f"{c.get('code', '–')} ({c.get('bits_differ', '–')})", _fmt(c.get("mean"))]
+
+    write_split_report(report, out_dir, "codes", ["code", "generated mean (worst)", "trained (zoo recipe)",
+                                                  "nearest seen code (bits)", "its copy's accuracy here"], cells)

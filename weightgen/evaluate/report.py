@@ -59,3 +59,18 @@ def write_report(report: dict, out_dir: Path) -> None:
     (out_dir / "report.md").write_text(markdown(report))
     novelty_plot(report["groups"], out_dir / "novelty.png", report["title"], report.get("metric", "accuracy"),
                  report.get("better", "higher"))
+
+
+def write_split_report(report: dict, out_dir, unit: str, header: list[str], cells) -> None:
+    """report.json and a report.md of one table per split (``report["rows"]``: split -> rows) for reports
+    judged per task (codes, keys): the notes, then ``header``'s columns, ``cells(row)`` giving each row's."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(report, indent=1))
+    lines = [f"# {report['title']}", "", *[f"- {n}" for n in report["notes"]], ""]
+    for split, rows in report["rows"].items():
+        lines += [f"## {split} {unit}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(cells(r)) + " |" for r in rows]
+        lines.append("")
+    (out / "report.md").write_text("\n".join(lines))
+
