@@ -22,10 +22,35 @@ def test_chamfer_by_brute_force_and_matrix():
     a, b = torch.rand(3, 20, 3, generator=g), torch.rand(2, 30, 3, generator=g)
     d = ((a[0][:, None] - b[1][None]) ** 2).sum(-1)
     want = d.min(1).values.mean() + d.min(0).values.mean()  # PointFlow's sum of both means of squares
-    m = chamfer_matrix(a, b, max_floats=1000)  # one set of x at a time
+    m = chamfer_matrix(a, b)
     assert m.shape == (3, 2)
     assert float(m[0, 1]) == pytest.approx(float(want), rel=1e-5)
     assert float(chamfer_distance(a[0], b[1])) == pytest.approx(float(want), rel=1e-5)
+
+
+def brute_chamfer_matrix(x, y):
+    """Every pair by all pairwise squared distances (the definition), for the KD-tree matrix to match."""
+    return torch.stack([chamfer_distance(x[i].expand(len(y), -1, -1).contiguous(), y) for i in range(len(x))])
+
+
+def test_kd_tree_chamfer_matrix_equals_all_pairwise_distances():
+    from weightgen.fields.shapes import make_shapes
+
+    fam = make_shapes(12, seed=2, num_uniform=8, num_near=8, surface=300)  # surfaces of every class
+    x, y = fam.surface[:7], fam.surface[7:]
+    y = torch.cat([y, y[:1] + 1e-3])  # a near copy: a distance close to 0
+    want = brute_chamfer_matrix(x, y)
+    got = chamfer_matrix(x, y)
+    assert got.shape == (7, 6) and torch.allclose(got, want, rtol=1e-4, atol=1e-6)
+    # clouds of different sizes, and a point set's order does not matter
+    odd = chamfer_matrix(x[:3, :100], y[:2, :250].flip(1))
+    assert torch.allclose(odd, brute_chamfer_matrix(x[:3, :100], y[:2, :250]), rtol=1e-4, atol=1e-6)
+    # the symmetric matrix of a set with itself: its pairs once, a zero diagonal, equal to the set against a copy
+    sym = chamfer_matrix(x)
+    assert torch.equal(sym, sym.T) and torch.equal(sym.diagonal(), torch.zeros(7))
+    assert torch.allclose(sym, brute_chamfer_matrix(x, x.clone()), rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match=r"\(A, N, D\) and \(B, M, D\)"):
+        chamfer_matrix(x, y[..., :2])
 
 
 def test_mmd_and_coverage_by_hand():

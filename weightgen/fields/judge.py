@@ -51,17 +51,17 @@ def set_items(values: torch.Tensor, grid: tuple[int, ...], seed: int = 0) -> tup
 def set_metrics(groups: dict[str, torch.Tensor], reference: torch.Tensor, grid: tuple[int, ...],
                 seed: int = 0) -> dict[str, dict]:
     """MMD, COV and 1-NNA of each group of decoded fields against the reference ``(R, P, 1)``, under L2
-    (2D) or Chamfer distance (3D); each group's entry also has ``n`` and ``empty``. The reference's own
-    distances are computed once for every group."""
+    (2D) or Chamfer distance (3D); each group's entry also has ``n`` and ``empty``. Each field's surface
+    points are sampled once, and the reference's own distances are computed once for every group."""
     dist = DISTANCES["chamfer" if len(grid) == 3 else "l2"]
     ref, _ = set_items(reference, grid, seed)
-    d_rr = dist(ref, ref)
+    d_rr = dist(ref)
     out = {}
     for name, values in groups.items():
         items, empty = set_items(values, grid, seed)
         d_gr = dist(items, ref)
         out[name] = {"n": len(values), "empty": empty, "mmd": mmd(d_gr), "cov": coverage(d_gr),
-                     **one_nna(dist(items, items), d_rr, d_gr)}
+                     **one_nna(dist(items), d_rr, d_gr)}
     return out
 
 
