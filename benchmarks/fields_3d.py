@@ -11,7 +11,15 @@ points (``weightgen.fields.shapes.fit_iou``), off the fitting grid.
 Each variant fits a generator on the zoo's training fields with the config's settings and one change:
 
 - ``rpg-class``: the config as it is (RPG conditioned on the one-hot shape class);
-- ``rpg``: RPG unconditional (``generator.condition: none``).
+- ``rpg``: RPG unconditional (``generator.condition: none``);
+- ``rpg-class-tensor``: ``rpg-class`` with RPG's per-tensor normalization (``tokenizer.normalize: tensor``)
+  set explicitly: the config's own, so the same as ``rpg-class`` (results made when the config scaled per
+  parameter name it so);
+- ``rpg-class-element``: ``rpg-class`` with each parameter scaled by its own spread over the zoo
+  (``tokenizer.normalize: element``);
+- ``rpg-class-more``: ``rpg-class``'s saved generator trained ``--steps`` more steps (``generator.init_from``);
+- ``rpg-class-ddpm``, ``rpg-class-more-ddpm``: those saved generators sampled by DDPM's stochastic steps
+  in 200 instead of DDIM's 50.
 
 Its ``--n`` samples (spread over the five classes when conditioned) are decoded on the 24^3 grid and
 read two ways. Decoding: the share whose 0.5 level is a surface at all (some grid value above 0.5 and
@@ -28,36 +36,55 @@ Writes benchmarks/results/fields_3d/<tag or default>.json and a section of docs/
 from __future__ import annotations
 
 import argparse
+import json
 import time
 
 import torch
 
-from common import ROOT, command, machine, made_on, tagged, write_json, write_section
+from common import ROOT, command, machine, made_on, result_path, tagged, write_json, write_section
 from weightgen.config import load_config
 from weightgen.evaluate.batched import stack_states
 from weightgen.fields.fit import field_values
 from weightgen.fields.shapes import CLASSES, fit_iou
 from weightgen.fields.zoo import zoo_family
+from weightgen.generators import load_generator
 from weightgen.pipeline import fit_generator
 from weightgen.zoo import Zoo, build_zoo
 
 WORK = ROOT / "benchmarks" / "work" / "fields_3d"
-VARIANTS = {"rpg-class": {}, "rpg": {"condition": "none"}}
+# each variant: the generator's, the tokenizer's and the sampler's changes to the config; ``continues``: the
+# variant whose saved generator (from an earlier run on the same zoo) it trains further (``generator.init_from``,
+# ``--steps`` more steps on other draws); ``reuses``: the variant whose saved generator it samples, unfitted
+VARIANTS = {"rpg-class": {}, "rpg": {"generator": {"condition": "none"}},
+            "rpg-class-tensor": {"tokenizer": {"normalize": "tensor"}},
+            "rpg-class-element": {"tokenizer": {"normalize": "element"}},
+            "rpg-class-more": {"continues": "rpg-class", "generator": {"seed": 1}},
+            "rpg-class-ddpm": {"reuses": "rpg-class", "sample": {"sampler": "ddpm", "steps": 200}},
+            "rpg-class-more-ddpm": {"reuses": "rpg-class-more", "sample": {"sampler": "ddpm", "steps": 200}}}
 LEVEL = 0.5
 
 
 def config(runs: int, heldout: int, steps: int | None, n: int, variant: str = "rpg-class"):
     """The built-in `fields-3d` config with ``runs`` shapes (``heldout`` held out) and ``variant``'s generator."""
     cfg = load_config(ROOT / "weightgen" / "configs" / "fields-3d.yaml")
-    gen = dict(VARIANTS[variant])
+    spec = VARIANTS[variant]
+    gen = dict(spec.get("generator", {}))
     if steps:
         gen["steps"] = steps
+    if "continues" in spec:
+        gen["init_from"] = str(saved(spec["continues"], runs))
     return cfg.model_copy(update={
         "task": cfg.task.model_copy(update={"count": runs}),
         "zoo": cfg.zoo.model_copy(update={"runs": runs, "heldout": heldout}),
+        "tokenizer": cfg.tokenizer.model_copy(update=VARIANTS[variant].get("tokenizer", {})),
         "generator": cfg.generator.model_copy(update=gen),
-        "sample": cfg.sample.model_copy(update={"n": n}),
+        "sample": cfg.sample.model_copy(update={"n": n, **spec.get("sample", {})}),
     })
+
+
+def saved(variant: str, runs: int):
+    """Where the benchmark keeps ``variant``'s fitted generator for a zoo of ``runs`` shapes."""
+    return WORK / f"{variant}-{runs}" / "generator"
 
 
 def inside(values: torch.Tensor) -> torch.Tensor:
@@ -154,9 +181,37 @@ def targets(gm: dict) -> dict | None:
         cov, ref_cov = gm["generated"]["cov"], gm["heldout"]["cov"]
     except (KeyError, TypeError):
         return None
+    # noise of a small sigma on training fields is nearly the training set, a sample of the same distribution
+    # as the held-out fields, so its 1-NNA sits near 50% (or under, for near-copies): "below" it is read both
+    # literally and as nearer the ideal 50% than every baseline
     return {"1nna": nna, "1nna_within_10_of_50": abs(nna - 0.5) <= 0.10, "baseline_1nna_min": min(base) if base else None,
-            "1nna_below_baselines": all(nna < b for b in base), "cov": cov, "heldout_cov": ref_cov,
-            "cov_within_5_of_heldout": cov >= ref_cov - 0.05}
+            "1nna_below_baselines": all(nna < b for b in base),
+            "1nna_nearer_50_than_baselines": all(abs(nna - 0.5) < abs(b - 0.5) for b in base),
+            "cov": cov, "heldout_cov": ref_cov, "cov_within_5_of_heldout": cov >= ref_cov - 0.05}
+
+
+def capture_losses() -> dict:
+    """Every step's loss of the next generator fits, in the returned dict's ``losses`` (RPG's training loop is
+    wrapped): the benchmark shows whether the loss has flattened."""
+    import weightgen.generators.rpg as rpg
+
+    seen: dict = {}
+    inner = rpg.train_steps
+
+    def train_steps(*args, **kwargs):
+        seen["losses"] = list(inner(*args, **kwargs))
+        return seen["losses"]
+
+    rpg.train_steps = train_steps
+    return seen
+
+
+def loss_curve(losses: list[float], windows: int = 10) -> list[float]:
+    """The mean loss over each of ``windows`` equal stretches of the fit."""
+    if not losses:
+        return []
+    size = max(1, len(losses) // windows)
+    return [sum(losses[i:i + size]) / len(losses[i:i + size]) for i in range(0, size * windows, size) if losses[i:i + size]]
 
 
 def main() -> None:
@@ -165,11 +220,16 @@ def main() -> None:
     ap.add_argument("--heldout", type=int, default=100, help="of them held out")
     ap.add_argument("--steps", type=int, default=None, help="generator steps (default: the config's)")
     ap.add_argument("--n", type=int, default=100, help="samples per generator")
-    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--variants", nargs="+", default=["rpg-class", "rpg"], choices=list(VARIANTS))
     ap.add_argument("--no-report", action="store_true", help="skip fields_report's MMD, COV and 1-NNA")
     ap.add_argument("--tag", default="", help="results file and page section tag")
     ap.add_argument("--note", default="", help="a sentence on the conditions (e.g. a shared machine)")
+    ap.add_argument("--page-only", action="store_true", help="rewrite the page section of --tag from its saved results")
     args = ap.parse_args()
+    if args.page_only:
+        name = tagged("fields_3d", args.tag)
+        write_section(name, page(json.loads(result_path(name).read_text()), args))
+        return
     torch.set_num_threads(1)  # the machine is shared: one thread per process thrashes least
     cfg = config(args.runs, args.heldout, args.steps, args.n)
     zoo_dir = WORK / f"zoo-{args.runs}-{args.heldout}"
@@ -195,13 +255,17 @@ def main() -> None:
     for variant in args.variants:
         vcfg = config(args.runs, args.heldout, args.steps, args.n, variant)
         t0 = time.perf_counter()
-        gen, stats = fit_generator(vcfg, zoo, show_progress=False)
+        seen = capture_losses()
+        if "reuses" in VARIANTS[variant]:
+            gen, stats = load_generator(saved(VARIANTS[variant]["reuses"], args.runs), "cpu"), {}
+        else:
+            gen, stats = fit_generator(vcfg, zoo, show_progress=False)
+            gen.save(saved(variant, args.runs))
         fit_seconds = time.perf_counter() - t0
-        gen.save(WORK / f"{variant}-{args.runs}" / "generator")
         print(f"{variant}: fitted in {fit_seconds:.1f} s, loss {stats.get('diffusion_loss')}", flush=True)
         row = {"variant": variant, "method": vcfg.generator.method, "condition": vcfg.generator.condition,
                "steps": vcfg.generator.steps, "fit_seconds": fit_seconds,
-               "final_loss": stats.get("diffusion_loss"),
+               "final_loss": stats.get("diffusion_loss"), "loss_curve": loss_curve(seen.get("losses", [])),
                "decoded": judge_decoded(gen, zoo, vcfg, net, family, train_labels, train_inside, train)}
         if not args.no_report:
             row["generative"] = generative(gen, zoo, vcfg)
@@ -239,6 +303,10 @@ def page(result: dict, args) -> str:
         lines.append(f"| {g} | {d['n']} | {100 * d['with_surface']:.1f}% | {d['nearest_iou_mean']:.3f} | "
                      f"{d['nearest_iou_median']:.3f} | - | - |")
     for r in result["generators"]:
+        if r.get("loss_curve"):
+            lines += ["", f"`{r['variant']}`'s training loss, the mean over each tenth of its {r['steps']} steps: "
+                          + ", ".join(f"{v:.3f}" for v in r["loss_curve"]) + "."]
+    for r in result["generators"]:
         gm = r.get("generative")
         if not gm:
             continue
@@ -246,17 +314,21 @@ def page(result: dict, args) -> str:
         if "error" in gm:
             lines.append(f"Not measured: {gm['error']}")
             continue
-        lines += ["| group | MMD | COV | 1-NNA |", "|---|---|---|---|"]
+        lines += ["| group | n | MMD | COV | 1-NNA | no surface |", "|---|---|---|---|---|---|"]
         for g, m in gm.items():
             if isinstance(m, dict) and "mmd" in m:
                 nna = m["1nna"]["overall"] if isinstance(m["1nna"], dict) else m["1nna"]
-                lines.append(f"| {g} | {m['mmd']:.4f} | {100 * m['cov']:.1f}% | {100 * nna:.1f}% |")
+                lines.append(f"| {g} | {m.get('n', '-')} | {m['mmd']:.4f} | {100 * m['cov']:.1f}% | {100 * nna:.1f}% | "
+                             f"{m.get('empty', '-')} |")
+        if "seconds" in gm:
+            lines += ["", f"The field report (sampling, decoding, surfaces and the set metrics) took {gm['seconds']:.0f} s."]
         t = r.get("targets")
         if t:
             lines += ["", f"Targets: 1-NNA {100 * t['1nna']:.1f}% within 10 points of 50%: "
                           f"{'reached' if t['1nna_within_10_of_50'] else 'MISSED'}; below both baselines' "
                           f"(lowest {100 * t['baseline_1nna_min']:.1f}%): "
-                          f"{'reached' if t['1nna_below_baselines'] else 'MISSED'}; COV {100 * t['cov']:.1f}% against "
+                          f"{'reached' if t['1nna_below_baselines'] else 'MISSED'}; nearer 50% than every baseline's: "
+                          f"{'reached' if t.get('1nna_nearer_50_than_baselines') else 'MISSED'}; COV {100 * t['cov']:.1f}% against "
                           f"the held-out {100 * t['heldout_cov']:.1f}%: "
                           f"{'reached' if t['cov_within_5_of_heldout'] else 'MISSED'}."]
     return "\n".join(lines)
