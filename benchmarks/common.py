@@ -443,3 +443,21 @@ def summarize(name: str, report: dict) -> dict:
         "notes": report["notes"], "timing": report["timing"], "fit": report["fit"],
         "machine": report.get("machine"),
     }
+
+
+def untrained_rpg(state: dict, spec: dict, token: int, net_name: str, device: str = "cpu"):
+    """An RPG (spec ``spec``, tokens of ``token`` values, not fitted) for the layout of ``state``, a state dict
+    read on the meta device, so no weight of the net is ever allocated: what the scale benchmarks generate
+    from, since the time and memory of generation do not depend on the fit."""
+    from weightgen.config import RPGSpec
+    from weightgen.generators.rpg import RPG
+    from weightgen.tokens import Tokenizer
+
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    dtypes = {k: str(v.dtype).removeprefix("torch.") for k, v in state.items()}
+    n = len(shapes)
+    tok = Tokenizer(Tokenizer.layout(shapes, dtypes, token), token, torch.zeros(n, dtype=torch.float64),
+                    torch.ones(n, dtype=torch.float64), "tensor")
+    layout = {k: (shapes[k], getattr(torch, dtypes[k])) for k in shapes}
+    return RPG(RPGSpec.model_validate(spec), tok, {}, {"name": net_name}, runs=[0], layout=layout, device=device)
+

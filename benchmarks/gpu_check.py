@@ -42,7 +42,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from common import ROOT, command, machine, write_json, write_section
+from common import ROOT, command, machine, untrained_rpg, write_json, write_section
 
 # What the lent machine's image lacks of weightgen's dependencies (and of theirs).
 DEVICE_WHEELS = ("pydantic", "pydantic_core", "annotated_types", "typing_inspection", "diffusers", "importlib_metadata",
@@ -200,25 +200,16 @@ def peak_rss() -> int | None:
 
 def generate(work: Path, device: str, dry: bool) -> dict:
     """One network of the scale case generated straight to a file by an untrained RPG; the file is deleted."""
-    from weightgen.config import RPGSpec
-    from weightgen.generators.rpg import RPG
     from weightgen.nets.timm_net import timm_net
-    from weightgen.tokens import Tokenizer
 
     arch, token = (DRY["arch"], DRY["token"]) if dry else (ARCH, SCALE_TOKEN)
     steps = DRY["ddim_steps"] if dry else SCALE_DDIM_STEPS
     start = time.perf_counter()
     with torch.device("meta"):
         state = timm_net(arch, (1, 8, 8), 10, **ARCH_KWARGS).state_dict()
-    shapes = {k: tuple(v.shape) for k, v in state.items()}
-    dtypes = {k: str(v.dtype).removeprefix("torch.") for k, v in state.items()}
-    n = len(shapes)
-    tok = Tokenizer(Tokenizer.layout(shapes, dtypes, token), token, torch.zeros(n, dtype=torch.float64),
-                    torch.ones(n, dtype=torch.float64), "tensor")
-    spec = RPGSpec.model_validate({**SCALE_RPG, **(DRY["rpg"] if dry else {})})
     torch.manual_seed(0)
-    gen = RPG(spec, tok, {}, {"name": f"timm:{arch}"}, runs=[0], layout={k: (shapes[k], getattr(torch, dtypes[k]))
-                                                                          for k in shapes}, device=device)
+    gen = untrained_rpg(state, {**SCALE_RPG, **(DRY["rpg"] if dry else {})}, token, f"timm:{arch}", device)
+    tok = gen.tokenizer
     res = {"arch": arch, "params": tok.num_params, "num_tokens": tok.num_tokens, "ddim_steps": steps,
            "setup_seconds": time.perf_counter() - start}
     if device == "cuda":

@@ -107,25 +107,16 @@ try:
 GIANT_JOB = JOB_START + r"""
 torch.set_num_threads(1)  # the CPU is shared: one thread each keeps jobs from spinning against each other
 import timm
-from weightgen.config import RPGSpec
-from weightgen.generators.rpg import RPG
-from weightgen.tokens import Tokenizer
+sys.path.insert(0, "benchmarks")
+from common import untrained_rpg
 arch, spec_json, out_file, ddim_steps = sys.argv[1:5]
 try:
     t0 = time.time()
     with torch.device("meta"):
         net = timm.create_model(arch, pretrained=False)
-    state = net.state_dict()
-    shapes = {k: tuple(v.shape) for k, v in state.items()}
-    dtypes = {k: str(v.dtype).removeprefix("torch.") for k, v in state.items()}
     res["layout_seconds"], res["layout_peak_rss"] = time.time() - t0, peak()
-    spec = RPGSpec.model_validate(json.loads(spec_json))
-    n = len(shapes)
-    tok = Tokenizer(Tokenizer.layout(shapes, dtypes, 8192), 8192,
-                    torch.zeros(n, dtype=torch.float64), torch.ones(n, dtype=torch.float64), "tensor")
-    layout = {k: (shapes[k], getattr(torch, dtypes[k])) for k in shapes}
-    gen = RPG(spec, tok, {}, {"name": f"timm:{arch}"}, runs=[0], layout=layout, device="cpu")
-    res["num_tokens"], res["params"] = tok.num_tokens, tok.num_params
+    gen = untrained_rpg(net.state_dict(), json.loads(spec_json), 8192, f"timm:{arch}")
+    res["num_tokens"], res["params"] = gen.tokenizer.num_tokens, gen.tokenizer.num_params
     res["generator_peak_rss"] = peak()
     t1 = time.time()
     info = gen.sample_to_file(out_file, seed=0, sampler="ddim", steps=int(ddim_steps))
